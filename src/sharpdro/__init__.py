@@ -1,0 +1,31 @@
+"""sharpdro: SharpDRO (CVPR 2023) and its baselines, on photon-limited corruptions.
+
+Public API (framework-neutral; importing it never imports a deep-learning backend):
+
+    from sharpdro import load_config, corrupt, build_splits, train, evaluate_run
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from sharpdro.config import ConfigError, load_config  # noqa: E402
+
+
+def __getattr__(name):
+    # Lazy so that `import sharpdro` stays cheap and backend-free.
+    if name == "corrupt":
+        from sharpdro.data.corruptions import corrupt
+
+        return corrupt
+    if name == "build_splits":
+        from sharpdro.data.splits import build_splits
+
+        return build_splits
+    if name in ("train", "evaluate_run"):
+        from sharpdro import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'sharpdro' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "load_config", "corrupt", "build_splits", "train", "evaluate_run", "__version__"]

@@ -1,0 +1,3 @@
+from sharpdro.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The small interface every backend implements (torch now, mindspore next).
+
+The framework-neutral engine (``sharpdro.engine``) owns the epoch loop, evaluation
+schedule, metrics, model selection, run directory and resume logic; a backend owns
+tensors: the model, the algorithm, the optimizer and checkpoints.  Batches cross the
+boundary as NumPy arrays (uint8 NHWC images, int64 labels, int64 severities, int64
+indices); results come back as NumPy arrays and Python floats.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from sharpdro.data.types import Splits
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, labels, severity, index
+
+
+class Session(Protocol):
+    """One model + algorithm + optimizer, built from a resolved config."""
+
+    def train_epoch(self, epoch: int, batches: Iterable[Batch], lr: float, num_batches: int | None = None) -> dict:
+        """Run one epoch of ``algorithm.update`` over ``batches`` with learning rate ``lr``.
+
+        Returns plain floats/lists: ``loss`` (mean first-pass loss), ``group_loss``,
+        ``group_acc`` and ``group_count`` (per severity, length S+1), ``steps``, and
+        algorithm extras such as ``q`` or ``agnostic_selected_severity``.
+        Raises TrainingError on a non-finite loss.
+        """
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
+        """Eval-mode pass: ``{'loss': float, 'correct': bool[N], 'pred': int64[N]}``."""
+
+    def predict_logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 [N, C] logits in eval mode."""
+
+    def save_checkpoint(self, path, extra: dict) -> None:
+        """Write model, optimizer, algorithm state, every RNG and ``extra`` atomically."""
+
+    def load_checkpoint(self, path, weights_only: bool = False) -> dict:
+        """Restore what save_checkpoint wrote; return ``extra``."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def requires_groups(self, cfg: dict) -> bool:
+        """True when the configured algorithm trains on severity labels (refused without them)."""
+
+    def create_session(self, cfg: dict, splits: Splits) -> Session:
+        """Build model, algorithm and optimizer; run the algorithm's pre-stage lazily on the first epoch."""
+
+    def load_for_inference(self, checkpoint_path) -> tuple[Session, dict]:
+        """A session from a checkpoint alone (its embedded config); returns (session, config)."""
+
+
+_BACKENDS = {"torch": "sharpdro.backends.torch", "mindspore": "sharpdro.backends.mindspore"}
+
+
+def get_backend(name: str) -> Backend:
+    from sharpdro.errors import SharpDROError
+
+    if name not in _BACKENDS:
+        raise SharpDROError(f"unknown backend {name!r}; available: {', '.join(_BACKENDS)}")
+    try:
+        module = importlib.import_module(_BACKENDS[name])
+    except ImportError as exc:
+        extra = "pip install 'sharpdro[mindspore]'" if name == "mindspore" else "pip install torch"
+        raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
+    return module.BACKEND

@@ -1,0 +1,28 @@
+"""sharpdro train -c CONFIG [--set k=v ...] [--out DIR] [--resume]"""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from sharpdro.cli import add_config_args
+
+    p = sub.add_parser("train", help="train one run (SharpDRO or a baseline) and evaluate it per severity",
+                       description="Train one run. The run directory receives config.yaml, metrics.jsonl, "
+                                   "summary.json, train.log and checkpoints/{last,best}.pt.")
+    add_config_args(p)
+    p.add_argument("--out", help="run directory (default: output.dir/<dataset>-<corruption>-<algorithm>-...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sharpdro.config import load_config
+    from sharpdro.engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, out_dir=args.out, resume=args.resume)
+    acc = summary["test_accuracy"]
+    print(f"selected epoch {summary['selected_epoch'] + 1} ({summary['selection']} validation severity); test "
+          f"accuracy per severity: " + " ".join(f"{k}:{100 * v:.2f}" for k, v in acc.items()))
+    print(f"test average {100 * summary['test_average']:.2f}  worst {100 * summary['test_worst']:.2f}  "
+          f"-> {summary['run_dir']}")
+    return 0

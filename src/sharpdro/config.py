@@ -1,0 +1,337 @@
+"""One YAML schema for every run: defaults, validation, ``--set`` overrides.
+
+A config is a plain nested ``dict`` (sections -> keys -> values) so that it can be
+dumped to YAML/JSON as-is and hashed.  The schema below is the single source of
+truth for which keys exist, their types and their allowed values; an unknown key,
+a wrong type or an out-of-range value raises :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+
+from sharpdro.errors import SharpDROError
+
+
+class ConfigError(SharpDROError, ValueError):
+    """A config key, type or value is not allowed. The message says which and what is."""
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    type: type | tuple[type, ...]
+    help: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    item_type: type | None = None  # for list fields
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        parts = [_type_name(self.type)]
+        if self.item_type is not None:
+            parts = [f"list of {_type_name(self.item_type)}"]
+        if self.min is not None:
+            parts.append(f">= {self.min}")
+        if self.max is not None:
+            parts.append(f"<= {self.max}")
+        if self.nullable:
+            parts.append("or null")
+        return " ".join(parts)
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return "/".join(x.__name__ for x in t)
+    return t.__name__
+
+
+NUM = (int, float)
+
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet")
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression")
+ALGORITHMS = ("erm", "sam", "groupdro", "sharpdro", "sharpdro_agnostic", "jtt", "eiil")
+MODELS = ("cnn", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
+
+SCHEMA: dict[str, Any] = {
+    "backend": Field("torch", str, "training backend", choices=("torch", "mindspore")),
+    "seed": Field(0, int, "seed of the data split, corruptions, init and shuffling", min=0),
+    "data": {
+        "dataset": Field("digits", str, "image source", choices=DATASETS),
+        "root": Field(None, str, "folder holding (or receiving) the dataset files", nullable=True),
+        "download": Field(True, bool, "download CIFAR tarballs when missing (needs internet)"),
+        "name": Field(None, str, "NAME of the <NAME>_train_img/ layout (labelfile)", nullable=True),
+        "image_size": Field(None, int, "resize images to this square size (null: keep)", min=8, nullable=True),
+        "corruption": Field("gaussian_noise", str, "photon-limited corruption", choices=CORRUPTIONS),
+        "table": Field("auto", str, "severity constants: cifar (32 px), imagenet (larger), auto by size",
+                       choices=("auto", "cifar", "imagenet")),
+        "max_severity": Field(5, int, "highest severity S; severities are 0..S", min=1, max=5),
+        "protocol": Field("per_class_floor", str, "how training severities are drawn",
+                          choices=("per_class_floor", "iid")),
+        "poisson_lambda": Field(1.0, NUM, "lambda of the Poisson severity proportions", min=1e-6),
+        "train_per_class": Field(4000, int, "training images per class (rest of the train split -> validation pool)",
+                                 min=1),
+        "val_per_class": Field(None, int, "validation images per class per severity (null: all held out)",
+                               min=1, nullable=True),
+        "test_per_class": Field(None, int, "test images per class (null: the whole test split)",
+                                min=1, nullable=True),
+        "cache_dir": Field(None, str, "cache of corrupted arrays (null: $SHARPDRO_CACHE or ~/.cache/sharpdro)",
+                           nullable=True),
+        "flip": Field(True, bool, "random horizontal flip in training"),
+        "crop_padding": Field(0, int, "random crop after zero padding by this many pixels (0: off)", min=0),
+        "extra_test": Field(None, str, "CIFAR-10-C / CIFAR-100-C folder evaluated as an extra test set",
+                            nullable=True),
+    },
+    "model": {
+        "name": Field("cnn", str, "network", choices=MODELS),
+        "width": Field(32, int, "base width of the small cnn", min=4),
+        "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
+    },
+    "algorithm": {
+        "name": Field("erm", str, "training method", choices=ALGORITHMS),
+        # SAM family (sam, sharpdro, sharpdro_agnostic)
+        "rho": Field(0.05, NUM, "SAM radius", min=0.0),
+        "adaptive": Field(False, bool, "ASAM: scale the perturbation by |w|"),
+        "bn_second_pass": Field("freeze", str, "BatchNorm running statistics in the second pass",
+                                choices=("freeze", "update")),
+        # group weights (groupdro, sharpdro, eiil)
+        "eta": Field(0.01, NUM, "exponentiated-gradient step size of the group weights q", min=0.0),
+        "gen_adjustment": Field(0.0, NUM, "GroupDRO generalisation adjustment C (loss + C/sqrt(n_g))", min=0.0),
+        # SharpDRO
+        "perturb_on": Field("batch", str, "SharpDRO ascent direction: batch mean loss (official code) or the "
+                            "q-weighted group loss (paper)", choices=("batch", "worst")),
+        "add_back_first_grad": Field(True, bool, "SharpDRO: add the first-pass gradient to the second "
+                                     "(official code)"),
+        # distribution-agnostic SharpDRO
+        "score": Field("msp", str, "out-of-distribution score picking worst-case samples",
+                       choices=("msp", "energy", "entropy", "loss")),
+        "select": Field("top_fraction", str, "worst-case selection rule", choices=("top_fraction", "threshold")),
+        "fraction": Field(0.2, NUM, "selected fraction (top_fraction) or quantile 1-f (threshold)",
+                          min=1e-6, max=1.0),
+        "weighting": Field("hard", str, "per-sample weights of the selection", choices=("hard", "soft")),
+        "temperature": Field(1.0, NUM, "softmax temperature of soft weighting", min=1e-6),
+        "second_pass_selected_only": Field(False, bool, "agnostic: run the second pass on the selected "
+                                           "samples only (faster; hard weighting)"),
+        # JTT
+        "jtt_epochs": Field(1, int, "JTT identification epochs T", min=1),
+        "jtt_lambda_up": Field(6.0, NUM, "JTT upweight of the error set", min=1.0),
+        # EIIL
+        "eiil_epochs": Field(1, int, "EIIL reference ERM epochs", min=1),
+        "eiil_steps": Field(2000, int, "EIIL environment-inference steps", min=1),
+        "eiil_lr": Field(0.001, NUM, "EIIL environment-inference learning rate", min=0.0),
+        "eiil_robust": Field("groupdro", str, "learner on the inferred environments",
+                             choices=("groupdro", "sharpdro")),
+    },
+    "train": {
+        "epochs": Field(10, int, "training epochs", min=1),
+        "batch_size": Field(100, int, "training batch size", min=1),
+        "lr": Field(0.03, NUM, "SGD learning rate", min=0.0),
+        "momentum": Field(0.9, NUM, "SGD momentum", min=0.0, max=1.0),
+        "weight_decay": Field(5e-4, NUM, "SGD weight decay", min=0.0),
+        "nesterov": Field(False, bool, "Nesterov momentum"),
+        "schedule": Field("step", str, "learning-rate schedule: x gamma at milestones (official) or cosine",
+                          choices=("step", "cosine", "constant")),
+        "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of the epochs",
+                            item_type=float),
+        "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
+        "device": Field("auto", str, "cpu, cuda, cuda:N or auto", choices=None),
+        "precision": Field("fp32", str, "autocast precision", choices=("fp32", "bf16", "fp16")),
+        "channels_last": Field(False, bool, "channels_last memory format"),
+        "compile": Field(False, bool, "torch.compile the model"),
+        "threads": Field(None, int, "CPU threads (null: the library default)", min=1, nullable=True),
+        "deterministic": Field(True, bool, "deterministic kernels (bitwise reproducible on CPU)"),
+        "progress": Field(True, bool, "show progress bars"),
+    },
+    "eval": {
+        "batch_size": Field(256, int, "evaluation batch size", min=1),
+        "selection": Field("worst", str, "model selection on validation: worst severity, average, or last epoch",
+                           choices=("worst", "average", "last")),
+        "every": Field(1, int, "evaluate every N epochs (and always after the last)", min=1),
+    },
+    "output": {
+        "dir": Field("runs", str, "parent folder of run directories"),
+        "name": Field(None, str, "run directory name (null: <dataset>-<corruption>-<algorithm>-s<seed>-<hash>)",
+                      nullable=True),
+        "save_best": Field(True, bool, "keep checkpoints/best.pt of the selected epoch"),
+    },
+}
+
+# Device strings are free-form (cuda:3), checked here rather than by choices.
+_DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
+
+
+def _is_field(x) -> bool:
+    return isinstance(x, Field)
+
+
+def default_config() -> dict:
+    """The defaults of every key, as a fresh nested dict."""
+
+    def build(node):
+        if _is_field(node):
+            return copy.deepcopy(node.default)
+        return {k: build(v) for k, v in node.items()}
+
+    return build(SCHEMA)
+
+
+def _check_value(path: str, field: Field, value):
+    if value is None:
+        if field.nullable:
+            return None
+        raise ConfigError(f"config key '{path}' may not be null; allowed: {field.describe()}")
+    t = field.type
+    if t is float or t == NUM:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        value = float(value) if t is float else value
+    elif t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+    elif t is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+    elif t is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+    elif t is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str), v) for i, v in enumerate(value)]
+        return value
+    if field.choices is not None and value not in field.choices:
+        raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
+    if field.min is not None and value < field.min:
+        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
+    if field.max is not None and value > field.max:
+        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
+    return value
+
+
+def validate(cfg: Mapping) -> dict:
+    """Check every key against the schema and fill missing keys with defaults.
+
+    Returns a new, complete config. Raises ConfigError on the first problem.
+    """
+
+    def walk(schema_node, node, prefix):
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {node!r}")
+        out = {}
+        for key in node:
+            if key not in schema_node:
+                allowed = ", ".join(sorted(schema_node))
+                where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
+                raise ConfigError(f"unknown config key '{prefix}{key}' in {where}; allowed keys: {allowed}")
+        for key, sub in schema_node.items():
+            path = prefix + key
+            if _is_field(sub):
+                out[key] = _check_value(path, sub, copy.deepcopy(node[key]) if key in node else copy.deepcopy(sub.default))
+            else:
+                out[key] = walk(sub, node.get(key, {}) or {}, path + ".")
+        return out
+
+    out = walk(SCHEMA, cfg, "")
+    dev = out["train"]["device"]
+    if not dev.startswith(_DEVICE_PREFIXES):
+        raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (['section', 'key'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must be written section.key=value (e.g. train.lr=0.1)")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for text in overrides or ():
+        path, value = parse_override(text)
+        node, schema_node = cfg, SCHEMA
+        for i, part in enumerate(path):
+            if not isinstance(schema_node, dict) or part not in schema_node:
+                where = ".".join(path[:i]) or "the top level"
+                allowed = ", ".join(sorted(schema_node)) if isinstance(schema_node, dict) else "(none)"
+                raise ConfigError(f"unknown config key '{'.'.join(path)}' in override {text!r}; "
+                                  f"keys under {where}: {allowed}")
+            schema_node = schema_node[part]
+            if i == len(path) - 1:
+                if not _is_field(schema_node):
+                    raise ConfigError(f"override {text!r} names a section; name a key under it, "
+                                      f"one of: {', '.join(sorted(schema_node))}")
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return cfg
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the bare name of a shipped config (``quickstart``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    shipped = resources.files("sharpdro") / "configs" / name
+    if shipped.is_file():
+        return Path(str(shipped))
+    available = ", ".join(sorted(x.name[:-5] for x in (resources.files("sharpdro") / "configs").iterdir()
+                                 if x.name.endswith(".yaml")))
+    raise ConfigError(f"config file {str(path)!r} not found; give a path or a shipped config: {available}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Defaults <- YAML file <- ``--set`` overrides, validated."""
+    cfg: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        with open(p, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
+        cfg = loaded
+    cfg = apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def config_hash(cfg: Mapping, length: int = 10) -> str:
+    """Stable short hash of a resolved config (key order does not matter)."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
+    from sharpdro.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
+
+
+def get(cfg: Mapping, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,339 @@
+"""The framework-neutral training loop: run directory, epochs, evaluation, selection, resume.
+
+Everything here is NumPy/PyYAML; the backend (``sharpdro.backends.<name>``) owns the
+tensors.  A run directory holds::
+
+    config.yaml        the resolved config
+    metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test)
+    summary.json       the selected epoch's per-severity accuracies, average and worst
+    train.log          what was printed
+    checkpoints/last.pt, checkpoints/best.pt
+
+Crash safety: an epoch's metrics line is appended before its checkpoint is written;
+on ``resume`` the metrics are cut back to the checkpoint's epoch, so a kill at any
+point resumes to exactly the uninterrupted run (on CPU, bit for bit).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sharpdro import config as config_mod
+from sharpdro.errors import SharpDROError, TrainingError
+from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
+from sharpdro.metrics import select_epoch, summarize
+
+log = logging.getLogger("sharpdro")
+
+
+# ---------------------------------------------------------------- run directory
+def default_run_name(cfg: dict) -> str:
+    d = cfg["data"]
+    return (f"{d['dataset']}-{d['corruption']}-{cfg['algorithm']['name']}-{cfg['model']['name']}"
+            f"-s{cfg['seed']}-{config_mod.config_hash(cfg, 8)}")
+
+
+def run_dir_for(cfg: dict, out_dir=None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    return Path(cfg["output"]["dir"]) / (cfg["output"]["name"] or default_run_name(cfg))
+
+
+def _setup_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _echo(msg: str, enabled: bool = True) -> None:
+    log.info(msg)
+    if enabled:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate_sets(session, sets: dict, batch_size: int) -> dict:
+    """Per-severity accuracy/loss on ``{severity: LabeledArrays}`` plus average and worst."""
+    acc, loss = {}, {}
+    for s in sorted(sets):
+        arr = sets[s]
+        res = session.evaluate(arr.images, arr.labels, batch_size)
+        acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
+        loss[str(s)] = float(res["loss"])
+    return {"accuracy": acc, "loss": loss, **summarize(acc)}
+
+
+def _train_block(stats: dict) -> dict:
+    keys = [str(i) for i in range(len(stats["group_loss"]))]
+    return {
+        "loss": stats["loss"],
+        "accuracy": stats["accuracy"],
+        "group_loss": dict(zip(keys, stats["group_loss"])),
+        "group_acc": dict(zip(keys, stats["group_acc"])),
+        "group_count": dict(zip(keys, stats["group_count"])),
+    }
+
+
+# ------------------------------------------------------------------- checks
+def check_runnable(cfg: dict, splits, backend) -> None:
+    """Refuse, before any training, a config that cannot work."""
+    counts = np.bincount(splits.train.severity, minlength=splits.num_groups)
+    name = cfg["algorithm"]["name"]
+    if backend.requires_groups(cfg) and (counts > 0).sum() < 2:
+        raise SharpDROError(
+            f"algorithm {name!r} reweights severity groups, but the training set has only "
+            f"{int((counts > 0).sum())} non-empty severity group (counts {counts.tolist()}); raise "
+            f"data.train_per_class, use data.protocol=iid, or pick an algorithm that needs no severity labels "
+            f"(erm, sam, sharpdro_agnostic, jtt, eiil)")
+    if len(splits.train) < cfg["train"]["batch_size"]:
+        raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {len(splits.train)} "
+                            f"training images; lower train.batch_size")
+    a = cfg["algorithm"]
+    if a["second_pass_selected_only"] and a["weighting"] != "hard":
+        raise SharpDROError("algorithm.second_pass_selected_only needs algorithm.weighting=hard")
+
+
+# ------------------------------------------------------------------ training
+class _BatchFactory:
+    """Epoch batches for the main loop and for algorithm pre-stages (JTT, EIIL)."""
+
+    def __init__(self, cfg, train):
+        from sharpdro.data.batches import BatchIterator
+
+        t, d = cfg["train"], cfg["data"]
+        drop_last = len(train) > t["batch_size"]  # a 1-image last batch breaks BatchNorm in training mode
+        self.train = BatchIterator(train.images, train.labels, train.severity, t["batch_size"], seed=cfg["seed"],
+                                   shuffle=True, drop_last=drop_last, flip=d["flip"],
+                                   crop_padding=d["crop_padding"])
+        self._ordered = BatchIterator(train.images, train.labels, train.severity, cfg["eval"]["batch_size"],
+                                      seed=cfg["seed"], shuffle=False, drop_last=False)
+
+    def __call__(self, epoch: int):
+        return self.train.iterate(epoch)
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def ordered(self):
+        return self._ordered.iterate(0)
+
+
+def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
+    """Train one run from a resolved config; returns the summary (also written to summary.json)."""
+    cfg = config_mod.validate(cfg)
+    from sharpdro.backends.base import get_backend
+
+    run_dir = run_dir_for(cfg, out_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.pt"
+    metrics_path = run_dir / "metrics.jsonl"
+    if run_dir.exists() and not resume and (metrics_path.exists() or last_ckpt.exists()):
+        raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, or choose "
+                            f"another --out / output.name")
+    if resume and (run_dir / "config.yaml").exists():
+        _check_same_config(run_dir / "config.yaml", cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(exist_ok=True)
+    config_mod.dump_config(cfg, run_dir / "config.yaml")
+    handler = _setup_log_file(run_dir)
+    show = cfg["train"]["progress"]
+    try:
+        t_start = time.time()
+        if splits is None:
+            from sharpdro.data.splits import build_splits
+
+            splits = build_splits(cfg, progress=show)
+        backend = get_backend(cfg["backend"])
+        check_runnable(cfg, splits, backend)
+        session = backend.create_session(cfg, splits)
+        batches = _BatchFactory(cfg, splits.train)
+        session.set_batch_factory(batches)
+
+        records: list[dict] = []
+        start_epoch = 0
+        if resume and last_ckpt.exists():
+            extra = session.load_checkpoint(last_ckpt)
+            start_epoch = int(extra["epoch"]) + 1
+            records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
+                       if r["epoch"] < start_epoch]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            _echo(f"resumed {run_dir} after epoch {start_epoch - 1}", show)
+        elif metrics_path.exists():
+            metrics_path.unlink()  # a run killed before its first checkpoint starts over
+
+        _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
+              f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
+              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}", show)
+        epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
+        from sharpdro.schedule import lr_at
+
+        for epoch in range(start_epoch, epochs):
+            t0 = time.time()
+            lr = lr_at(epoch, cfg)
+            stats = session.train_epoch(epoch, batches(epoch), lr, len(batches))
+            record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
+            for key in ("q", "agnostic_selected_severity", "agnostic_batch_severity"):
+                if key in stats:
+                    record[key] = stats[key]
+            if (epoch + 1) % cfg["eval"]["every"] == 0 or epoch == epochs - 1:
+                bs = cfg["eval"]["batch_size"]
+                record["val"] = evaluate_sets(session, splits.val, bs)
+                record["test"] = evaluate_sets(session, splits.test, bs)
+                if splits.extra_test:
+                    record["extra_test"] = evaluate_sets(session, splits.extra_test, bs)
+            record["seconds"] = time.time() - t0
+            append_jsonl(metrics_path, record)
+            records.append(record)
+            session.save_checkpoint(last_ckpt, {"epoch": epoch})
+            if "val" in record:
+                selected = select_epoch(records, rule)
+                if selected["epoch"] == epoch and cfg["output"]["save_best"]:
+                    _copy_atomic(last_ckpt, ckpt_dir / "best.pt")
+            _echo(_epoch_line(record, epochs), show)
+
+        summary = build_summary(cfg, records, rule)
+        summary["wall_seconds"] = time.time() - t_start
+        summary["run_dir"] = str(run_dir)
+        atomic_write_json(run_dir / "summary.json", summary)
+        return summary
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _check_same_config(path: Path, cfg: dict) -> None:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        old = yaml.safe_load(f)
+    ignore = {("train", "progress"), ("train", "threads")}
+    diffs = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
+             if (s, k) not in ignore and old.get(s, {}).get(k) != cfg[s][k]]
+    diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old.get(k) != cfg[k]]
+    if diffs:
+        raise SharpDROError(f"--resume with a config that differs from the run's config.yaml in: "
+                            f"{', '.join(diffs)}; resume with the same config or start a new run")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    line = f"epoch {r['epoch'] + 1}/{epochs} lr {r['lr']:.4g} loss {r['train']['loss']:.4f}"
+    if "val" in r:
+        line += (f" | val avg {100 * r['val']['average']:.2f} worst {100 * r['val']['worst']:.2f}"
+                 f" | test avg {100 * r['test']['average']:.2f} worst {100 * r['test']['worst']:.2f}")
+    if "q" in r:
+        line += " | q " + " ".join(f"{v:.3f}" for v in r["q"])
+    return line + f" | {r['seconds']:.1f}s"
+
+
+def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
+    sel = select_epoch(records, rule)
+    return {
+        "algorithm": cfg["algorithm"]["name"],
+        "dataset": cfg["data"]["dataset"],
+        "corruption": cfg["data"]["corruption"],
+        "model": cfg["model"]["name"],
+        "backend": cfg["backend"],
+        "seed": cfg["seed"],
+        "selection": rule,
+        "selected_epoch": sel["epoch"],
+        "epochs": cfg["train"]["epochs"],
+        "test_accuracy": sel["test"]["accuracy"],
+        "test_average": sel["test"]["average"],
+        "test_worst": sel["test"]["worst"],
+        "val_accuracy": sel["val"]["accuracy"],
+        "val_average": sel["val"]["average"],
+        "val_worst": sel["val"]["worst"],
+        "config_hash": config_mod.config_hash(cfg),
+        "finished": True,
+    }
+
+
+# ---------------------------------------------------------------- evaluation API
+def find_checkpoint(path) -> Path:
+    """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for name in ("best.pt", "last.pt"):
+        if (p / "checkpoints" / name).is_file():
+            return p / "checkpoints" / name
+    raise SharpDROError(f"{p} is neither a checkpoint file nor a run directory with checkpoints/best.pt or last.pt")
+
+
+def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None, progress=True) -> dict:
+    """Evaluate a trained model per severity on its own test set or on another data config.
+
+    ``overrides`` are ``section.key=value`` strings applied to the run's config (for example
+    ``data.corruption=jpeg_compression``); ``cifar_c`` is a CIFAR-10-C style folder.
+    """
+    from sharpdro.backends.base import get_backend
+
+    ckpt = find_checkpoint(path)
+    backend_name = _checkpoint_backend(ckpt)
+    backend = get_backend(backend_name)
+    session, run_cfg = backend.load_for_inference(ckpt, device=device)
+    cfg = config_mod.validate(config_mod.apply_overrides(run_cfg, overrides))
+    bs = cfg["eval"]["batch_size"]
+    result = {"checkpoint": str(ckpt), "algorithm": cfg["algorithm"]["name"], "model": cfg["model"]["name"]}
+    if cifar_c is not None:
+        from sharpdro.data.sources import load_cifar_c
+        from sharpdro.data.types import LabeledArrays
+
+        sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in
+                load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"]).items()}
+        result.update(dataset=f"cifar-c:{cifar_c}", corruption=cfg["data"]["corruption"])
+    else:
+        from sharpdro.data.splits import build_splits
+
+        splits = build_splits(cfg, progress=progress)
+        sets = splits.test
+        result.update(dataset=cfg["data"]["dataset"], corruption=cfg["data"]["corruption"])
+    if severities is not None:
+        bad = [s for s in severities if s not in sets]
+        if bad:
+            raise SharpDROError(f"severity {bad} not available; available: {sorted(sets)}")
+        sets = {s: sets[s] for s in severities}
+    result["test"] = evaluate_sets(session, sets, bs)
+    return result
+
+
+def _checkpoint_backend(ckpt: Path) -> str:
+    # The backend is recorded next to the checkpoint in the run's config; fall back to torch.
+    cfg_path = ckpt.parent.parent / "config.yaml"
+    if cfg_path.exists():
+        import yaml
+
+        with open(cfg_path, encoding="utf-8") as f:
+            return (yaml.safe_load(f) or {}).get("backend", "torch")
+    return "mindspore" if ckpt.suffix == ".ckpt" else "torch"
+
+
+def format_severity_table(columns: dict[str, dict], title: str = "") -> str:
+    """Side-by-side per-severity accuracy (%) table: ``columns`` maps a label to an evaluate_sets() block."""
+    labels = list(columns)
+    sevs = sorted({int(s) for c in columns.values() for s in c["accuracy"]})
+    w = max(10, *(len(x) + 2 for x in labels))
+    lines = [title] if title else []
+    lines.append("severity".ljust(10) + "".join(x.rjust(w) for x in labels))
+    for s in sevs:
+        lines.append(str(s).ljust(10) + "".join(f"{100 * columns[x]['accuracy'][str(s)]:.2f}".rjust(w)
+                                                for x in labels))
+    lines.append("average".ljust(10) + "".join(f"{100 * columns[x]['average']:.2f}".rjust(w) for x in labels))
+    lines.append("worst".ljust(10) + "".join(f"{100 * columns[x]['worst']:.2f}".rjust(w) for x in labels))
+    return "\n".join(lines)

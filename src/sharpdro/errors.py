@@ -1,0 +1,17 @@
+"""User-facing errors: each says what is wrong and what to do. The CLI prints them in one line."""
+
+
+class SharpDROError(Exception):
+    """Base of every error a user can fix (bad input, missing data, bad config)."""
+
+
+class DataError(SharpDROError):
+    """Missing or malformed dataset files, wrong checksum, unknown layout."""
+
+
+class CacheError(SharpDROError):
+    """A cache entry failed verification."""
+
+
+class TrainingError(SharpDROError):
+    """Training cannot go on (non-finite loss, config that cannot work)."""

@@ -1,0 +1,60 @@
+"""Per-severity metrics and model selection: the one place they are computed.
+
+Definitions used everywhere (tables, summaries, selection):
+- accuracy at severity s: correct / total over that severity's evaluation set;
+- **average** ("averaged accuracy"): the unweighted mean of the per-severity accuracies
+  over severities 0..S (each severity's set holds the same images, so this is also the
+  pooled accuracy);
+- **worst**: the minimum per-severity accuracy (the group with the lowest accuracy,
+  not the smallest group).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def group_mean(values: np.ndarray, groups: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` per group id (0 for an empty group) and the group counts."""
+    groups = np.asarray(groups, dtype=np.int64)
+    counts = np.bincount(groups, minlength=num_groups).astype(np.float64)
+    sums = np.bincount(groups, weights=np.asarray(values, dtype=np.float64), minlength=num_groups)
+    return sums / np.maximum(counts, 1.0), counts
+
+
+def summarize(acc_by_severity: Mapping) -> dict:
+    """``{'0': a0, ...}`` -> ``{'average': mean, 'worst': min, 'worst_severity': s}``."""
+    keys = sorted(acc_by_severity, key=int)
+    vals = np.array([float(acc_by_severity[k]) for k in keys])
+    i = int(np.argmin(vals))
+    return {"average": float(vals.mean()), "worst": float(vals[i]), "worst_severity": int(keys[i])}
+
+
+SELECTION_RULES = ("worst", "average", "last", "oracle_worst", "oracle_average")
+
+
+def select_epoch(records: Sequence[Mapping], rule: str = "worst") -> Mapping:
+    """Pick the record of the selected epoch from per-epoch records.
+
+    Each record has ``epoch`` and, when evaluated, ``val`` / ``test`` blocks holding
+    ``average`` and ``worst``.  ``worst`` / ``average`` maximise that validation score
+    (earliest epoch on ties); ``last`` takes the last evaluated epoch; ``oracle_*``
+    select on the *test* set and exist only for labelled oracle comparisons.
+    """
+    evaluated = [r for r in records if "val" in r and "test" in r]
+    if not evaluated:
+        raise ValueError("no evaluated epoch in the metrics")
+    if rule == "last":
+        return evaluated[-1]
+    if rule in ("worst", "average"):
+        split, key = "val", rule
+    elif rule in ("oracle_worst", "oracle_average"):
+        split, key = "test", rule.split("_", 1)[1]
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; allowed: {', '.join(SELECTION_RULES)}")
+    best = evaluated[0]
+    for r in evaluated[1:]:
+        if r[split][key] > best[split][key]:
+            best = r
+    return best

@@ -1,0 +1,55 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the repository (CI has it; users do not)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("SHARPDRO_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (cand / "SHA256SUMS").is_file():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder with the shared real archives; tests that need it fail loudly in CI if it is missing."""
+    path = _shared_data()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("../shared/data is missing in CI")
+        pytest.skip("../shared/data not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_folder(shared_data, tmp_path_factory) -> Path:
+    """The shared CIFAR-10 JPEG archive extracted once per test session: <root>/{train,test}/<class>/*.jpg."""
+    import tarfile
+
+    out = tmp_path_factory.mktemp("cifar10-jpeg")
+    with tarfile.open(shared_data / "cifar10-jpeg.tar.gz") as tar:
+        tar.extractall(out, filter="data")
+    # The archive may hold a single top folder; return the folder that holds train/ and test/.
+    for cand in [out, *out.iterdir()]:
+        if (cand / "train").is_dir() and (cand / "test").is_dir():
+            return cand
+    raise AssertionError(f"no train/ and test/ in the CIFAR-10 archive: {list(out.iterdir())}")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's ~/.cache from tests."""
+    monkeypatch.setenv("SHARPDRO_CACHE", str(tmp_path / "cache"))
