@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _format_warnings(args.command or "")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -72,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sharpdro {args.command}: interrupted; finished results and checkpoints are kept "
               f"(train resumes with --resume).", file=sys.stderr)
         return 130
+
+
+def _format_warnings(command: str) -> None:
+    """Our own warnings print as one line each ("sharpdro train: warning: ..."), not with file:line."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "sharpdro" in str(filename):
+            print(f"sharpdro {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,383 @@
+"""The Poisson severity mixture: which images train at which severity, and the held-out sets.
+
+SharpDRO trains on a mixture of corruption severities 0..S whose proportions follow
+Poisson(lambda) (lambda = 1 in the paper): clean and mildly corrupted images are
+common, severe ones rare.  Two protocols decide the per-image severities:
+
+``per_class_floor`` (the official code, the default)
+    For each class, ``train_per_class`` images of the train split are picked at random;
+    severity group s receives ``floor(n * pmf(s))`` of them (CIFAR-10 at 4000:
+    1471/1471/735/245/61/12).  The pmf is *not* renormalised over 0..S, so the floors
+    sum to less than n (3995 of 4000): the leftover picked images are dropped from
+    training and from validation alike, as the official code does.
+``iid``
+    Every picked image draws its own severity from Poisson(lambda) truncated to 0..S
+    (pmf renormalised), so group sizes vary from seed to seed.
+
+The train-split images of a class that are not picked form its validation pool
+(``val_per_class`` of them when set).  Validation and test sets hold *the same images*
+at every severity 0..S, each severity corrupted with its own seed stream.
+
+Seeds: every random stream is ``np.random.SeedSequence([seed, TAG, ...])`` with a fixed
+integer TAG per purpose (``STREAM_TAGS``), so adding a stream never changes another.
+Corrupted arrays are cached on disk (``sharpdro.data.cache``), keyed by everything that
+changes them.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sharpdro.data.types import ImageSet, LabeledArrays, Splits
+from sharpdro.errors import CacheError, DataError
+
+# Bump when the split or the cached layout changes: old cache entries are then never reused.
+FORMAT_VERSION = 1
+
+# Stable integer tag of each random stream. Never renumber; add new purposes with new numbers.
+STREAM_TAGS = {
+    "split": 1,          # which images of a class are picked for training (and the val order)
+    "iid-severity": 2,   # per-image severities of the iid protocol
+    "train-corrupt": 3,  # corruption noise of the training images
+    "val-corrupt": 4,    # corruption noise of the validation images (+ severity)
+    "test-corrupt": 5,   # corruption noise of the test images (+ severity)
+    "test-subset": 6,    # which test images are kept when test_per_class is set
+}
+assert len(set(STREAM_TAGS.values())) == len(STREAM_TAGS)
+
+# Share of a short class kept for validation when it has too few images for train_per_class.
+MIN_VAL_SHARE = 0.1
+
+
+def stream(seed: int, purpose: str, *extra: int) -> np.random.SeedSequence:
+    """The seed sequence of one purpose (``STREAM_TAGS``), optionally split further (class, severity)."""
+    return np.random.SeedSequence([int(seed), STREAM_TAGS[purpose], *(int(x) for x in extra)])
+
+
+def rng_for(seed: int, purpose: str, *extra: int) -> np.random.Generator:
+    return np.random.default_rng(stream(seed, purpose, *extra))
+
+
+# ----------------------------------------------------------------- proportions
+def poisson_proportions(lam: float, max_severity: int) -> np.ndarray:
+    """Poisson(lam) pmf at 0..max_severity (float64), NOT renormalised (its sum is < 1)."""
+    if lam <= 0:
+        raise ValueError(f"poisson lambda must be > 0, got {lam}")
+    s = np.arange(max_severity + 1)
+    log_pmf = -lam + s * math.log(lam) - np.array([math.lgamma(k + 1) for k in s])
+    return np.exp(log_pmf)
+
+
+def truncated_poisson(lam: float, max_severity: int) -> np.ndarray:
+    """Poisson(lam) restricted to 0..max_severity and renormalised (the iid protocol)."""
+    p = poisson_proportions(lam, max_severity)
+    return p / p.sum()
+
+
+def per_class_floor_counts(n_per_class: int, lam: float, max_severity: int) -> np.ndarray:
+    """``floor(n * pmf(s))`` for s = 0..S (int64): the official per-class group sizes."""
+    # The tiny epsilon keeps an exact integer product (n * pmf = k) from flooring to k - 1.
+    return np.floor(n_per_class * poisson_proportions(lam, max_severity) + 1e-9).astype(np.int64)
+
+
+# ------------------------------------------------------------------- the plan
+@dataclass
+class SplitPlan:
+    """Indices of a split, before any corruption (cheap: what ``sharpdro info`` prints)."""
+
+    train_index: np.ndarray  # int64, into the source train split, sorted
+    train_severity: np.ndarray  # int64, aligned with train_index
+    train_labels: np.ndarray  # int64, aligned with train_index
+    val_index: np.ndarray  # int64, into the source train split, sorted
+    test_index: np.ndarray  # int64, into the source test split, sorted
+    dropped_index: np.ndarray  # picked for training but dropped by per_class_floor (in no set)
+    num_classes: int
+    max_severity: int
+    short_classes: list = field(default_factory=list)  # [(class, available, used for training)]
+
+    def train_counts(self) -> np.ndarray:
+        """int64 [num_classes, S+1]: training images per class and severity."""
+        out = np.zeros((self.num_classes, self.max_severity + 1), dtype=np.int64)
+        np.add.at(out, (self.train_labels, self.train_severity), 1)
+        return out
+
+
+def make_plan(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, *, protocol: str,
+              poisson_lambda: float, max_severity: int, train_per_class: int, val_per_class: int | None,
+              test_per_class: int | None, seed: int, warn: bool = True) -> SplitPlan:
+    """Pick training images and their severities, the validation pool and the test subset.
+
+    Warns (UserWarning) when a class is too small for ``train_per_class`` or a severity gets no image.
+    """
+    train_labels = np.asarray(train_labels, dtype=np.int64)
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    S = max_severity
+    if protocol not in ("per_class_floor", "iid"):
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: per_class_floor, iid")
+    tr_idx, tr_sev, val_idx, dropped, short = [], [], [], [], []
+    for c in range(num_classes):
+        members = np.flatnonzero(train_labels == c)
+        n_avail = len(members)
+        if n_avail == 0:
+            short.append((c, 0, 0))
+            continue
+        # Keep at least MIN_VAL_SHARE of a class for validation; shrink training when needed.
+        keep_val = max(1, math.ceil(MIN_VAL_SHARE * n_avail)) if n_avail > 1 else 0
+        n = train_per_class
+        if n_avail - n < keep_val:
+            n = n_avail - keep_val
+            short.append((c, n_avail, n))
+        perm = members[rng_for(seed, "split", c).permutation(n_avail)]
+        picked, pool = perm[:n], perm[n:]
+        if protocol == "per_class_floor":
+            counts = per_class_floor_counts(n, poisson_lambda, S)
+            kept = int(counts.sum())
+            # Official behaviour: the n - sum(floors) leftover picked images are used nowhere.
+            dropped.append(picked[kept:])
+            picked = picked[:kept]
+            sev = np.repeat(np.arange(S + 1, dtype=np.int64), counts)
+        else:
+            sev = rng_for(seed, "iid-severity", c).choice(S + 1, size=n, p=truncated_poisson(poisson_lambda, S))
+        tr_idx.append(picked)
+        tr_sev.append(sev.astype(np.int64))
+        val_idx.append(pool[:val_per_class] if val_per_class is not None else pool)
+
+    def cat(parts):
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    train_index, train_severity = cat(tr_idx), cat(tr_sev)
+    order = np.argsort(train_index, kind="stable")
+    train_index, train_severity = train_index[order], train_severity[order]
+    val_index = np.sort(cat(val_idx))
+    dropped_index = np.sort(cat(dropped))
+    if np.intersect1d(train_index, val_index).size or np.intersect1d(dropped_index, val_index).size:
+        raise AssertionError("internal error: training and validation images overlap")  # pragma: no cover
+
+    if test_per_class is None:
+        test_index = np.arange(len(test_labels), dtype=np.int64)
+    else:
+        parts = []
+        for c in range(num_classes):
+            members = np.flatnonzero(test_labels == c)
+            parts.append(members[rng_for(seed, "test-subset", c).permutation(len(members))[:test_per_class]])
+        test_index = np.sort(cat(parts))
+    plan = SplitPlan(train_index, train_severity, train_labels[train_index], val_index, test_index,
+                     dropped_index, num_classes, S, short)
+    if warn:
+        _warn_plan(plan, train_per_class, protocol)
+    return plan
+
+
+def plan_from_config(cfg: dict, train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                     warn: bool = True) -> SplitPlan:
+    d = cfg["data"]
+    plan = make_plan(train_labels, test_labels, num_classes, protocol=d["protocol"],
+                     poisson_lambda=float(d["poisson_lambda"]), max_severity=d["max_severity"],
+                     train_per_class=d["train_per_class"], val_per_class=d["val_per_class"],
+                     test_per_class=d["test_per_class"], seed=cfg["seed"], warn=warn)
+    return plan
+
+
+def _warn_plan(plan: SplitPlan, train_per_class: int, protocol: str) -> None:
+    if plan.short_classes:
+        shown = ", ".join(f"class {c}: {a} images -> {n} train" for c, a, n in plan.short_classes[:5])
+        more = f" (and {len(plan.short_classes) - 5} more)" if len(plan.short_classes) > 5 else ""
+        warnings.warn(f"{len(plan.short_classes)} class(es) have too few images for data.train_per_class="
+                      f"{train_per_class} plus a {MIN_VAL_SHARE:.0%} validation share; they train on fewer "
+                      f"images: {shown}{more}", UserWarning, stacklevel=3)
+    per_sev = np.bincount(plan.train_severity, minlength=plan.max_severity + 1)
+    empty = [s for s in range(plan.max_severity + 1) if per_sev[s] == 0]
+    if empty:
+        fix = "raise data.train_per_class" + (" or use data.protocol=iid" if protocol != "iid" else "")
+        warnings.warn(f"no training image at severity {empty} (counts per severity {per_sev.tolist()}); {fix}",
+                      UserWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------ cache key
+def cache_key_fields(cfg: dict, train: ImageSet, test: ImageSet, table: str) -> dict:
+    """Everything that changes the corrupted arrays (the cache key is the SHA-256 of its JSON)."""
+    from sharpdro.data import corruptions
+
+    d = cfg["data"]
+    return {
+        "format": FORMAT_VERSION,
+        "corruptions_version": getattr(corruptions, "VERSION", None),
+        "dataset": d["dataset"],
+        "name": d["name"],
+        "train_fingerprint": train.fingerprint(),
+        "test_fingerprint": test.fingerprint(),
+        "image_size": d["image_size"],
+        "image_shape": list(train.images.shape[1:]),
+        "corruption": d["corruption"],
+        "table": table,
+        "max_severity": d["max_severity"],
+        "protocol": d["protocol"],
+        "poisson_lambda": float(d["poisson_lambda"]),
+        "train_per_class": d["train_per_class"],
+        "val_per_class": d["val_per_class"],
+        "test_per_class": d["test_per_class"],
+        "seed": cfg["seed"],
+    }
+
+
+# ------------------------------------------------------------------ building
+def _corrupt_arrays(train: ImageSet, test: ImageSet, plan: SplitPlan, corruption: str, table: str, seed: int,
+                    progress: bool) -> dict[str, np.ndarray]:
+    from tqdm.auto import tqdm
+
+    from sharpdro.data.corruptions import corrupt, corrupt_by_severity
+
+    S = plan.max_severity
+    shape = train.images.shape[1:]
+    nv, nt = len(plan.val_index), len(plan.test_index)
+    total = len(plan.train_index) + S * (nv + nt)
+    arrays: dict[str, np.ndarray] = {}
+    with tqdm(total=total, unit="img", desc=f"corrupting ({corruption})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        src = train.images[plan.train_index]
+        arrays["train_images"] = np.ascontiguousarray(
+            corrupt_by_severity(src, plan.train_severity, corruption, seed=stream(seed, "train-corrupt"),
+                                table=table), dtype=np.uint8)
+        del src
+        arrays["train_labels"] = train.labels[plan.train_index].astype(np.int64)
+        arrays["train_severity"] = plan.train_severity.astype(np.int64)
+        arrays["train_index"] = plan.train_index.astype(np.int64)
+        bar.update(len(plan.train_index))
+        for split, source, index, purpose in (("val", train, plan.val_index, "val-corrupt"),
+                                              ("test", test, plan.test_index, "test-corrupt")):
+            src = source.images[index]
+            stacked = np.empty((S + 1, len(index), *shape), dtype=np.uint8)
+            stacked[0] = src  # severity 0 is the clean image
+            for s in range(1, S + 1):
+                bar.set_postfix_str(f"{split} severity {s}")
+                stacked[s] = corrupt(src, corruption, s, seed=stream(seed, purpose, s), table=table)
+                bar.update(len(index))
+            arrays[f"{split}_images"] = stacked
+            arrays[f"{split}_labels"] = source.labels[index].astype(np.int64)
+            arrays[f"{split}_index"] = index.astype(np.int64)
+    return arrays
+
+
+def _per_severity(images: np.ndarray, labels: np.ndarray) -> dict[int, LabeledArrays]:
+    return {s: LabeledArrays(images[s], labels, np.full(len(labels), s, dtype=np.int64))
+            for s in range(images.shape[0])}
+
+
+def load_source(cfg: dict, progress: bool = True) -> tuple[ImageSet, ImageSet]:
+    from sharpdro.data.sources import load_dataset
+
+    train, test = load_dataset(cfg["data"], progress=progress)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; "
+                        f"set data.image_size to resize both")
+    return train, test
+
+
+def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: bool = False) -> Splits:
+    """Load the source, split it by the Poisson protocol, corrupt every set (cached) and return Splits.
+
+    ``cache=False`` builds in memory and writes nothing; ``rebuild=True`` replaces the cache entry.
+    """
+    from sharpdro.config import validate
+    from sharpdro.data import cache as cache_mod
+    from sharpdro.data.corruptions import resolve_table
+
+    t0 = time.perf_counter()
+    cfg = validate(cfg)
+    d = cfg["data"]
+    S = d["max_severity"]
+    train, test = load_source(cfg, progress=progress)
+    classes = list(train.classes)
+    table = resolve_table(d["table"], int(train.images.shape[1]))
+    plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
+    key = cache_key_fields(cfg, train, test, table)
+    key_hash = cache_mod.key_hash(key)
+
+    def builder() -> dict[str, np.ndarray]:
+        return _corrupt_arrays(train, test, plan, d["corruption"], table, cfg["seed"], progress)
+
+    cache_info: dict = {"key": key_hash, "dir": None, "hit": False}
+    if cache:
+        root = cache_mod.cache_root(d)
+        info = {"classes": classes, "train_per_severity": plan.train_counts().sum(axis=0).tolist(),
+                "val": int(len(plan.val_index)), "test": int(len(plan.test_index))}
+        entry = cache_mod.get_or_build(root, key, builder, rebuild=rebuild, info=info,
+                                       prefix=f"{d['dataset']}-{d['corruption']}-", progress=progress)
+        arrays = entry.arrays
+        cache_info.update(dir=str(entry.path), hit=not entry.built, verify_seconds=round(entry.verify_seconds, 3))
+        missing = [k for k in _ARRAY_NAMES if k not in arrays]
+        if missing:
+            raise CacheError(f"cache entry {entry.path} lacks {missing}; delete that folder or run "
+                             f"`sharpdro prepare --rebuild`")
+        # Guard against a split-code change that forgot to bump FORMAT_VERSION.
+        for name, want in (("train_index", plan.train_index), ("train_severity", plan.train_severity),
+                           ("val_index", plan.val_index), ("test_index", plan.test_index)):
+            if not np.array_equal(arrays[name], want):
+                raise CacheError(f"cache entry {entry.path} was built by another version of the split code "
+                                 f"({name} differs); delete that folder or run `sharpdro prepare --rebuild`")
+    else:
+        arrays = builder()
+
+    counts = plan.train_counts()
+    meta = {
+        "dataset": d["dataset"],
+        "corruption": d["corruption"],
+        "table": table,
+        "protocol": d["protocol"],
+        "poisson_lambda": float(d["poisson_lambda"]),
+        "max_severity": S,
+        "seed": cfg["seed"],
+        "proportions": poisson_proportions(float(d["poisson_lambda"]), S).tolist(),
+        "train_per_class_requested": d["train_per_class"],
+        "counts": {
+            "train": counts.sum(axis=0).tolist(),
+            "train_per_class": counts.tolist(),
+            "train_total": int(counts.sum()),
+            "dropped": int(len(plan.dropped_index)),
+            "val_per_class": np.bincount(train.labels[plan.val_index], minlength=len(classes)).tolist(),
+            "val": int(len(plan.val_index)),
+            "test_per_class": np.bincount(test.labels[plan.test_index], minlength=len(classes)).tolist(),
+            "test": int(len(plan.test_index)),
+        },
+        "short_classes": [list(x) for x in plan.short_classes],
+        "source": {"train_fingerprint": key["train_fingerprint"], "test_fingerprint": key["test_fingerprint"],
+                   "train_size": len(train), "test_size": len(test), "image_shape": list(train.images.shape[1:])},
+        "cache": cache_info,
+        "extra_test": d["extra_test"],
+    }
+    splits = Splits(
+        train=LabeledArrays(arrays["train_images"], arrays["train_labels"], arrays["train_severity"]),
+        val=_per_severity(arrays["val_images"], arrays["val_labels"]),
+        test=_per_severity(arrays["test_images"], arrays["test_labels"]),
+        classes=classes,
+        max_severity=S,
+        meta=meta,
+    )
+    if d["extra_test"]:
+        splits.extra_test = load_extra_test(d["extra_test"], d["corruption"], S, train.images.shape[1:])
+        meta["counts"]["extra_test"] = {str(s): len(v) for s, v in splits.extra_test.items()}
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    return splits
+
+
+_ARRAY_NAMES = ("train_images", "train_labels", "train_severity", "train_index", "val_images", "val_labels",
+                "val_index", "test_images", "test_labels", "test_index")
+
+
+def load_extra_test(folder: str, corruption: str, max_severity: int, image_shape) -> dict[int, LabeledArrays]:
+    """A CIFAR-10-C / CIFAR-100-C folder as an extra test set, one LabeledArrays per severity."""
+    from sharpdro.data.sources import load_cifar_c
+
+    out = {}
+    for s, (images, labels) in sorted(load_cifar_c(folder, corruption, max_severity=max_severity).items()):
+        images = np.asarray(images, dtype=np.uint8)
+        if tuple(images.shape[1:]) != tuple(image_shape):
+            raise DataError(f"data.extra_test {folder}: images are {tuple(images.shape[1:])} but training images "
+                            f"are {tuple(image_shape)}; CIFAR-C is 32x32, so leave data.image_size unset")
+        labels = np.asarray(labels, dtype=np.int64)
+        out[int(s)] = LabeledArrays(images, labels, np.full(len(labels), int(s), dtype=np.int64))
+    return out
