@@ -1,0 +1,27 @@
+"""GroupDRO (Sagawa et al. 2020) over the severity groups."""
+from __future__ import annotations
+
+from sharpdro.backends.torch.algorithms.base import GroupWeighted, group_mean, per_sample_losses
+
+
+class GroupDRO(GroupWeighted):
+    """q <- q exp(eta L_g) / Z from the batch's detached group losses, then minimise sum_g q_g L_g.
+
+    ``L_g`` is the mean loss of group g in the batch (0 for a group absent from the
+    batch).  ``gen_adjustment`` C adds C / sqrt(n_g) to L_g in the q update (n_g:
+    training count of group g, see :class:`GroupWeighted`).
+    """
+
+    name = "groupdro"
+    uses_groups = True
+
+    def update(self, x, y, g, idx):
+        self.check_ready()
+        opt = self._opt()
+        opt.zero_grad(set_to_none=True)
+        logits, per = per_sample_losses(self.model, x, y, self.amp)
+        group_loss, _ = group_mean(per, g, self.num_groups)
+        q = self.update_q(group_loss.detach())
+        (q * group_loss).sum().backward()
+        opt.step()
+        return self._stats(logits, per, y, q=q.clone())

@@ -1,0 +1,261 @@
+"""Networks: a small CPU-friendly CNN, ResNet-18/50 and WideResNet-28-k.
+
+Every model maps already-normalised float images ``[N, 3, H, W]`` to logits
+``[N, num_classes]``.  ``build_model(name, ...)`` is the only entry point the
+trainer uses; ``MODELS`` is the registry.
+
+Initialisation everywhere: Kaiming-normal convolutions (fan-out, ReLU gain, as
+the official SharpDRO code), BatchNorm weight 1 / bias 0, linear layers with
+PyTorch's default weight init and a zero bias (WideResNet: Xavier-normal weight,
+as the official code).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sharpdro.config import ConfigError
+
+__all__ = ["MODELS", "build_model", "SmallCNN", "ResNet", "WideResNet"]
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _init_weights(model: nn.Module, linear: str = "default") -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear == "xavier":
+                nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class _Head(nn.Sequential):
+    """Global average pool -> flatten -> dropout -> linear."""
+
+    def __init__(self, features: int, num_classes: int, dropout: float):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                         nn.Linear(features, num_classes))
+
+
+# --------------------------------------------------------------------------- small CNN
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU(-maxpool) blocks of width w, 2w, 4w, global pool, linear.
+
+    A few hundred thousand parameters at w=32: trains digits / CIFAR well above chance
+    in a few CPU epochs.  Pooling is skipped once the feature map is 1 pixel wide, so
+    tiny images (8x8 digits) work too.
+    """
+
+    def __init__(self, num_classes: int, image_size: int = 32, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = 3, int(image_size)
+        for cout in (width, 2 * width, 4 * width):
+            layers += [_conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = _Head(cin, num_classes, dropout)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# --------------------------------------------------------------------------- ResNet
+class _Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _projection(cin, planes * self.expansion, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)  # stride on the 3x3 (torchvision "v1.5")
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _projection(cin, cout, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def _projection(cin: int, cout: int, stride: int) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNet(nn.Module):
+    """ResNet-18/50.
+
+    Stem: for ``image_size <= 32`` the CIFAR stem (3x3 conv, stride 1, no max-pool);
+    for larger images the ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool),
+    which the official code uses for ImageNet-30 even at 64 px.
+    """
+
+    def __init__(self, block, layers, num_classes: int, image_size: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.cifar_stem = int(image_size) <= 32
+        if self.cifar_stem:
+            self.stem = nn.Sequential(_conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        cin, stages = 64, []
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1))
+                cin = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.head = _Head(cin, num_classes, dropout)
+        _init_weights(self)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(x)
+
+
+# --------------------------------------------------------------------------- WideResNet
+# The official code gives its BatchNorm subclass momentum=1e-3 and eps=1e-3 as constructor
+# defaults but never passes them to nn.BatchNorm2d, so the values in effect are PyTorch's
+# defaults, momentum 0.1 and eps 1e-5.  We match the effective values.
+_WRN_BN_MOMENTUM = 0.1
+_WRN_BN_EPS = 1e-5
+_WRN_SLOPE = 0.1  # LeakyReLU negative slope, as the official code
+
+
+def _wrn_bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=_WRN_BN_EPS, momentum=_WRN_BN_MOMENTUM)
+
+
+def _wrn_act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(_WRN_SLOPE)
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation block: [BN-act] conv3x3(stride) BN-act conv3x3, plus a shortcut.
+
+    With ``preact_shared`` (first block of the network) the BN-act is applied to the
+    input once and both the branch and the shortcut read the activated tensor;
+    otherwise the shortcut reads the raw input and only the branch is pre-activated.
+    The shortcut is a 1x1 conv when the shape changes, the identity otherwise.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, preact_shared: bool = False):
+        super().__init__()
+        self.preact = nn.Sequential(_wrn_bn(cin), _wrn_act())
+        self.preact_shared = preact_shared
+        self.branch = nn.Sequential(_conv3x3(cin, cout, stride), _wrn_bn(cout), _wrn_act(), _conv3x3(cout, cout))
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+                         if (stride != 1 or cin != cout) else nn.Identity())
+
+    def forward(self, x):
+        a = self.preact(x)
+        return self.shortcut(a if self.preact_shared else x) + self.branch(a)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-28-k (4 blocks per stage, widths 16, 16k, 32k, 64k), LeakyReLU(0.1)."""
+
+    def __init__(self, k: int, num_classes: int, depth: int = 28, dropout: float = 0.0):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ConfigError(f"WideResNet depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * k, 32 * k, 64 * k]
+        self.stem = _conv3x3(3, widths[0])
+        stages = []
+        for i in range(3):
+            blocks = [_WideBlock(widths[i], widths[i + 1], stride=1 if i == 0 else 2, preact_shared=(i == 0))]
+            blocks += [_WideBlock(widths[i + 1], widths[i + 1]) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.stage1, self.stage2, self.stage3 = stages
+        self.final = nn.Sequential(_wrn_bn(widths[3]), _wrn_act())
+        self.head = _Head(widths[3], num_classes, dropout)
+        _init_weights(self, linear="xavier")
+
+    def forward(self, x):
+        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        return self.head(self.final(x))
+
+
+# --------------------------------------------------------------------------- registry
+def _cnn(num_classes, image_size, width, dropout):
+    return SmallCNN(num_classes, image_size=image_size, width=width, dropout=dropout)
+
+
+def _resnet18(num_classes, image_size, width, dropout):
+    return ResNet(_Basic, (2, 2, 2, 2), num_classes, image_size=image_size, dropout=dropout)
+
+
+def _resnet50(num_classes, image_size, width, dropout):
+    return ResNet(_Bottleneck, (3, 4, 6, 3), num_classes, image_size=image_size, dropout=dropout)
+
+
+def _wrn28_2(num_classes, image_size, width, dropout):
+    return WideResNet(2, num_classes, dropout=dropout)
+
+
+def _wrn28_10(num_classes, image_size, width, dropout):
+    return WideResNet(10, num_classes, dropout=dropout)
+
+
+#: name -> constructor(num_classes, image_size, width, dropout).  ``width`` only
+#: affects ``cnn``; the others have their published widths.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": _cnn,
+    "resnet18": _resnet18,
+    "resnet50": _resnet50,
+    "wrn28_2": _wrn28_2,
+    "wrn28_10": _wrn28_10,
+}
+
+
+def build_model(name: str, num_classes: int, image_size: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
+    """A freshly initialised network (on the CPU, float32)."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    return MODELS[name](int(num_classes), int(image_size), int(width), float(dropout))
