@@ -85,3 +85,10 @@ def test_step_schedule_official_milestones():
     assert lrs[6] == pytest.approx(0.004) and lrs[8] == pytest.approx(0.0008) and lrs[9] == pytest.approx(0.0008)
     cos = load_config("cifar10", ["train.epochs=10", "train.schedule=cosine"])
     assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(5, cos) == pytest.approx(0.05)
+
+
+def test_exponent_notation_is_a_number():
+    # YAML 1.1 would read 1e-3 as a string
+    assert load_config("quickstart", ["train.lr=1e-3"])["train"]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="number"):
+        load_config("quickstart", ["train.lr=fast"])

@@ -1,0 +1,51 @@
+"""``sharpdro report``: tables of a sweep (mean ± std over seeds per dataset, corruption and method)."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables of a sweep: averaged, worst and per-severity test accuracy, mean ± std over seeds",
+        description="Read every run under SWEEP_DIR (config.yaml + metrics.jsonl), select each run's epoch with "
+                    "--selection, group runs by dataset, corruption, method and every swept hyperparameter but "
+                    "the seed, and print mean ± sample std (ddof=1) over seeds. Missing, unfinished and failed "
+                    "runs are counted in the n column. Output is deterministic.",
+    )
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="sweep folder (or one run folder)")
+    p.add_argument("--selection", default="worst",
+                   choices=("worst", "average", "last", "oracle_worst", "oracle_average"),
+                   help="model selection (default worst): worst / average validation accuracy, last epoch, or "
+                        "oracle_* (on the test set; labelled as oracle)")
+    p.add_argument("--format", default=None, metavar="md,csv,tex,json",
+                   help="output formats (default: md printed; all four with --out)")
+    p.add_argument("--out", default=None, metavar="PREFIX",
+                   help="write PREFIX.md, PREFIX.csv, ... instead of printing")
+    p.add_argument("--group-by", default="auto", metavar="KEY[,KEY...]",
+                   help="config keys that split rows besides dataset/corruption/method: 'auto' (every key that "
+                        "differs between runs, seed excepted; the default), 'none', or a comma list such as train.lr")
+    p.add_argument("--decimals", type=int, default=2, help="decimals of the percentages (default 2)")
+    p.set_defaults(func=run)
+
+
+def parse_group_by(text: str):
+    text = (text or "auto").strip()
+    if text == "auto":
+        return None
+    if text == "none":
+        return []
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def run(args) -> int:
+    from sharpdro.experiments import report as rp
+
+    formats = rp.parse_formats(args.format) if args.format else (list(rp.FORMATS) if args.out else ["md"])
+    if args.decimals < 0:
+        raise rp.ReportError(f"--decimals must be >= 0, got {args.decimals}")
+    table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals)
+    if args.out:
+        for path in rp.write_report(table, args.out, formats):
+            print(path)
+    else:
+        print("\n".join(rp.render(table, f) for f in formats), end="")
+    return 0

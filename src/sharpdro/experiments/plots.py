@@ -1,0 +1,312 @@
+"""Figures of a sweep or a run (matplotlib, Agg backend; each figure as PNG and SVG).
+
+- accuracy vs severity: one figure per (dataset, corruption, swept hyperparameters), a line
+  per method, mean ± std (ddof=1) band over seeds, at the epoch chosen by the selection rule;
+- group weights q over training: one figure per run group with ``q`` in its metrics, a
+  line per severity (mean over seeds, band ± std);
+- training curves: train loss, averaged and worst-severity accuracy (validation dashed,
+  test solid) against the epoch, a line per method;
+- :func:`plot_sharpness`: loss increase against the perturbation radius per severity, and
+  the worst-case increase per severity, a line per method.
+
+Every function returns the paths it wrote.  Aggregation over seeds uses the rows of
+:mod:`sharpdro.experiments.report`, so the figures and the tables agree.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from sharpdro.experiments.report import METHOD_NAMES, Row, Table, _fmt_value, collect, mean_std
+
+FORMATS = ("png", "svg")
+_METHOD_ORDER = ("erm", "sam", "groupdro", "jtt", "eiil", "sharpdro", "sharpdro_agnostic")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "sharpdro"  # stable SVG ids
+    return plt
+
+
+def _color(method_key: str, i: int = 0):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    idx = _METHOD_ORDER.index(method_key) if method_key in _METHOD_ORDER else len(_METHOD_ORDER) + i
+    return cmap(idx % 10)
+
+
+def slug(*parts: Any) -> str:
+    text = "_".join(str(p) for p in parts if p not in (None, ""))
+    text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")
+    return text or "plot"
+
+
+def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Save ``fig`` as ``path`` (its suffix picks the format) or, without a suffix, once per format."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [path] if path.suffix.lower().lstrip(".") in ("png", "svg", "pdf") else \
+        [path.with_name(path.name + "." + f) for f in formats]
+    out = []
+    for t in targets:
+        fmt = t.suffix.lower().lstrip(".")
+        metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
+        fig.savefig(t, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+        out.append(t)
+    plt.close(fig)
+    return out
+
+
+def _block_title(table: Table, row: Row) -> str:
+    hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in zip(table.hparams, row.hparams))
+    return f"{row.data} / {row.type}" + (f" ({hp})" if hp else "")
+
+
+def _blocks(table: Table) -> dict:
+    """Rows grouped by (dataset, corruption, hyperparameters) -> list of rows (one per method)."""
+    out: dict = {}
+    for row in table.rows:
+        out.setdefault((row.data, row.corruption, row.hparams), []).append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- accuracy vs severity
+
+
+def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike,
+                              formats: Sequence[str] = FORMATS) -> list[Path]:
+    plt = _plt()
+    paths = []
+    for (data, corruption, hp), rows in _blocks(table).items():
+        rows = [r for r in rows if r.finished]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for i, row in enumerate(rows):
+            sev, mean, lo, hi = [], [], [], []
+            for s in row.severities:
+                m, sd, n = row.stat(s)
+                if m is None:
+                    continue
+                sev.append(s)
+                mean.append(m)
+                lo.append(m - (sd or 0.0))
+                hi.append(m + (sd or 0.0))
+            color = _color(row.method_key, i)
+            ax.plot(sev, mean, marker="o", color=color, label=f"{row.method} (n={len(row.finished)})")
+            if len(row.finished) >= 2:
+                ax.fill_between(sev, lo, hi, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel("severity")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_xticks(table.severities)
+        title = _block_title(table, rows[0])
+        if table.oracle:
+            title += " [ORACLE selection]"
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.text(0.01, -0.02, f"selection: {table.selection}; band: ± sample std (ddof=1) over seeds",
+                 fontsize=7, color="0.4")
+        paths += save_figure(fig, Path(out_dir) / slug("accuracy_vs_severity", data, corruption, *_hp_parts(
+            table, hp)), formats)
+    return paths
+
+
+def _hp_parts(table: Table, hp: tuple) -> list[str]:
+    return [f"{k.split('.')[-1]}={_fmt_value(v)}" for k, v in zip(table.hparams, hp)]
+
+
+# --------------------------------------------------------------------------- per-epoch series
+
+
+def _series(runs, getter) -> tuple[list[int], list[float], list[float | None]]:
+    """Mean and std over runs, per epoch, of ``getter(record)`` (None: the record lacks it)."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for rec in run.records:
+            try:
+                v = getter(rec)
+            except (KeyError, TypeError, IndexError, ValueError):
+                v = None
+            if v is not None:
+                by_epoch.setdefault(int(rec["epoch"]), []).append(float(v))
+    epochs = sorted(by_epoch)
+    stats = [mean_std(by_epoch[e]) for e in epochs]
+    return epochs, [m for m, _ in stats], [s for _, s in stats]
+
+
+def _band(ax, x, mean, std, color, **kw):
+    ax.plot(x, mean, color=color, **kw)
+    if any(s is not None for s in std):
+        lo = [m - (s or 0.0) for m, s in zip(mean, std)]
+        hi = [m + (s or 0.0) for m, s in zip(mean, std)]
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
+
+
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch (0-based, as in metrics.jsonl)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _runs_with_records(row: Row) -> list:
+    return [r for r in sorted(row.runs, key=lambda r: (r.seed, r.name)) if r.records]
+
+
+def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per method."""
+    plt = _plt()
+    paths = []
+    for (data, corruption, hp), rows in _blocks(table).items():
+        rows = [r for r in rows if _runs_with_records(r)]
+        if not rows:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for i, row in enumerate(rows):
+            runs = _runs_with_records(row)
+            color = _color(row.method_key, i)
+            x, m, s = _series(runs, lambda r: r["train"]["loss"])
+            if x:
+                _band(axes[0], x, m, s, color, label=row.method)
+            for ax, key in ((axes[1], "average"), (axes[2], "worst")):
+                for split, style in (("val", "--"), ("test", "-")):
+                    x, m, s = _series(runs, lambda r, sp=split, k=key: 100.0 * r[sp][k])
+                    if x:
+                        _band(ax, x, m, s, color, linestyle=style, marker=".",
+                              label=f"{row.method} ({split})")
+        axes[0].set_ylabel("train loss")
+        axes[1].set_ylabel("averaged accuracy (%)")
+        axes[2].set_ylabel("worst-severity accuracy (%)")
+        for ax in axes:
+            _epoch_axis(ax)
+        axes[0].legend(fontsize=7)
+        axes[2].legend(fontsize=7)
+        fig.suptitle(_block_title(table, rows[0]) + "  (mean ± std over seeds; val dashed, test solid)",
+                     fontsize=10)
+        fig.tight_layout()
+        paths += save_figure(fig, Path(out_dir) / slug("curves", data, corruption, *_hp_parts(table, hp)), formats)
+    return paths
+
+
+def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """q (the weight of each severity group) against the epoch, one figure per row that logged q."""
+    plt = _plt()
+    paths = []
+    for row in table.rows:
+        runs = [r for r in _runs_with_records(row) if any(isinstance(rec.get("q"), list) for rec in r.records)]
+        if not runs:
+            continue
+        groups = max(len(rec["q"]) for r in runs for rec in r.records if isinstance(rec.get("q"), list))
+        cmap = plt.get_cmap("viridis")
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for g in range(groups):
+            x, m, s = _series(runs, lambda r, g=g: r["q"][g])
+            if x:
+                _band(ax, x, m, s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
+        _epoch_axis(ax)
+        ax.set_ylabel("group weight q")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{_block_title(table, row)}: {row.method} (n={len(runs)})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        paths += save_figure(fig, Path(out_dir) / slug("q", row.data, row.corruption, row.method_key,
+                                                       *_hp_parts(table, row.hparams)), formats)
+    return paths
+
+
+# --------------------------------------------------------------------------- sharpness
+
+
+def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
+                   formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Sharpness per severity and method.
+
+    ``results``: ``{method: {severity: {"radii": [...], "mean_increase": [...], "worst_increase": float}}}``
+    (method: an algorithm key such as ``sharpdro`` or any label; severity: int or str); an optional
+    ``std_increase`` list (same length as ``radii``) is drawn as a ± band.
+    One panel per severity with the mean loss increase against the radius, and a last panel
+    with the worst-case increase against the severity.  ``path`` with a suffix writes that
+    format; without one, every format in ``formats``.
+    """
+    if not results:
+        raise ValueError("plot_sharpness: results is empty")
+    plt = _plt()
+    methods = sorted(results, key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else 99, str(m)))
+    severities = sorted({int(s) for m in methods for s in results[m]})
+    n = len(severities) + 1
+    cols = min(4, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+    flat = [ax for r in axes for ax in r]
+    for i, sev in enumerate(severities):
+        ax = flat[i]
+        for j, m in enumerate(methods):
+            entry = _sev_entry(results[m], sev)
+            if not entry or not entry.get("radii"):
+                continue
+            color = _color(str(m), j)
+            x, y = _floats(entry["radii"]), _floats(entry["mean_increase"])
+            ax.plot(x, y, marker=".", color=color, label=METHOD_NAMES.get(m, str(m)))
+            std = entry.get("std_increase")
+            if std is not None and len(std) == len(y):
+                sd = [0.0 if v != v else v for v in _floats(std)]
+                ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], color=color,
+                                alpha=0.15, linewidth=0)
+        ax.set_title(f"severity {sev}", fontsize=9)
+        ax.set_xlabel("radius")
+        ax.set_ylabel("mean loss increase")
+        ax.grid(alpha=0.3)
+    ax = flat[len(severities)]
+    for j, m in enumerate(methods):
+        xs, ys = [], []
+        for sev in severities:
+            entry = _sev_entry(results[m], sev)
+            if entry and entry.get("worst_increase") is not None:
+                xs.append(sev)
+                ys.append(float(entry["worst_increase"]))
+        if xs:
+            ax.plot(xs, ys, marker="o", color=_color(str(m), j), label=METHOD_NAMES.get(m, str(m)))
+    ax.set_title("worst-case loss increase", fontsize=9)
+    ax.set_xlabel("severity")
+    ax.set_xticks(severities)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for extra in flat[len(severities) + 1:]:
+        extra.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
+
+
+def _floats(values) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def _sev_entry(by_sev: Mapping, sev: int):
+    if sev in by_sev:
+        return by_sev[sev]
+    return by_sev.get(str(sev))
+
+
+# --------------------------------------------------------------------------- everything for a folder
+
+
+def plot_dir(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, selection: str = "worst",
+             formats: Sequence[str] = FORMATS, group_by: Sequence[str] | None = None) -> list[Path]:
+    """Every figure of a sweep folder or a run folder; ``out_dir`` defaults to ``PATH/plots``."""
+    table = collect(path, selection, group_by)
+    out = Path(out_dir) if out_dir is not None else Path(path) / "plots"
+    paths = plot_accuracy_vs_severity(table, out, formats)
+    paths += plot_group_weights(table, out, formats)
+    paths += plot_training_curves(table, out, formats)
+    return paths

@@ -1,0 +1,605 @@
+"""Tables of a sweep: per-severity test accuracy aggregated over seeds, as in the original README.
+
+Each run's epoch is selected again from its ``metrics.jsonl`` with
+:func:`sharpdro.metrics.select_epoch` (``summary.json`` holds the config's rule only),
+and its accuracies at that epoch are summarised by :func:`sharpdro.metrics.summarize`:
+
+- **Averaged accuracy**: the unweighted mean over severities 0..S of the per-severity
+  test accuracies of a run (the README's column);
+- **Worst severity**: the lowest per-severity test accuracy of a run;
+- **Sev. s**: the test accuracy at severity s.
+
+Runs are grouped by (dataset, corruption, method) plus every hyperparameter that differs
+between the runs of the sweep (seed excepted; or the keys given by ``group_by``), and each
+cell shows ``mean ± std`` over the group's finished runs, in percent, where std is the
+**sample standard deviation (ddof=1)**; a cell of a single run shows its value alone.
+Unfinished, failed and never-started runs are counted in the ``n`` column (e.g.
+``2/3 seeds; 1 failed``) and failed runs are listed under the table.
+
+Every output is deterministic: rows are sorted, floats have a fixed format and
+nothing depends on paths, times or file-system order.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from sharpdro.config import CORRUPTIONS
+from sharpdro.errors import SharpDROError
+from sharpdro.io import atomic_write_text, read_jsonl
+from sharpdro.metrics import SELECTION_RULES, select_epoch, summarize
+
+FORMATS = ("md", "csv", "tex", "json")
+
+DATASET_NAMES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet30": "ImageNet30", "digits": "Digits",
+                 "tinyimagenet": "TinyImageNet"}
+CORRUPTION_NAMES = {"gaussian_noise": "Gaussian", "shot_noise": "Shot", "impulse_noise": "Impulse",
+                    "speckle_noise": "Speckle", "jpeg_compression": "JPEG"}
+METHOD_NAMES = {"erm": "ERM", "sam": "SAM", "groupdro": "GroupDRO", "jtt": "JTT", "eiil": "EIIL",
+                "sharpdro": "SharpDRO", "sharpdro_agnostic": "SharpDRO (agnostic)"}
+# Row order: the README's datasets first, baselines before SharpDRO.
+_DATASET_ORDER = ("cifar10", "cifar100", "imagenet30", "tinyimagenet", "digits", "labelfile", "folder")
+_METHOD_ORDER = ("erm", "sam", "groupdro", "jtt", "eiil", "sharpdro", "sharpdro_agnostic")
+
+SELECTION_TEXT = {
+    "worst": "model selected by worst-severity validation accuracy",
+    "average": "model selected by averaged validation accuracy",
+    "last": "model of the last evaluated epoch",
+    "oracle_worst": "ORACLE selection by worst-severity TEST accuracy (an upper bound, not a valid model selection)",
+    "oracle_average": "ORACLE selection by averaged TEST accuracy (an upper bound, not a valid model selection)",
+}
+
+STD_NOTE = ("mean ± std over seeds, in percent; std is the sample standard deviation (ddof=1); "
+            "a cell of a single run shows its value alone")
+DEFINITIONS_NOTE = ("Averaged accuracy: unweighted mean of the per-severity test accuracies over severities 0..S "
+                    "at the selected epoch; Worst severity: each run's lowest per-severity test accuracy; "
+                    "Sev. s: test accuracy at severity s")
+N_NOTE = "n: finished runs; an incomplete group shows finished/expected and what happened to the others"
+
+# Keys never used to split rows: the row identity itself, the seed, runtime-only keys, and the
+# config's own selection rule (the report selects again).
+_NOT_HYPERPARAMETERS = {
+    "seed", "data.dataset", "data.corruption", "algorithm.name", "data.root", "data.name", "eval.selection",
+    "train.threads", "train.progress", "train.device", "data.cache_dir", "data.download", "output.dir",
+    "output.name",
+}
+
+
+class ReportError(SharpDROError):
+    """Nothing to report, or a report option that cannot work."""
+
+
+# --------------------------------------------------------------------------- display names
+
+
+def dataset_name(cfg: Mapping) -> str:
+    data = cfg.get("data", {})
+    ds = data.get("dataset", "?")
+    if ds == "folder":
+        root = str(data.get("root") or "folder").rstrip("/\\")
+        return os.path.basename(root) or "folder"
+    if ds == "labelfile":
+        return str(data.get("name") or "labelfile")
+    return DATASET_NAMES.get(ds, str(ds))
+
+
+def corruption_name(key: str) -> str:
+    return CORRUPTION_NAMES.get(key, str(key))
+
+
+def method_name(key: str) -> str:
+    return METHOD_NAMES.get(key, str(key))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    name: str  # folder name (the job hash in a sweep)
+    config: dict
+    status: str  # done | failed | partial | missing
+    records: list = field(default_factory=list)
+    selected: dict | None = None  # the selected epoch's record
+    accuracy: dict | None = None  # {severity (int): accuracy in [0, 1]} on the test set
+    average: float | None = None
+    worst: float | None = None
+    error: str | None = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+
+def _flatten(cfg: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        key = prefix + str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _epoch_records(path: Path) -> list[dict]:
+    """metrics.jsonl with one record per epoch (the last written wins, after a resume), by epoch."""
+    by_epoch: dict[int, dict] = {}
+    for rec in read_jsonl(path):
+        if isinstance(rec, dict) and "epoch" in rec:
+            by_epoch[int(rec["epoch"])] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _last_error_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "failed (error.txt unreadable)"
+    text = lines[-1] if lines else "failed (empty error.txt)"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_finished(d: Path) -> bool:
+    if (d / "done").exists():
+        return True
+    try:
+        return json.loads((d / "summary.json").read_text(encoding="utf-8")).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_run(d: Path, selection: str = "worst", config: dict | None = None, name: str | None = None) -> Run | None:
+    """One run folder; ``config`` is used when the folder has no config.yaml (a job that failed early)."""
+    name = name or d.name
+    cfg = None
+    if (d / "config.yaml").exists():
+        try:
+            cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            cfg = None
+    if not isinstance(cfg, dict):
+        cfg = config
+    if cfg is None:
+        return None
+    if not d.is_dir():
+        return Run(name, cfg, "missing")
+    records = _epoch_records(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else []
+    if _is_finished(d):
+        run = Run(name, cfg, "done", records)
+        try:
+            rec = select_epoch(records, selection)
+        except ValueError as exc:
+            return Run(name, cfg, "failed", records, error=f"finished but unusable metrics.jsonl: {exc}")
+        acc = {int(k): float(v) for k, v in rec["test"]["accuracy"].items()}
+        s = summarize({str(k): v for k, v in acc.items()})
+        run.selected, run.accuracy, run.average, run.worst = rec, acc, s["average"], s["worst"]
+        return run
+    if (d / "error.txt").exists():
+        return Run(name, cfg, "failed", records, error=_last_error_line(d / "error.txt"))
+    return Run(name, cfg, "partial", records)
+
+
+def _looks_like_run(d: Path) -> bool:
+    return any((d / f).exists() for f in ("config.yaml", "metrics.jsonl", "summary.json", "done", "error.txt"))
+
+
+def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
+    """Every run of a sweep folder (its ``sweep.json`` jobs and run subfolders) or a single run folder."""
+    if selection not in SELECTION_RULES:
+        raise ReportError(f"unknown selection rule {selection!r}; allowed: {', '.join(SELECTION_RULES)}")
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a folder")
+    if (path / "config.yaml").exists():
+        run = load_run(path, selection)
+        return [run] if run else []
+    from sharpdro.experiments.sweep import read_index
+
+    index = read_index(path)
+    names = set(index)
+    names.update(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and _looks_like_run(p))
+    runs = []
+    for name in sorted(names):
+        run = load_run(path / name, selection, config=(index.get(name) or {}).get("config"), name=name)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for fewer than two values)."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+@dataclass
+class Row:
+    dataset: str  # config key
+    data: str  # display name
+    corruption: str
+    method_key: str
+    hparams: tuple  # values of Table.hparams, in order
+    runs: list = field(default_factory=list)
+
+    @property
+    def type(self) -> str:
+        return corruption_name(self.corruption)
+
+    @property
+    def method(self) -> str:
+        return method_name(self.method_key)
+
+    @property
+    def finished(self) -> list:
+        return sorted((r for r in self.runs if r.status == "done"), key=lambda r: (r.seed, r.name))
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.runs if r.status == status)
+
+    @property
+    def severities(self) -> list[int]:
+        sev = set()
+        for r in self.finished:
+            sev.update(r.accuracy)
+        if not sev:
+            for r in self.runs:
+                sev.update(range(int(r.config.get("data", {}).get("max_severity", 5)) + 1))
+        return sorted(sev)
+
+    def stat(self, what: str | int) -> tuple[float | None, float | None, int]:
+        """(mean, std, n) in percent of 'average', 'worst' or a severity."""
+        vals = []
+        for r in self.finished:
+            v = getattr(r, what) if isinstance(what, str) else r.accuracy.get(what)
+            if v is not None:
+                vals.append(100.0 * v)
+        m, s = mean_std(vals)
+        return m, s, len(vals)
+
+    def n_text(self) -> str:
+        done, total = self.count("done"), len(self.runs)
+        if done == total:
+            return str(done)
+        parts = [f"{done}/{total} seeds"]
+        for status, label in (("failed", "failed"), ("partial", "unfinished"), ("missing", "not started")):
+            c = self.count(status)
+            if c:
+                parts.append(f"{c} {label}")
+        return "; ".join(parts)
+
+    def seeds_duplicated(self) -> bool:
+        seeds = [r.seed for r in self.runs]
+        return len(seeds) != len(set(seeds))
+
+
+@dataclass
+class Table:
+    selection: str
+    hparams: list  # dotted config keys that split rows
+    rows: list
+    severities: list
+    decimals: int = 2
+
+    @property
+    def oracle(self) -> bool:
+        return self.selection.startswith("oracle")
+
+    @property
+    def title(self) -> str:
+        return f"Test accuracy (%) per severity; {SELECTION_TEXT[self.selection]}"
+
+    def notes(self) -> list[str]:
+        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", N_NOTE + "."]
+        for row in self.rows:
+            if row.seeds_duplicated():
+                notes.append(f"{_row_label(self, row)}: several runs share a seed; n counts runs.")
+        for row in self.rows:
+            for r in sorted(row.runs, key=lambda r: (r.seed, r.name)):
+                if r.status == "failed":
+                    notes.append(f"Failed: {r.name} ({_row_label(self, row)}, seed {r.seed}): {r.error}")
+        return notes
+
+
+def _row_label(table: Table, row: Row) -> str:
+    hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in zip(table.hparams, row.hparams))
+    return f"{row.data} {row.type} {row.method}" + (f" [{hp}]" if hp else "")
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _value_sort_key(v: Any):
+    if v is None:
+        return (0, 0.0, "")
+    if isinstance(v, bool):
+        return (1, float(v), "")
+    if isinstance(v, (int, float)):
+        return (2, float(v), "")
+    if isinstance(v, str):
+        return (3, 0.0, v)
+    return (4, 0.0, json.dumps(v, sort_keys=True))
+
+
+def _order(seq: Sequence[str], key: str) -> int:
+    return seq.index(key) if key in seq else len(seq)
+
+
+def detect_hyperparameters(runs: Iterable[Run]) -> list[str]:
+    """Config keys (other than seed and the row identity) whose values differ between runs."""
+    seen: dict[str, set] = {}
+    for r in runs:
+        for k, v in _flatten(r.config).items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+    keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in _NOT_HYPERPARAMETERS]
+    # keys missing from some configs also differ
+    all_keys = set(seen)
+    for r in runs:
+        missing = all_keys - set(_flatten(r.config))
+        keys.extend(k for k in missing if k not in keys and k not in _NOT_HYPERPARAMETERS)
+    return sorted(set(keys))
+
+
+def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequence[str] | None = None,
+                decimals: int = 2) -> Table:
+    """Group runs into rows. ``group_by``: None detects swept keys; a list names them ([] for none)."""
+    if not runs:
+        raise ReportError("no runs found: give a sweep folder (with sweep.json or run subfolders) or a run folder")
+    hparams = detect_hyperparameters(runs) if group_by is None else list(group_by)
+    groups: dict[tuple, Row] = {}
+    for r in runs:
+        flat = _flatten(r.config)
+        missing = [k for k in hparams if k not in flat and group_by is not None]
+        if missing:
+            raise ReportError(f"--group-by: unknown config key(s) {', '.join(missing)}")
+        hp = tuple(flat.get(k) for k in hparams)
+        ds = r.config.get("data", {}).get("dataset", "?")
+        key = (ds, dataset_name(r.config), r.config.get("data", {}).get("corruption", "?"),
+               r.config.get("algorithm", {}).get("name", "?"), json.dumps(hp, sort_keys=True, default=str))
+        if key not in groups:
+            groups[key] = Row(ds, key[1], key[2], key[3], hp)
+        groups[key].runs.append(r)
+    rows = sorted(groups.values(), key=lambda row: (
+        _order(_DATASET_ORDER, row.dataset), row.data, _order(CORRUPTIONS, row.corruption), row.corruption,
+        _order(_METHOD_ORDER, row.method_key), row.method_key, tuple(_value_sort_key(v) for v in row.hparams)))
+    severities = sorted({s for row in rows for s in row.severities})
+    return Table(selection, hparams, rows, severities, decimals)
+
+
+def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequence[str] | None = None,
+            decimals: int = 2) -> Table:
+    """Load the runs under ``path`` and build the table."""
+    return build_table(load_runs(path, selection), selection, group_by, decimals)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _cell(m: float | None, s: float | None, d: int, pm: str = "±", empty: str = "–") -> str:
+    if m is None:
+        return empty
+    if s is None:
+        return f"{m:.{d}f}"
+    return f"{m:.{d}f} {pm} {s:.{d}f}"
+
+
+def _header(table: Table, sev_label: str = "Sev. ") -> list[str]:
+    return (["Data", "Type", "Method"] + list(table.hparams) + ["Averaged accuracy (%)", "Worst severity (%)"]
+            + [f"{sev_label}{s}" for s in table.severities] + ["n"])
+
+
+def _cells(table: Table, row: Row, pm: str = "±", empty: str = "–", na: str = "n/a") -> list[str]:
+    d = table.decimals
+    out = [row.data, row.type, row.method] + [_fmt_value(v) for v in row.hparams]
+    for what in ("average", "worst"):
+        m, s, _ = row.stat(what)
+        out.append(_cell(m, s, d, pm, empty))
+    have = set(row.severities)
+    for sev in table.severities:
+        if sev not in have:
+            out.append(na)
+            continue
+        m, s, _ = row.stat(sev)
+        out.append(_cell(m, s, d, pm, empty))
+    out.append(row.n_text())
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table) -> str:
+    head = _header(table)
+    lines = [f"**{table.title}**", ""]
+    lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
+    aligns = [":--", ":-:", ":-:"] + [":-:"] * len(table.hparams) + ["--:"] * (len(head) - 3 - len(table.hparams))
+    lines.append("| " + " | ".join(aligns) + " |")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_escape(c) for c in _cells(table, row)) + " |")
+    lines.append("")
+    lines.extend(f"- {_md_escape(n)}" if n.startswith("Failed") else f"- {n}" for n in table.notes())
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None, decimals: int) -> str:
+    return "" if x is None else f"{x:.{decimals}f}"
+
+
+def to_csv(table: Table) -> str:
+    """One row per group; numbers in percent with ``decimals + 2`` digits; empty where undefined."""
+    d = table.decimals + 2
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = (["data", "type", "method", "dataset", "corruption", "algorithm"] + list(table.hparams)
+            + ["selection", "n", "n_expected", "n_failed", "n_unfinished", "n_not_started",
+               "average_mean", "average_std", "worst_mean", "worst_std"])
+    for s in table.severities:
+        head += [f"sev{s}_mean", f"sev{s}_std"]
+    w.writerow(head)
+    for row in table.rows:
+        line = [row.data, row.type, row.method, row.dataset, row.corruption, row.method_key]
+        line += [_fmt_value(v) for v in row.hparams]
+        line += [table.selection, row.count("done"), len(row.runs), row.count("failed"), row.count("partial"),
+                 row.count("missing")]
+        for what in ("average", "worst"):
+            m, s, _ = row.stat(what)
+            line += [_num(m, d), _num(s, d)]
+        have = set(row.severities)
+        for sev in table.severities:
+            m, s, _ = row.stat(sev) if sev in have else (None, None, 0)
+            line += [_num(m, d), _num(s, d)]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``), notes under the tabular."""
+    head = _header(table)
+    ncols = len(head)
+    nleft = 3 + len(table.hparams)
+    spec = "l" * nleft + "r" * (ncols - nleft)
+    tex_head = [_tex(h) for h in head[:nleft]] + ["Avg. (\\%)", "Worst (\\%)"] + \
+        [str(s) for s in table.severities] + ["$n$"]
+    lines = [
+        f"% Generated by `sharpdro report --selection {table.selection}`; needs \\usepackage{{booktabs}}.",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{_tex(table.title)}.}}",
+        f"\\label{{tab:sharpdro-{table.selection.replace('_', '-')}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+    ]
+    if table.severities:
+        first_sev = nleft + 3
+        lines.append(" & " * (first_sev - 1) + f"\\multicolumn{{{len(table.severities)}}}{{c}}{{Severity (\\%)}}"
+                     + " & " * 1 + "\\\\")
+        lines.append(f"\\cmidrule(lr){{{first_sev}-{first_sev + len(table.severities) - 1}}}")
+    lines.append(" & ".join(tex_head) + " \\\\")
+    lines.append("\\midrule")
+    prev = None
+    for row in table.rows:
+        block = (row.data, row.corruption)
+        if prev is not None and block != prev:
+            lines.append("\\midrule")
+        prev = block
+        lines.append(" & ".join(_tex(c) for c in _cells(table, row, empty="–")) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "", "\\par\\smallskip\\footnotesize"]
+    lines.append(" \\\\\n".join(_tex(n) for n in table.notes()))
+    lines += ["\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def to_dict(table: Table) -> dict:
+    rows = []
+    for row in table.rows:
+        entry: dict[str, Any] = {
+            "data": row.data, "type": row.type, "method": row.method,
+            "dataset": row.dataset, "corruption": row.corruption, "algorithm": row.method_key,
+            "hyperparameters": {k: v for k, v in zip(table.hparams, row.hparams)},
+            "n": row.count("done"), "n_expected": len(row.runs), "n_failed": row.count("failed"),
+            "n_unfinished": row.count("partial"), "n_not_started": row.count("missing"),
+        }
+        for what in ("average", "worst"):
+            m, s, _ = row.stat(what)
+            entry[what] = {"mean": _r(m), "std": _r(s)}
+        entry["severity"] = {}
+        have = set(row.severities)
+        for sev in table.severities:
+            if sev in have:
+                m, s, _ = row.stat(sev)
+                entry["severity"][str(sev)] = {"mean": _r(m), "std": _r(s)}
+        entry["runs"] = [{
+            "run": r.name, "seed": r.seed, "status": r.status,
+            "selected_epoch": None if r.selected is None else int(r.selected["epoch"]),
+            "average": None if r.average is None else _r(100.0 * r.average),
+            "worst": None if r.worst is None else _r(100.0 * r.worst),
+            "accuracy": None if r.accuracy is None else {str(k): _r(100.0 * v) for k, v in sorted(r.accuracy.items())},
+            "error": r.error,
+        } for r in sorted(row.runs, key=lambda r: (r.seed, r.name))]
+        rows.append(entry)
+    return {
+        "title": table.title,
+        "selection": table.selection,
+        "oracle": table.oracle,
+        "units": "percent",
+        "std": "sample standard deviation (ddof=1) over seeds; null for a single run",
+        "hyperparameters": list(table.hparams),
+        "severities": list(table.severities),
+        "rows": rows,
+        "notes": table.notes(),
+    }
+
+
+def to_json(table: Table) -> str:
+    return json.dumps(to_dict(table), indent=2, ensure_ascii=False) + "\n"
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "json": to_json}
+
+
+def render(table: Table, fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise ReportError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return RENDERERS[fmt](table)
+
+
+def parse_formats(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for f in (x.strip().lower() for x in items):
+        f = {"markdown": "md", "latex": "tex"}.get(f, f)
+        if f and f not in FORMATS:
+            raise ReportError(f"unknown format {f!r}; allowed: {', '.join(FORMATS)}")
+        if f and f not in out:
+            out.append(f)
+    return out
+
+
+def write_report(table: Table, prefix: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``PREFIX.md`` / ``.csv`` / ``.tex`` / ``.json`` (atomically); returns the paths."""
+    prefix = Path(prefix)
+    paths = []
+    for fmt in formats:
+        p = prefix.with_name(prefix.name + "." + fmt)
+        atomic_write_text(p, render(table, fmt))
+        paths.append(p)
+    return paths

@@ -1,0 +1,95 @@
+"""Figures: every plot writes non-empty PNG and SVG files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sharpdro.cli import main
+from sharpdro.config import load_config
+from sharpdro.experiments import plots
+from sharpdro.experiments.report import collect
+from sharpdro.experiments.sweep import job_hash
+from sharpdro.metrics import summarize
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(root: Path, overrides: list[str], offset: float, with_q: bool) -> None:
+    cfg = load_config(None, ["data.max_severity=3", "data.dataset=cifar10"] + overrides)
+    d = root / job_hash(cfg)
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = []
+    for e in range(4):
+        acc = {str(s): 0.5 + 0.05 * e - 0.08 * s + offset for s in range(4)}
+        block = {"accuracy": acc, **summarize(acc)}
+        rec = {"epoch": e, "lr": 0.1, "train": {"loss": 2.0 / (e + 1) + offset}, "val": block, "test": block}
+        if with_q:
+            q = [0.25 - 0.02 * e, 0.25 - 0.01 * e, 0.25 + 0.01 * e, 0.25 + 0.02 * e]
+            rec["q"] = q
+        lines.append(json.dumps(rec) + "\n")
+    (d / "metrics.jsonl").write_text("".join(lines))
+    (d / "summary.json").write_text(json.dumps({"finished": True}))
+    (d / "done").write_text("{}")
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        _run(root, ["algorithm.name=erm", f"seed={seed}"], 0.01 * seed, with_q=False)
+        _run(root, ["algorithm.name=sharpdro", f"seed={seed}"], 0.05 + 0.01 * seed, with_q=True)
+    return root
+
+
+def _check(paths, expected_stems):
+    stems = {p.stem for p in paths}
+    assert stems == set(expected_stems), stems
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 1000, p
+        if p.suffix == ".png":
+            assert data.startswith(PNG_MAGIC)
+        else:
+            assert b"<svg" in data[:2000]
+
+
+def test_plot_dir_writes_every_figure(sweep_dir):
+    paths = plots.plot_dir(sweep_dir)
+    assert len(paths) == 6 and {p.suffix for p in paths} == {".png", ".svg"}
+    assert all(p.parent == sweep_dir / "plots" for p in paths)
+    _check(paths, ["accuracy_vs_severity_CIFAR10_gaussian_noise", "q_CIFAR10_gaussian_noise_sharpdro",
+                   "curves_CIFAR10_gaussian_noise"])
+
+
+def test_single_run_and_cli(sweep_dir, tmp_path, capsys):
+    run_dir = sorted(sweep_dir.iterdir())[0]
+    out = tmp_path / "figs"
+    assert main(["plot", str(run_dir), "--out", str(out), "--format", "png"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(p.endswith(".png") and Path(p).stat().st_size > 1000 for p in printed)
+
+
+def test_plot_sharpness(tmp_path):
+    radii = [0.0, 0.01, 0.02, 0.05]
+    results = {
+        "erm": {s: {"radii": radii, "mean_increase": [0, 0.1 * (s + 1), 0.3 * (s + 1), 0.9 * (s + 1)],
+                    "worst_increase": 1.0 + s} for s in range(6)},
+        "sharpdro": {str(s): {"radii": radii, "mean_increase": [0, 0.05, 0.1, 0.3], "worst_increase": 0.5 + 0.1 * s,
+                              "std_increase": [0, 0.01, 0.02, None]} for s in range(6)},
+        "jtt [run-b]": {0: {"radii": [], "mean_increase": [], "worst_increase": None}},
+    }
+    paths = plots.plot_sharpness(results, tmp_path / "sharpness")
+    _check(paths, ["sharpness"])
+    assert sorted(p.suffix for p in paths) == [".png", ".svg"]
+    one = plots.plot_sharpness(results, tmp_path / "one.svg")
+    assert one == [tmp_path / "one.svg"] and one[0].stat().st_size > 1000
+
+
+def test_accuracy_plot_labels_oracle(sweep_dir, tmp_path):
+    table = collect(sweep_dir, selection="oracle_average")
+    paths = plots.plot_accuracy_vs_severity(table, tmp_path, formats=("svg",))
+    assert len(paths) == 1 and b"ORACLE" in paths[0].read_bytes()

@@ -1,0 +1,229 @@
+"""Report tables: selection rules, mean ± sample std, missing/failed runs, determinism, formats."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sharpdro.cli import main
+from sharpdro.config import load_config
+from sharpdro.experiments import report as rp
+from sharpdro.experiments import sweep as sw
+from sharpdro.metrics import summarize
+
+
+def _block(acc: list[float]) -> dict:
+    a = {str(i): v for i, v in enumerate(acc)}
+    return {"accuracy": a, "loss": {k: 1.0 for k in a}, **summarize(a)}
+
+
+def write_run(root: Path, overrides: list[str], test_acc: list[float], epochs: int = 3, status: str = "done",
+              records: list[dict] | None = None) -> Path:
+    """A run folder as the engine writes it; the last epoch has ``test_acc`` and is selected by every rule."""
+    cfg = load_config(None, overrides)
+    d = root / sw.job_hash(cfg)
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if records is None:
+        records = []
+        for e in range(epochs):
+            acc = test_acc if e == epochs - 1 else [x - 0.1 for x in test_acc]
+            records.append({"epoch": e, "lr": 0.1, "train": {"loss": 1.0 / (e + 1)}, "q": [1 / len(acc)] * len(acc),
+                            "val": _block(acc), "test": _block(acc)})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status == "done":
+        (d / "summary.json").write_text(json.dumps({"finished": True}))
+        (d / "done").write_text("{}")
+    elif status == "failed":
+        (d / "error.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: out of memory\n")
+    return d
+
+
+ACC = {  # seed -> per-severity test accuracy (S = 2)
+    0: [0.90, 0.80, 0.70],
+    1: [0.92, 0.84, 0.66],
+    2: [0.88, 0.76, 0.73],
+}
+BASE = ["data.dataset=cifar10", "data.corruption=gaussian_noise", "data.max_severity=2"]
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, acc in ACC.items():
+        write_run(root, BASE + ["algorithm.name=sharpdro", f"seed={seed}"], acc)
+        write_run(root, BASE + ["algorithm.name=erm", f"seed={seed}"], [a - 0.05 for a in acc])
+    return root
+
+
+def test_mean_and_sample_std_match_hand_computation(sweep_dir):
+    table = rp.collect(sweep_dir)
+    assert [r.method for r in table.rows] == ["ERM", "SharpDRO"]  # baselines first
+    row = table.rows[1]
+    averages = [100 * sum(a) / 3 for a in ACC.values()]  # 80.0, 80.666.., 79.0
+    m = sum(averages) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in averages) / 2)  # ddof = 1
+    got_m, got_sd, n = row.stat("average")
+    assert n == 3 and got_m == pytest.approx(m, abs=1e-9) and got_sd == pytest.approx(sd, abs=1e-9)
+    worsts = [70.0, 66.0, 73.0]
+    wm = sum(worsts) / 3
+    assert row.stat("worst")[0] == pytest.approx(wm)
+    assert row.stat("worst")[1] == pytest.approx(math.sqrt(sum((x - wm) ** 2 for x in worsts) / 2))
+    sev1 = [80.0, 84.0, 76.0]
+    assert row.stat(1)[:2] == pytest.approx((80.0, 4.0))
+    md = rp.to_markdown(table)
+    assert f"| CIFAR10 | Gaussian | SharpDRO | {m:.2f} ± {sd:.2f} | {wm:.2f} ± " in md
+    assert "| 80.00 ± 4.00 |" in md and "ddof=1" in md and sev1
+    assert md.splitlines()[2].startswith("| Data | Type | Method | Averaged accuracy (%) |")
+
+
+def test_mean_std_helper():
+    assert rp.mean_std([]) == (None, None)
+    assert rp.mean_std([0.5]) == (0.5, None)
+    m, s = rp.mean_std([1.0, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3) and s == pytest.approx(1.5275252316519468)
+
+
+def test_each_selection_rule_picks_its_epoch(tmp_path):
+    # epoch: val worst, val avg, test worst, test avg are each best at a different epoch
+    def rec(e, val, test):
+        return {"epoch": e, "train": {"loss": 1.0}, "val": _block(val), "test": _block(test)}
+
+    records = [
+        rec(0, [0.5, 0.5], [0.9, 0.1]),  # test average best (0.50 ... tie broken below)
+        rec(1, [0.6, 0.6], [0.4, 0.4]),  # val worst best (0.6)
+        rec(2, [0.99, 0.3], [0.45, 0.45]),  # val average best (0.645); test worst best (0.45)
+        rec(3, [0.5, 0.2], [0.95, 0.2]),  # test average best (0.575)
+        rec(4, [0.1, 0.1], [0.1, 0.1]),  # last evaluated
+        {"epoch": 5, "train": {"loss": 1.0}},  # not evaluated
+    ]
+    run_dir = write_run(tmp_path, ["data.max_severity=1"], [0, 0], records=records)
+    expected = {"worst": 1, "average": 2, "last": 4, "oracle_worst": 2, "oracle_average": 3}
+    for rule, epoch in expected.items():
+        run = rp.load_run(run_dir, rule)
+        assert run.selected["epoch"] == epoch, rule
+        assert run.accuracy == {0: records[epoch]["test"]["accuracy"]["0"], 1: records[epoch]["test"]["accuracy"]["1"]}
+
+
+def test_resumed_metrics_keep_the_last_line_of_each_epoch(tmp_path):
+    def rec(e, acc):
+        return {"epoch": e, "val": _block(acc), "test": _block(acc)}
+
+    records = [rec(0, [0.5, 0.5]), rec(1, [0.9, 0.9]), rec(1, [0.6, 0.6]), rec(2, [0.55, 0.55])]
+    run = rp.load_run(write_run(tmp_path, ["data.max_severity=1"], [0, 0], records=records), "worst")
+    assert run.selected["epoch"] == 1 and run.average == pytest.approx(0.6)
+
+
+def test_missing_unfinished_and_failed_runs_are_explicit(sweep_dir):
+    cfg_missing = load_config(None, BASE + ["algorithm.name=sharpdro", "seed=3"])
+    job = sw.Job(sw.job_hash(cfg_missing), cfg_missing, (), ())
+    sw.write_index(sweep_dir, [job])
+    failed = write_run(sweep_dir, BASE + ["algorithm.name=sharpdro", "seed=4"], [0, 0, 0], status="failed")
+    write_run(sweep_dir, BASE + ["algorithm.name=sharpdro", "seed=5"], [0, 0, 0], status="partial")
+    table = rp.collect(sweep_dir)
+    row = table.rows[1]
+    assert row.n_text() == "3/6 seeds; 1 failed; 1 unfinished; 1 not started"
+    assert row.stat("average")[2] == 3  # only finished runs enter the means
+    md = rp.to_markdown(table)
+    assert "3/6 seeds; 1 failed; 1 unfinished; 1 not started" in md
+    assert f"Failed: {failed.name} (CIFAR10 Gaussian SharpDRO, seed 4): RuntimeError: out of memory" in md
+    data = rp.to_dict(table)
+    assert data["rows"][1]["n_failed"] == 1 and data["rows"][1]["n_not_started"] == 1
+    assert {r["status"] for r in data["rows"][1]["runs"]} == {"done", "failed", "partial", "missing"}
+
+
+def test_group_without_finished_runs_still_has_a_row(tmp_path):
+    write_run(tmp_path, BASE + ["algorithm.name=jtt"], [0, 0, 0], status="failed")
+    table = rp.collect(tmp_path)
+    assert len(table.rows) == 1
+    md = rp.to_markdown(table)
+    assert "| CIFAR10 | Gaussian | JTT | – | – |" in md and "0/1 seeds; 1 failed" in md
+
+
+def test_swept_hyperparameters_split_rows_and_seed_does_not(tmp_path):
+    for lr in (0.1, 0.03):
+        for seed in (0, 1):
+            write_run(tmp_path, BASE + ["algorithm.name=sam", f"train.lr={lr}", f"seed={seed}",
+                                        f"train.threads={seed + 1}"], [0.8, 0.7, 0.6])
+    table = rp.collect(tmp_path)
+    assert table.hparams == ["train.lr"]  # not seed, not the runtime-only train.threads
+    assert [r.hparams for r in table.rows] == [(0.03,), (0.1,)]
+    assert all(len(r.finished) == 2 for r in table.rows)
+    assert "| SAM | 0.03 |" in rp.to_markdown(table)
+    merged = rp.collect(tmp_path, group_by=[])
+    assert len(merged.rows) == 1 and merged.rows[0].count("done") == 4
+    with pytest.raises(rp.ReportError, match="train.nope"):
+        rp.collect(tmp_path, group_by=["train.nope"])
+
+
+def test_display_names_and_row_order(tmp_path):
+    combos = [("cifar100", "jpeg_compression", "sharpdro_agnostic"), ("cifar10", "jpeg_compression", "eiil"),
+              ("cifar10", "gaussian_noise", "groupdro"), ("digits", "shot_noise", "erm")]
+    for ds, cor, alg in combos:
+        write_run(tmp_path, [f"data.dataset={ds}", f"data.corruption={cor}", f"algorithm.name={alg}",
+                             "data.max_severity=2"], [0.5, 0.5, 0.5])
+    folder = load_config(None, ["data.dataset=folder", "data.root=/data/my_photos/", "data.max_severity=2",
+                                "data.corruption=speckle_noise"])
+    assert rp.dataset_name(folder) == "my_photos"
+    table = rp.collect(tmp_path)
+    assert [(r.data, r.type, r.method) for r in table.rows] == [
+        ("CIFAR10", "Gaussian", "GroupDRO"), ("CIFAR10", "JPEG", "EIIL"),
+        ("CIFAR100", "JPEG", "SharpDRO (agnostic)"), ("Digits", "Shot", "ERM")]
+    assert rp.corruption_name("impulse_noise") == "Impulse" and rp.method_name("jtt") == "JTT"
+
+
+def test_oracle_selection_is_labelled(sweep_dir):
+    table = rp.collect(sweep_dir, selection="oracle_worst")
+    assert "ORACLE" in table.title and table.oracle
+    assert "ORACLE" in rp.to_markdown(table).splitlines()[0]
+    assert "ORACLE" in rp.to_latex(table) and rp.to_dict(table)["oracle"] is True
+    assert "ORACLE" not in rp.collect(sweep_dir, selection="worst").title
+
+
+def test_report_is_byte_for_byte_deterministic(sweep_dir, tmp_path):
+    write_run(sweep_dir, BASE + ["algorithm.name=erm", "seed=9"], [0, 0, 0], status="failed")
+    out1, out2 = tmp_path / "a" / "table", tmp_path / "b" / "table"
+    assert main(["report", str(sweep_dir), "--out", str(out1)]) == 0
+    # the same runs copied in another order, to another place
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for d in sorted(sweep_dir.iterdir(), reverse=True):
+        shutil.copytree(d, copy / d.name)
+    assert main(["report", str(copy), "--out", str(out2)]) == 0
+    for fmt in rp.FORMATS:
+        a = (out1.parent / f"table.{fmt}").read_bytes()
+        b = (out2.parent / f"table.{fmt}").read_bytes()
+        assert a == b and len(a) > 100, fmt
+
+
+def test_formats_parse(sweep_dir, capsys):
+    table = rp.collect(sweep_dir)
+    rows = list(csv.DictReader(io.StringIO(rp.to_csv(table))))
+    assert len(rows) == 2 and rows[1]["method"] == "SharpDRO" and rows[1]["n"] == "3"
+    assert float(rows[1]["sev1_mean"]) == pytest.approx(80.0) and float(rows[1]["sev1_std"]) == pytest.approx(4.0)
+    data = json.loads(rp.to_json(table))
+    assert data["rows"][1]["severity"]["1"] == {"mean": 80.0, "std": 4.0}
+    assert [r["seed"] for r in data["rows"][1]["runs"]] == [0, 1, 2]
+    tex = rp.to_latex(table)
+    for cmd in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\begin{tabular}{lllrrrrrr}"):
+        assert cmd in tex
+    assert "±" not in tex
+    assert main(["report", str(sweep_dir), "--format", "csv", "--selection", "last"]) == 0
+    assert capsys.readouterr().out.startswith("data,type,method,")
+
+
+def test_single_run_folder_and_empty_folder(sweep_dir, tmp_path):
+    one = sorted(sweep_dir.iterdir())[0]
+    table = rp.collect(one)
+    assert len(table.rows) == 1 and table.rows[0].n_text() == "1"
+    assert " ± " not in rp.to_markdown(table).split("\n")[4]  # a single run shows values alone
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(rp.ReportError, match="no runs"):
+        rp.collect(empty)
