@@ -313,3 +313,21 @@ def test_slurm_launcher_reports_missing_submitit(tmp_path, monkeypatch, capsys):
     rc = main(["sweep", "--out", str(tmp_path), "--grid", "seed=0", "--launcher", "slurm", "--no-progress"])
     assert rc == 2
     assert "submitit" in capsys.readouterr().err
+
+
+def test_job_hash_survives_a_new_config_key(monkeypatch):
+    """A key added later (with its default) must not rename finished jobs of a long sweep."""
+    from sharpdro import config as config_mod
+    from sharpdro.config import Field, load_config
+    from sharpdro.experiments.sweep import job_hash
+
+    cfg = load_config("quickstart", ["algorithm.name=sharpdro", "seed=2"])
+    before = job_hash(cfg)
+    train_schema = dict(config_mod.SCHEMA["train"])
+    train_schema["brand_new_knob"] = Field(7, int, "added in a later version")
+    monkeypatch.setitem(config_mod.SCHEMA, "train", train_schema)
+    extended = config_mod.validate(cfg)
+    assert extended["train"]["brand_new_knob"] == 7
+    assert job_hash(extended) == before
+    changed = config_mod.apply_overrides(extended, ["train.brand_new_knob=8"])
+    assert job_hash(config_mod.validate(changed)) != before

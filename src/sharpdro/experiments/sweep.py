@@ -53,7 +53,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no job locks
     fcntl = None  # type: ignore[assignment]
 
-from sharpdro.config import SCHEMA, NUM, ConfigError, Field, config_hash, load_config, parse_override, \
+from sharpdro.config import SCHEMA, NUM, ConfigError, Field, config_hash, default_config, load_config, parse_override, \
     resolve_config_path
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text
@@ -97,6 +97,29 @@ def _schema_field(dotted: str) -> Field | None:
 
 
 def job_identity(cfg: Mapping) -> dict:
+    """What a job computes: the keys whose value differs from the schema default.
+
+    Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, and so are keys at their
+    default, so that adding a config key (with a default) to a later version does not
+    rename every finished job of a long sweep.
+    """
+    return _non_default(_runtime_reset(cfg), default_config())
+
+
+def _non_default(node, default) -> dict:
+    out = {}
+    for key, value in node.items():
+        ref = default.get(key) if isinstance(default, Mapping) else None
+        if isinstance(value, Mapping):
+            sub = _non_default(value, ref if isinstance(ref, Mapping) else {})
+            if sub:
+                out[key] = sub
+        elif key not in (default or {}) or value != ref:
+            out[key] = value
+    return out
+
+
+def _runtime_reset(cfg: Mapping) -> dict:
     """The resolved config with every :data:`RUNTIME_KEYS` entry reset to its default."""
     out = copy.deepcopy(dict(cfg))
     for dotted in RUNTIME_KEYS:
