@@ -23,6 +23,7 @@ COMMANDS = (
     "plot",
     "sharpness",
     "bench",
+    "convert",
 )
 
 

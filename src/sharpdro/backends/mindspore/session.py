@@ -1,0 +1,405 @@
+"""The MindSpore session: model + algorithm + optimizer behind the backend interface.
+
+The counterpart of ``backends/torch/session.py`` for the framework-neutral engine:
+the same constructor, ``train_epoch`` / ``evaluate`` / ``predict_logits`` /
+``save_checkpoint`` / ``load_checkpoint`` / ``set_batch_factory`` / ``to_device``, the
+same statistics and the same errors.
+
+How it runs: PyNative with ``mindspore.runtime.launch_blocking()`` (the fast path on
+CPU, and the mode the parity tests check), fp32, the CPU settings of ``_runtime``.
+Per-severity statistics are accumulated on the host (each step already returns NumPy).
+
+Initial weights: when PyTorch is installed (it is a dependency of sharpdro) the network
+is initialised by building the PyTorch model of the same seed and converting it, so a
+MindSpore run and a PyTorch run of the same config start from identical weights (the
+fresh models of the JTT/EIIL pre-stages and EIIL's initial assignments continue the same
+PyTorch generator, as in the PyTorch session).  PyTorch's global RNG is left untouched.
+Without PyTorch, ``models.init_weights`` draws the same distributions with NumPy.
+
+Checkpoints: the ``.npz`` format of ``convert.py`` (no pickle), at whatever path the
+engine gives (``checkpoints/last.pt``).
+"""
+from __future__ import annotations
+
+import random
+import resource
+import statistics
+import time
+import warnings
+from typing import Iterable
+
+import numpy as np
+
+from sharpdro.backends.mindspore import _runtime  # noqa: F401  (the CPU setting, before MindSpore loads)
+import mindspore as ms
+from mindspore import nn, ops
+
+from sharpdro.data.normalize import channel_mean_std
+from sharpdro.data.types import Splits
+from sharpdro.errors import TrainingError
+
+from . import convert
+from .algorithms import ALGORITHMS, build_algorithm
+from .algorithms.base import PrepareContext, set_lr
+from .algorithms.eiil import EIIL
+from .models import build_model, init_weights, load_parameters
+
+CHECKPOINT_FORMAT = convert.FORMAT
+
+
+def _progress(iterable, desc: str, total: int | None, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class MindSporeSession:
+    def __init__(self, cfg: dict, splits: Splits | None, norm: tuple[list, list] | None = None,
+                 num_classes: int | None = None, image_shape: tuple | None = None, num_groups: int | None = None,
+                 train_size: int = 0, classes: list | None = None):
+        self.cfg = cfg
+        t = cfg["train"]
+        self.runtime = _runtime.configure(t["device"], t.get("threads"), bool(t.get("deterministic", False)))
+        precision = t.get("precision", "fp32")
+        if precision != "fp32":
+            raise TrainingError(f"backend=mindspore trains in fp32 only (train.precision={precision!r}); set "
+                                f"train.precision=fp32 or use backend=torch")
+        for key in ("channels_last", "compile"):
+            if t.get(key):
+                warnings.warn(f"train.{key} has no effect with backend=mindspore (ignored)", stacklevel=2)
+        self.progress = bool(t["progress"])
+        seed = int(cfg["seed"])
+        ms.set_seed(seed)
+        random.seed(seed)
+        if splits is not None:
+            norm = channel_mean_std(splits.train.images)
+            num_classes, image_shape = splits.num_classes, splits.image_shape
+            num_groups, train_size = splits.num_groups, len(splits.train)
+            classes = list(splits.classes)
+        self.norm = norm
+        self.num_classes, self.image_shape, self.num_groups = num_classes, tuple(image_shape), num_groups
+        self.train_size = train_size
+        self.classes = classes or [str(i) for i in range(num_classes)]
+        # float32 arithmetic as the PyTorch session: (x - mean*255) / (std*255), bit for bit
+        self._mean = (np.asarray(norm[0], np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+        self._std = (np.asarray(norm[1], np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+        self.init_source = "torch" if _torch_available() else "numpy"
+        self._torch_rng = None  # PyTorch generator state between model inits (init_source == 'torch')
+        self._numpy_rng = np.random.default_rng(seed)
+        self._dropout_rng = np.random.default_rng(seed)  # dropout masks (models.Dropout); checkpointed
+
+        model = self._make_model()
+        self.algorithm = build_algorithm(cfg["algorithm"]["name"], model, num_classes, num_groups,
+                                         cfg["algorithm"], train_size)
+        self.optimizer = self._make_optimizer(model.trainable_params())
+        self.algorithm.configure(self.optimizer)
+        if isinstance(self.algorithm, EIIL):
+            self.algorithm.randn = self._randn
+        self._batch_factory = None
+        self._lr = float(t["lr"])
+
+    # ----------------------------------------------------------------- building
+    def _torch_init(self, fn):
+        """Run ``fn()`` on PyTorch's global generator continued from this session's own state."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            if self._torch_rng is None:
+                torch.manual_seed(int(self.cfg["seed"]))
+            else:
+                torch.set_rng_state(self._torch_rng)
+            out = fn()
+            self._torch_rng = torch.get_rng_state()
+        return out
+
+    def _make_model(self) -> nn.Cell:
+        m = self.cfg["model"]
+        args = (m["name"], self.num_classes, self.image_shape[0])
+        model = build_model(*args, width=m["width"], dropout=m["dropout"], seed=None,
+                            dropout_rng=self._dropout_rng)
+        if self.init_source == "torch":
+            from sharpdro.backends.torch.models import build_model as build_torch_model
+
+            tmodel = self._torch_init(lambda: build_torch_model(*args, width=m["width"], dropout=m["dropout"]))
+            load_parameters(model, convert.torch_state_to_mindspore(tmodel.state_dict()))
+        else:
+            init_weights(model, self._numpy_rng)
+        return model
+
+    def _randn(self, n: int) -> np.ndarray:
+        """EIIL's initial assignments: PyTorch's ``torch.randn(n)`` continuing the init generator (or NumPy)."""
+        if self.init_source == "torch":
+            import torch
+
+            return self._torch_init(lambda: torch.randn(n)).numpy()
+        return self._numpy_rng.standard_normal(n).astype(np.float32)
+
+    def _make_optimizer(self, params) -> nn.Optimizer:
+        """PyTorch's SGD: weight decay on every parameter (a group, or MindSpore skips gamma/beta), no dampening."""
+        t = self.cfg["train"]
+        params = list(params)
+        momentum = float(t["momentum"])
+        return nn.Momentum([{"params": params, "weight_decay": float(t["weight_decay"])}],
+                           learning_rate=float(t["lr"]), momentum=momentum,
+                           use_nesterov=bool(t["nesterov"]) and momentum > 0)
+
+    def to_device(self, images: np.ndarray, *arrays: np.ndarray):
+        """uint8 NHWC NumPy -> normalised float32 NCHW tensor (+ int32 tensors for the rest)."""
+        x = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2), dtype=np.float32)
+        x = (x - self._mean) / self._std
+        rest = [ms.Tensor(np.asarray(a).astype(np.int32)) for a in arrays]
+        return (ms.Tensor(np.ascontiguousarray(x)), *rest)
+
+    def set_batch_factory(self, factory) -> None:
+        """``factory(epoch) -> iterator of NumPy batches`` and ``factory.ordered()``: used by algorithm pre-stages."""
+        self._batch_factory = factory
+
+    def _prepare_context(self) -> PrepareContext:
+        uses_groups = self.algorithm.uses_groups
+
+        def device_batches(it):
+            for images, labels, sev, idx in it:
+                x, y, g = self.to_device(images, labels, sev)
+                yield x, y, (g if uses_groups else None), np.asarray(idx, dtype=np.int64)
+
+        factory = self._batch_factory
+        if factory is None:
+            raise TrainingError(f"algorithm {self.cfg['algorithm']['name']!r} has a pre-stage but the session "
+                                f"has no training batches")
+        from sharpdro.schedule import lr_at
+
+        return PrepareContext(
+            epochs_batches=lambda epoch: device_batches(factory(epoch)),
+            ordered_batches=lambda: device_batches(factory.ordered()),
+            make_model=self._make_model,
+            make_optimizer=self._make_optimizer,
+            lr_at=lambda epoch: lr_at(epoch, self.cfg),
+            train_size=self.train_size,
+            device=self.runtime["target"].lower(),
+            progress=lambda it, desc: _progress(it, desc, None, self.progress),
+        )
+
+    # ----------------------------------------------------------------- training
+    def train_epoch(self, epoch: int, batches: Iterable, lr: float, num_batches: int | None = None) -> dict:
+        algo = self.algorithm
+        if not algo.prepared:
+            algo.prepare(self._prepare_context())
+            algo.mark_prepared()
+        set_lr(self.optimizer, lr)
+        self._lr = float(lr)
+        algo.train()
+        G = self.num_groups
+        loss_sum = np.zeros(G, np.float64)
+        correct_sum = np.zeros(G, np.float64)
+        count = np.zeros(G, np.float64)
+        sel_sev_sum = sel_count = 0.0
+        last: dict = {}
+        steps = 0
+        for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
+            x, y, s = self.to_device(images, labels, sev)
+            last = algo.update(x, y, s if algo.uses_groups else None, np.asarray(idx, dtype=np.int64))
+            sev = np.asarray(sev, dtype=np.int64)
+            psl = last["per_sample_loss"].astype(np.float64)
+            np.add.at(loss_sum, sev, psl)
+            np.add.at(correct_sum, sev, last["correct"].astype(np.float64))
+            np.add.at(count, sev, 1.0)
+            if "selected" in last:
+                sel = np.asarray(last["selected"], dtype=np.float64)
+                sel_sev_sum += float((sel * sev).sum())
+                sel_count += float(sel.sum())
+            steps += 1
+            if not np.isfinite(psl).all():
+                self._raise_nonfinite(epoch, steps)
+        if steps == 0:
+            raise TrainingError("the training set produced no batch; lower train.batch_size")
+        denom = np.maximum(count, 1.0)
+        stats = {
+            "loss": float(loss_sum.sum() / count.sum()),
+            "accuracy": float(correct_sum.sum() / count.sum()),
+            "group_loss": (loss_sum / denom).tolist(),
+            "group_acc": (correct_sum / denom).tolist(),
+            "group_count": count.astype(int).tolist(),
+            "steps": steps,
+        }
+        if "q" in last:
+            stats["q"] = np.asarray(last["q"], dtype=np.float32).tolist()
+        if sel_count > 0:
+            stats["agnostic_selected_severity"] = sel_sev_sum / sel_count
+            stats["agnostic_batch_severity"] = float((np.arange(G) * count).sum() / count.sum())
+        return stats
+
+    def _raise_nonfinite(self, epoch: int, steps: int):
+        raise TrainingError(
+            f"non-finite training loss (NaN or inf) in epoch {epoch} at step {steps}; the run is stopped and "
+            f"checkpoints/last.pt still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
+            f"algorithm.rho, then resume with --resume or start a new run.")
+
+    # --------------------------------------------------------------- evaluation
+    def predict_logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        self.algorithm.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            (x,) = self.to_device(images[start:start + batch_size])
+            out.append(self.algorithm.predict(x).asnumpy().astype(np.float32))
+        if not out:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate(out)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
+        self.algorithm.eval()
+        loss_sum = 0.0
+        preds = []
+        for start in range(0, len(images), batch_size):
+            x, y = self.to_device(images[start:start + batch_size], labels[start:start + batch_size])
+            logits = self.algorithm.predict(x)
+            loss_sum += float(ops.cross_entropy(logits, y, reduction="sum").asnumpy())
+            preds.append(logits.argmax(1).asnumpy().astype(np.int64))
+        pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+        labels = np.asarray(labels)
+        return {"loss": loss_sum / max(len(labels), 1), "correct": pred == labels, "pred": pred}
+
+    # -------------------------------------------------------------- checkpoints
+    def _meta(self) -> dict:
+        return {"norm": [list(map(float, v)) for v in self.norm], "num_classes": self.num_classes,
+                "image_shape": list(self.image_shape), "num_groups": self.num_groups,
+                "train_size": self.train_size, "classes": self.classes, "config": self.cfg}
+
+    def save_checkpoint(self, path, extra: dict) -> None:
+        arrays = {f"algorithm/{k}": v for k, v in self.algorithm.state_dict().items()}
+        for p, m in zip(self.optimizer.parameters, self.optimizer.moments):
+            arrays[f"optimizer/{p.name}"] = m.asnumpy()
+        np_info, np_keys = convert.numpy_rng_to_json(np.random.get_state())
+        arrays["rng/numpy_keys"] = np_keys
+        arrays["rng/mindspore"] = ms.get_rng_state().asnumpy()
+        meta = {"format": CHECKPOINT_FORMAT, "backend": "mindspore", "meta": self._meta(), "extra": extra,
+                "lr": self._lr, "global_step": int(self.optimizer.global_step.asnumpy().reshape(-1)[0]),
+                "rng": {"numpy": np_info, "python": convert.python_rng_to_json(random.getstate()),
+                        "dropout": self._dropout_rng.bit_generator.state}}
+        convert.write_checkpoint(path, arrays, meta)
+
+    def load_checkpoint(self, path, weights_only: bool = False) -> dict:
+        arrays, meta = convert.read_checkpoint(path)
+        return self._load_state(arrays, meta, weights_only)
+
+    def _load_state(self, arrays: dict, meta: dict, weights_only: bool) -> dict:
+        self.algorithm.load_state_dict({k[len("algorithm/"):]: v for k, v in arrays.items()
+                                        if k.startswith("algorithm/")})
+        if not weights_only:
+            for p, m in zip(self.optimizer.parameters, self.optimizer.moments):
+                key = f"optimizer/{p.name}"
+                if key in arrays:
+                    m.set_data(ms.Tensor(np.asarray(arrays[key], dtype=np.float32)))
+            if "global_step" in meta:
+                self.optimizer.global_step.set_data(
+                    ms.Tensor(np.full(self.optimizer.global_step.shape, meta["global_step"], np.int32)))
+            rng = meta.get("rng", {})
+            if "numpy" in rng and "rng/numpy_keys" in arrays:
+                np.random.set_state(convert.numpy_rng_from_json(rng["numpy"], arrays["rng/numpy_keys"]))
+            if "python" in rng:
+                random.setstate(convert.python_rng_from_json(rng["python"]))
+            if "dropout" in rng:
+                self._dropout_rng.bit_generator.state = rng["dropout"]
+            if "rng/mindspore" in arrays:
+                ms.set_rng_state(ms.Tensor(arrays["rng/mindspore"]))
+        return meta.get("extra", {})
+
+
+class MindSporeBackend:
+    name = "mindspore"
+
+    def requires_groups(self, cfg: dict) -> bool:
+        return bool(ALGORITHMS[cfg["algorithm"]["name"]].uses_groups)
+
+    def create_session(self, cfg: dict, splits: Splits) -> MindSporeSession:
+        return MindSporeSession(cfg, splits)
+
+    def load_for_inference(self, checkpoint_path, device: str | None = None):
+        """A session from a checkpoint alone; a PyTorch backend checkpoint is converted on the fly."""
+        path = checkpoint_path
+        if convert.checkpoint_backend(path) == "torch":
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return self.load_for_inference(convert.torch_to_mindspore(path, Path(tmp) / "converted.pt"),
+                                               device=device)
+        from sharpdro.config import validate
+
+        arrays, state = convert.read_checkpoint(path)
+        meta = state["meta"]
+        cfg = validate({**meta["config"], "backend": "mindspore"})  # fills keys added since it was written
+        if device is not None:
+            cfg = {**cfg, "train": {**cfg["train"], "device": device}}
+        session = MindSporeSession(cfg, None, norm=meta["norm"], num_classes=meta["num_classes"],
+                                   image_shape=meta["image_shape"], num_groups=meta["num_groups"],
+                                   train_size=meta["train_size"], classes=meta.get("classes"))
+        session._load_state(arrays, state, weights_only=True)
+        return session, cfg
+
+
+# ------------------------------------------------------------------ benchmark
+def bench_train_step(cfg: dict, steps: int = 10, batch_size: int | None = None, warmup: int = 2) -> dict:
+    """Median time of one training step of ``cfg``'s model and algorithm on synthetic data (MindSpore).
+
+    Images are random uint8 of ``data.image_size`` (32 when null) and ``train.batch_size``
+    unless ``batch_size`` is given, labels over 10 classes, severities over
+    ``data.max_severity + 1`` groups.  A step is one ``algorithm.update`` on a batch already
+    converted to tensors (as ``sharpdro bench`` times PyTorch); it returns when its results
+    are on the host (PyNative with launch_blocking is synchronous).
+    The pre-stages of JTT/EIIL are not run (their steps are timed with default weights).
+    ``peak_memory_mb``: peak resident memory of the process (CPU), or MindSpore's peak
+    device allocation on a GPU.
+    """
+    from sharpdro import config as config_mod
+
+    cfg = config_mod.validate(cfg)
+    batch = int(batch_size or cfg["train"]["batch_size"])
+    size = int(cfg["data"]["image_size"] or 32)
+    num_groups = int(cfg["data"]["max_severity"]) + 1
+    num_classes = 10
+    n = batch * max(1, steps + warmup)
+    session = MindSporeSession(cfg, None, norm=([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]), num_classes=num_classes,
+                               image_shape=(size, size, 3), num_groups=num_groups, train_size=n)
+    algo = session.algorithm
+    if getattr(algo, "gen_adjustment", 0) > 0:
+        algo.set_group_counts(np.full(num_groups, n // num_groups))
+    rng = np.random.default_rng(int(cfg["seed"]))
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n)
+    sev = np.arange(n) % num_groups
+    set_lr(session.optimizer, float(cfg["train"]["lr"]))
+    algo.train()
+    batches = []
+    for step in range(min(warmup + steps, 4)):  # a few distinct batches, cycled
+        sl = slice(step * batch, (step + 1) * batch)
+        batches.append((*session.to_device(images[sl], labels[sl], sev[sl]), np.arange(n)[sl]))
+    times = []
+    for step in range(warmup + steps):
+        x, y, s, idx = batches[step % len(batches)]
+        t0 = time.perf_counter()
+        out = algo.update(x, y, s if algo.uses_groups else None, idx)
+        elapsed = time.perf_counter() - t0
+        if not np.isfinite(out["per_sample_loss"]).all():
+            raise TrainingError("non-finite loss in the benchmark; lower train.lr")
+        if step >= warmup:
+            times.append(elapsed)
+    median = statistics.median(times)
+    if session.runtime["target"] == "CPU":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    else:
+        peak = ms.runtime.max_memory_allocated() / 2 ** 20
+    return {"backend": "mindspore", "device": session.runtime["target"].lower(), "mode": "pynative",
+            "model": cfg["model"]["name"], "algorithm": cfg["algorithm"]["name"], "batch_size": batch,
+            "image_size": size, "steps": len(times), "threads": session.runtime["threads"],
+            "images_per_second": batch / median, "step_seconds_median": median,
+            "step_seconds": times, "peak_memory_mb": peak}
