@@ -227,3 +227,21 @@ def test_single_run_folder_and_empty_folder(sweep_dir, tmp_path):
     empty.mkdir()
     with pytest.raises(rp.ReportError, match="no runs"):
         rp.collect(empty)
+
+
+def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
+    """`sharpdro report` on the committed reproduction gives the committed tables exactly."""
+    from pathlib import Path
+
+    from sharpdro.cli import main
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    committed = results / "cifar10_small_table.md"
+    if not committed.exists():
+        pytest.skip("no committed reproduction table")
+    sweep = results / "cifar10_small"
+    if any(not (d / "done").exists() for d in sweep.iterdir() if d.is_dir()):
+        pytest.skip("a reproduction job is still running in this work tree")
+    assert main(["report", str(sweep), "--out", str(tmp_path / "t"), "--format", "md,csv,tex,json"]) == 0
+    for ext in ("md", "csv", "tex", "json"):
+        assert (tmp_path / f"t.{ext}").read_bytes() == (results / f"cifar10_small_table.{ext}").read_bytes(), ext

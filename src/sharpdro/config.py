@@ -147,9 +147,16 @@ SCHEMA: dict[str, Any] = {
                             item_type=float),
         "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
         "device": Field("auto", str, "cpu, cuda, cuda:N or auto", choices=None),
-        "precision": Field("fp32", str, "autocast precision", choices=("fp32", "bf16", "fp16")),
+        "precision": Field("fp32", str, "fp32, bf16 (autocast) or fp16 (autocast + dynamic loss scale; "
+                           "an overflowed step is skipped), for every algorithm", choices=("fp32", "bf16", "fp16")),
         "channels_last": Field(False, bool, "channels_last memory format"),
-        "compile": Field(False, bool, "torch.compile the model"),
+        "compile": Field(False, bool, "torch.compile the model's training forward"),
+        "data_on_device": Field("auto", (str, bool), "keep the uint8 training set on the device and augment "
+                                "there: true, false, or auto (on CUDA when it takes <= 1/4 of the GPU memory)",
+                                choices=("auto", True, False)),
+        "m_sharpness": Field(False, bool, "data-parallel SAM family: perturb each replica with its own "
+                             "gradient (m-sharpness) instead of the all-reduced one"),
+        "sync_bn": Field(False, bool, "data-parallel: SyncBatchNorm (batch statistics of the global batch)"),
         "threads": Field(None, int, "CPU threads (null: the library default)", min=1, nullable=True),
         "deterministic": Field(True, bool, "deterministic kernels (bitwise reproducible on CPU)"),
         "progress": Field(True, bool, "show progress bars"),
@@ -193,6 +200,12 @@ def _check_value(path: str, field: Field, value):
             return None
         raise ConfigError(f"config key '{path}' may not be null; allowed: {field.describe()}")
     t = field.type
+    if isinstance(value, str) and t in (float, int, NUM):
+        # YAML 1.1 reads "1e-3" as a string; accept any numeric spelling for numeric keys.
+        try:
+            value = float(value) if t is not int else int(value)
+        except ValueError:
+            pass
     if t is float or t == NUM:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{path}' must be a number, got {value!r}")

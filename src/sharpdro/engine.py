@@ -12,6 +12,14 @@ tensors.  A run directory holds::
 Crash safety: an epoch's metrics line is appended before its checkpoint is written;
 on ``resume`` the metrics are cut back to the checkpoint's epoch, so a kill at any
 point resumes to exactly the uninterrupted run (on CPU, bit for bit).
+
+Data parallelism (torchrun; see docs/distributed.md): the backend's
+``init_distributed(cfg)`` gives a process handle (rank, world size, barrier, sums of
+NumPy arrays, broadcast); ``train.batch_size`` is the global batch, each rank iterates
+its shard of every epoch with B / world_size images per step, evaluation is sharded and
+summed over ranks, and only rank 0 writes files (config, metrics, checkpoints, summary,
+log).  Nothing here imports a framework; a backend without ``init_distributed`` runs one
+process.
 """
 from __future__ import annotations
 
@@ -61,15 +69,65 @@ def _echo(msg: str, enabled: bool = True) -> None:
         tqdm.write(msg)
 
 
+# ------------------------------------------------------------------ processes
+class OneProcess:
+    """The process handle of a single-process run (what a backend's ``init_distributed`` returns for W=1)."""
+
+    rank = 0
+    local_rank = 0
+    world_size = 1
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+    def all_reduce_sum(self, array) -> np.ndarray:
+        return np.asarray(array, dtype=np.float64)
+
+    def broadcast(self, obj, src: int = 0):
+        return obj
+
+    def close(self) -> None:
+        pass
+
+
+def init_processes(backend, cfg: dict):
+    """The backend's process handle (torchrun's process group), or :class:`OneProcess`."""
+    init = getattr(backend, "init_distributed", None)
+    if init is None:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise SharpDROError(f"backend {cfg['backend']!r} does not support data-parallel training "
+                                f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); run one process")
+        return OneProcess()
+    return init(cfg)
+
+
 # ------------------------------------------------------------------ evaluation
-def evaluate_sets(session, sets: dict, batch_size: int) -> dict:
-    """Per-severity accuracy/loss on ``{severity: LabeledArrays}`` plus average and worst."""
-    acc, loss = {}, {}
-    for s in sorted(sets):
+def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
+    """Per-severity accuracy/loss on ``{severity: LabeledArrays}`` plus average and worst.
+
+    With several processes each rank evaluates every ``world_size``-th image and the
+    correct counts and loss sums are summed over ranks (every rank gets the same result).
+    """
+    if processes is None or processes.world_size == 1:
+        acc, loss = {}, {}
+        for s in sorted(sets):
+            arr = sets[s]
+            res = session.evaluate(arr.images, arr.labels, batch_size)
+            acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
+            loss[str(s)] = float(res["loss"])
+        return {"accuracy": acc, "loss": loss, **summarize(acc)}
+    rank, world = processes.rank, processes.world_size
+    sevs = sorted(sets)
+    local = np.zeros((len(sevs), 3), dtype=np.float64)  # correct, loss sum, count
+    for j, s in enumerate(sevs):
         arr = sets[s]
-        res = session.evaluate(arr.images, arr.labels, batch_size)
-        acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
-        loss[str(s)] = float(res["loss"])
+        res = session.evaluate(arr.images[rank::world], arr.labels[rank::world], batch_size)
+        n = len(res["correct"])
+        local[j] = (float(np.sum(res["correct"])), float(res["loss"]) * n, n)
+    total = processes.all_reduce_sum(local)
+    acc = {str(s): float(total[j, 0] / total[j, 2]) if total[j, 2] else float("nan") for j, s in enumerate(sevs)}
+    loss = {str(s): float(total[j, 1] / max(total[j, 2], 1.0)) for j, s in enumerate(sevs)}
     return {"accuracy": acc, "loss": loss, **summarize(acc)}
 
 
@@ -105,16 +163,26 @@ def check_runnable(cfg: dict, splits, backend) -> None:
 
 # ------------------------------------------------------------------ training
 class _BatchFactory:
-    """Epoch batches for the main loop and for algorithm pre-stages (JTT, EIIL)."""
+    """Epoch batches for the main loop and for algorithm pre-stages (JTT, EIIL).
 
-    def __init__(self, cfg, train):
+    With ``world_size`` > 1 the main loop's iterator is this rank's shard with
+    ``batch_size / world_size`` images per step (the union over ranks of step b is the
+    global batch b); pre-stages (``prestage``, ``ordered``) see the whole training set.
+    """
+
+    def __init__(self, cfg, train, rank: int = 0, world_size: int = 1):
         from sharpdro.data.batches import BatchIterator
 
         t, d = cfg["train"], cfg["data"]
         drop_last = len(train) > t["batch_size"]  # a 1-image last batch breaks BatchNorm in training mode
-        self.train = BatchIterator(train.images, train.labels, train.severity, t["batch_size"], seed=cfg["seed"],
-                                   shuffle=True, drop_last=drop_last, flip=d["flip"],
-                                   crop_padding=d["crop_padding"])
+
+        def make(batch_size, r=0, w=1):
+            return BatchIterator(train.images, train.labels, train.severity, batch_size, seed=cfg["seed"],
+                                 shuffle=True, drop_last=drop_last, flip=d["flip"],
+                                 crop_padding=d["crop_padding"], rank=r, world_size=w)
+
+        self.train = make(t["batch_size"] // world_size, rank, world_size)
+        self._full = self.train if world_size == 1 else make(t["batch_size"])
         self._ordered = BatchIterator(train.images, train.labels, train.severity, cfg["eval"]["batch_size"],
                                       seed=cfg["seed"], shuffle=False, drop_last=False)
 
@@ -124,91 +192,125 @@ class _BatchFactory:
     def __len__(self) -> int:
         return len(self.train)
 
+    def prestage(self, epoch: int):
+        return self._full.iterate(epoch)
+
     def ordered(self):
         return self._ordered.iterate(0)
 
 
 def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
-    """Train one run from a resolved config; returns the summary (also written to summary.json)."""
+    """Train one run from a resolved config; returns the summary (also written to summary.json).
+
+    Under torchrun every rank calls this; rank 0 alone writes the run directory.
+    """
     cfg = config_mod.validate(cfg)
     from sharpdro.backends.base import get_backend
 
+    backend = get_backend(cfg["backend"])
+    procs = init_processes(backend, cfg)
+    main = procs.is_main
     run_dir = run_dir_for(cfg, out_dir)
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.pt"
     metrics_path = run_dir / "metrics.jsonl"
-    if run_dir.exists() and not resume and (metrics_path.exists() or last_ckpt.exists()):
-        raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, or choose "
-                            f"another --out / output.name")
-    if resume and (run_dir / "config.yaml").exists():
-        _check_same_config(run_dir / "config.yaml", cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(exist_ok=True)
-    config_mod.dump_config(cfg, run_dir / "config.yaml")
-    handler = _setup_log_file(run_dir)
-    show = cfg["train"]["progress"]
+    handler = None
     try:
+        refusal = None
+        if main:  # rank 0 decides; every rank raises the same refusal
+            try:
+                if run_dir.exists() and not resume and (metrics_path.exists() or last_ckpt.exists()):
+                    raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
+                                        f"or choose another --out / output.name")
+                if resume and (run_dir / "config.yaml").exists():
+                    _check_same_config(run_dir / "config.yaml", cfg)
+            except SharpDROError as exc:
+                refusal = str(exc)
+        refusal = procs.broadcast(refusal)
+        if refusal:
+            raise SharpDROError(refusal)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_dir.mkdir(exist_ok=True)
+            config_mod.dump_config(cfg, run_dir / "config.yaml")
+            handler = _setup_log_file(run_dir)
+        show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
             from sharpdro.data.splits import build_splits
 
-            splits = build_splits(cfg, progress=show)
-        backend = get_backend(cfg["backend"])
+            # One process per node builds (and caches) the splits first; the others then read the cache.
+            if procs.local_rank == 0:
+                splits = build_splits(cfg, progress=show)
+            procs.barrier()
+            if splits is None:
+                splits = build_splits(cfg, progress=False)
         check_runnable(cfg, splits, backend)
         session = backend.create_session(cfg, splits)
-        batches = _BatchFactory(cfg, splits.train)
+        batches = _BatchFactory(cfg, splits.train, procs.rank, procs.world_size)
         session.set_batch_factory(batches)
+        epoch_batches = getattr(session, "epoch_batches", None) or batches
 
         records: list[dict] = []
         start_epoch = 0
-        if resume and last_ckpt.exists():
+        if procs.broadcast(resume and last_ckpt.exists()):
             extra = session.load_checkpoint(last_ckpt)
             start_epoch = int(extra["epoch"]) + 1
-            records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
-                       if r["epoch"] < start_epoch]
-            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            if main:
+                records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
+                           if r["epoch"] < start_epoch]
+                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            records = procs.broadcast(records)
             _echo(f"resumed {run_dir} after epoch {start_epoch - 1}", show)
-        elif metrics_path.exists():
+        elif main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint starts over
 
+        world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
               f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
-              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}", show)
+              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", show)
         epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
         from sharpdro.schedule import lr_at
 
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
             lr = lr_at(epoch, cfg)
-            stats = session.train_epoch(epoch, batches(epoch), lr, len(batches))
+            stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
             record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
             for key in ("q", "agnostic_selected_severity", "agnostic_batch_severity"):
                 if key in stats:
                     record[key] = stats[key]
             if (epoch + 1) % cfg["eval"]["every"] == 0 or epoch == epochs - 1:
                 bs = cfg["eval"]["batch_size"]
-                record["val"] = evaluate_sets(session, splits.val, bs)
-                record["test"] = evaluate_sets(session, splits.test, bs)
+                record["val"] = evaluate_sets(session, splits.val, bs, procs)
+                record["test"] = evaluate_sets(session, splits.test, bs, procs)
                 if splits.extra_test:
-                    record["extra_test"] = evaluate_sets(session, splits.extra_test, bs)
+                    record["extra_test"] = evaluate_sets(session, splits.extra_test, bs, procs)
             record["seconds"] = time.time() - t0
-            append_jsonl(metrics_path, record)
             records.append(record)
-            session.save_checkpoint(last_ckpt, {"epoch": epoch})
-            if "val" in record:
-                selected = select_epoch(records, rule)
-                if selected["epoch"] == epoch and cfg["output"]["save_best"]:
-                    _copy_atomic(last_ckpt, ckpt_dir / "best.pt")
+            if main:
+                append_jsonl(metrics_path, record)
+                session.save_checkpoint(last_ckpt, {"epoch": epoch})
+                if "val" in record:
+                    selected = select_epoch(records, rule)
+                    if selected["epoch"] == epoch and cfg["output"]["save_best"]:
+                        _copy_atomic(last_ckpt, ckpt_dir / "best.pt")
             _echo(_epoch_line(record, epochs), show)
 
         summary = build_summary(cfg, records, rule)
         summary["wall_seconds"] = time.time() - t_start
         summary["run_dir"] = str(run_dir)
-        atomic_write_json(run_dir / "summary.json", summary)
+        if procs.world_size > 1:
+            summary["processes"] = procs.world_size
+        if main:
+            atomic_write_json(run_dir / "summary.json", summary)
+        procs.barrier()  # every rank leaves together (and after rank 0 has written everything)
         return summary
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        procs.close()
 
 
 def _check_same_config(path: Path, cfg: dict) -> None:
@@ -321,7 +423,9 @@ def _checkpoint_backend(ckpt: Path) -> str:
 
         with open(cfg_path, encoding="utf-8") as f:
             return (yaml.safe_load(f) or {}).get("backend", "torch")
-    return "mindspore" if ckpt.suffix == ".ckpt" else "torch"
+    from sharpdro.backends.mindspore.convert import checkpoint_backend  # reads the file, imports no framework
+
+    return checkpoint_backend(ckpt) or "torch"
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

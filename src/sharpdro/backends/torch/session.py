@@ -4,6 +4,17 @@ The engine hands over NumPy batches (uint8 NHWC); here they become normalised NC
 float tensors on the device.  Per-severity training statistics are accumulated on the
 device and read once per epoch (plus a cheap finiteness check every ``_NAN_CHECK``
 steps), so a step has no host synchronisation.
+
+Input pipeline: on CUDA, host batches are pinned and copied without blocking, so the
+host prepares batch b+1 while the GPU runs batch b.  When the uint8 training set fits
+on the device (``train.data_on_device``: ``auto`` = on CUDA when it takes at most a
+quarter of the GPU's memory), it is uploaded once and every batch is gathered,
+flipped, cropped and normalised on the device, with the same order and augmentation
+parameters as :class:`~sharpdro.data.batches.BatchIterator` (the same pixels).
+
+Precision (``train.precision``, :mod:`.amp`), ``train.channels_last``,
+``train.compile`` and data parallelism (torchrun, :mod:`.distributed`) are set up here
+and handed to the algorithm by ``configure``.
 """
 from __future__ import annotations
 
@@ -22,6 +33,8 @@ from sharpdro.io import atomic_save
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
+from .amp import Precision
+from .distributed import Replicas, broadcast_state, is_distributed, rank_seed, wrap_ddp
 from .models import build_model
 
 _NAN_CHECK = 50  # steps between finiteness checks (one host sync each)
@@ -30,12 +43,36 @@ CHECKPOINT_FORMAT = 1
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu "
                             f"or install a CUDA build of torch (see the README)")
+    if dev.type == "cuda" and is_distributed():  # one GPU per process: torchrun's LOCAL_RANK
+        import os
+
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return dev
+
+
+def augment_on_device(images: torch.Tensor, flip: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                      padding: int) -> torch.Tensor:
+    """:func:`sharpdro.data.batches.augment_batch` on a device tensor (uint8 NHWC): flip, zero-pad, crop."""
+    B, H, W, _ = images.shape
+    if padding > 0:
+        padded = images.new_zeros((B, H + 2 * padding, W + 2 * padding, images.shape[3]))
+        padded[:, padding:padding + H, padding:padding + W] = images
+    else:
+        padded = images
+    Wp = W + 2 * padding
+    ar_h = torch.arange(H, device=images.device)
+    ar_w = torch.arange(W, device=images.device)
+    rows = oy[:, None] + ar_h
+    cols = ox[:, None] + ar_w
+    cols = torch.where(flip[:, None], Wp - 1 - cols, cols)
+    b = torch.arange(B, device=images.device)[:, None, None]
+    return padded[b, rows[:, :, None], cols[:, None, :]]
 
 
 def _progress(iterable, desc: str, total: int | None, enabled: bool):
@@ -58,7 +95,11 @@ class TorchSession:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.device = resolve_device(t["device"])
-        self.progress = bool(t["progress"])
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.world_size = torch.distributed.get_world_size() if is_distributed() else 1
+        self.rank = torch.distributed.get_rank() if is_distributed() else 0
+        self.progress = bool(t["progress"]) and self.rank == 0
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         if splits is not None:
@@ -74,12 +115,22 @@ class TorchSession:
         self._std = torch.tensor(norm[1], device=self.device).view(1, 3, 1, 1) * 255.0
         self.memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
 
+        self.precision = Precision(t["precision"], self.device)
         model = self._make_model()
+        if self.world_size > 1 and t["sync_bn"]:
+            if self.device.type != "cuda":
+                raise TrainingError("train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                                    "set train.sync_bn=false")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.algorithm = build_algorithm(cfg["algorithm"]["name"], model, num_classes, num_groups,
                                          cfg["algorithm"], train_size).to(self.device)
         self.optimizer = self._make_optimizer(self.algorithm.model.parameters())
-        self.algorithm.configure(self.optimizer)
+        self.replicas = self._make_replicas(self.algorithm.model)
+        self.algorithm.configure(self.optimizer, self.precision, self.replicas)
+        if self.world_size > 1:  # dropout differs between replicas (reproducibly)
+            torch.manual_seed(rank_seed(cfg["seed"], self.rank))
         self._batch_factory = None
+        self._resident = None  # the training set on the device (see set_batch_factory)
 
     # ----------------------------------------------------------------- building
     def _make_model(self) -> torch.nn.Module:
@@ -90,24 +141,113 @@ class TorchSession:
 
     def _make_optimizer(self, params) -> torch.optim.Optimizer:
         t = self.cfg["train"]
+        # fp16: fused SGD takes the overflow flag on the device, so a skipped step needs no host sync.
+        fused = {"fused": True} if t["precision"] == "fp16" else {}
         return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
-                               nesterov=bool(t["nesterov"]) and t["momentum"] > 0)
+                               nesterov=bool(t["nesterov"]) and t["momentum"] > 0, **fused)
 
-    def to_device(self, images: np.ndarray, *arrays: np.ndarray):
-        """uint8 NHWC NumPy -> normalised float NCHW on the device (+ int64 tensors for the rest)."""
+    def _make_replicas(self, model: torch.nn.Module) -> Replicas | None:
+        """DDP wrapper (torchrun) and/or torch.compile of the training forward."""
+        t = self.cfg["train"]
+        net = ddp = None
+        if self.world_size > 1:
+            ddp = net = wrap_ddp(model, self.device)
+        if t["compile"]:
+            if not hasattr(torch, "compile"):
+                raise TrainingError("train.compile=true needs torch >= 2.0; set train.compile=false")
+            net = torch.compile(net if net is not None else model)
+        if net is None:
+            return None
+        return Replicas(world_size=self.world_size, rank=self.rank, net=net, ddp=ddp,
+                        per_replica_perturbation=bool(t["m_sharpness"]))
+
+    def to_device(self, images, *arrays):
+        """uint8 NHWC NumPy -> normalised float NCHW on the device (+ int64 tensors for the rest).
+
+        Tensors already on the device (the device-resident path) pass through unchanged.
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return (images, *arrays)
         non_blocking = self.device.type == "cuda"
         x = torch.from_numpy(np.ascontiguousarray(images))
         if non_blocking:
             x = x.pin_memory()
-        x = x.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2).float()
-        x = ((x - self._mean) / self._std).contiguous(memory_format=self.memory_format)
-        rest = [torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=non_blocking)
-                for a in arrays]
+        x = self._normalize(x.to(self.device, non_blocking=non_blocking))
+        rest = []
+        for a in arrays:
+            a = torch.from_numpy(np.asarray(a, dtype=np.int64))
+            rest.append(a.pin_memory().to(self.device, non_blocking=True) if non_blocking else a)
         return (x, *rest)
 
+    def _normalize(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        x = x_uint8_nhwc.permute(0, 3, 1, 2).float()
+        return ((x - self._mean) / self._std).contiguous(memory_format=self.memory_format)
+
     def set_batch_factory(self, factory) -> None:
-        """``factory(epoch) -> iterator of NumPy batches`` and ``factory.ordered()``: used by algorithm pre-stages."""
+        """``factory(epoch) -> iterator of NumPy batches`` and ``factory.ordered()``: used by algorithm pre-stages.
+
+        A factory with a ``train`` BatchIterator may also be served from the device
+        (``train.data_on_device``), see :meth:`epoch_batches`.
+        """
         self._batch_factory = factory
+        self._resident = None
+        it = getattr(factory, "train", None)
+        if it is not None and self._use_resident(it):
+            dev = self.device
+            self._resident = {
+                "images": torch.from_numpy(np.ascontiguousarray(it.images)).to(dev),
+                "labels": torch.from_numpy(it.labels).to(dev),
+                "severity": torch.from_numpy(it.severity).to(dev),
+            }
+
+    def _use_resident(self, it) -> bool:
+        mode = self.cfg["train"]["data_on_device"]
+        if mode != "auto":
+            return bool(mode)
+        if self.device.type != "cuda":
+            return False
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return it.images.nbytes <= total // 4
+
+    @property
+    def data_on_device(self) -> bool:
+        return self._resident is not None
+
+    def epoch_batches(self, epoch: int):
+        """The training batches of ``epoch``: host NumPy batches, or device tensors (resident data)."""
+        factory = self._batch_factory
+        if factory is None:
+            raise TrainingError("the session has no training batches (set_batch_factory)")
+        if self._resident is None:
+            return factory(epoch)
+        return self._resident_batches(factory.train, epoch)
+
+    def _resident_batches(self, it, epoch: int):
+        """BatchIterator.iterate(epoch) on the device: same order, same flips and crops, same pixels."""
+        from sharpdro.data.batches import AUGMENT_TAG, draw_augmentation
+
+        res, dev = self._resident, self.device
+        order = it.epoch_order(epoch)
+        n_batches, bs = len(it), it.batch_size
+        augment = it.flip or it.crop_padding > 0
+        if augment:  # every batch's parameters drawn as the host iterator does, sent once per epoch
+            params = []
+            for b in range(n_batches):
+                n = len(order[b * bs:(b + 1) * bs])
+                rng = np.random.default_rng(np.random.SeedSequence([it.seed, AUGMENT_TAG, int(epoch), it.rank, b]))
+                mask, oy, ox = draw_augmentation(rng, n, it.flip, it.crop_padding)
+                params.append(np.stack([mask.astype(np.int64), oy, ox]))
+            aug = torch.from_numpy(np.concatenate(params, axis=1) if params else np.zeros((3, 0), np.int64))
+            aug = aug.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else aug
+        order_t = torch.from_numpy(np.ascontiguousarray(order[:n_batches * bs] if it.drop_last else order))
+        order_t = order_t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else order_t
+        for b in range(n_batches):
+            idx = order_t[b * bs:(b + 1) * bs]
+            images = res["images"].index_select(0, idx)
+            if augment:
+                p = aug[:, b * bs:b * bs + idx.shape[0]]
+                images = augment_on_device(images, p[0].bool(), p[1], p[2], it.crop_padding)
+            yield self._normalize(images), res["labels"][idx], res["severity"][idx], idx
 
     def _prepare_context(self) -> PrepareContext:
         uses_groups = self.algorithm.uses_groups
@@ -123,8 +263,11 @@ class TorchSession:
                                 f"has no training batches")
         from sharpdro.schedule import lr_at
 
+        # Data-parallel runs: every replica runs the pre-stage on the whole (unsharded) training set with
+        # the global batch, and rank 0's result is broadcast afterwards (see train_epoch).
+        prestage = getattr(factory, "prestage", factory)
         return PrepareContext(
-            epochs_batches=lambda epoch: device_batches(factory(epoch)),
+            epochs_batches=lambda epoch: device_batches(prestage(epoch)),
             ordered_batches=lambda: device_batches(factory.ordered()),
             make_model=self._make_model,
             make_optimizer=self._make_optimizer,
@@ -140,6 +283,8 @@ class TorchSession:
         if not bool(algo.prepared):
             algo.prepare(self._prepare_context())
             algo.mark_prepared()
+            if self.replicas is not None:
+                self.replicas.broadcast_module_(algo)  # every replica holds rank 0's pre-stage result
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         algo.train()
@@ -154,7 +299,11 @@ class TorchSession:
         steps = 0
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
             x, y, s, i = self.to_device(images, labels, sev, idx)
-            last = algo.update(x, y, s if algo.uses_groups else None, i)
+            try:
+                last = algo.update(x, y, s if algo.uses_groups else None, i)
+            except Exception as exc:
+                _raise_compile_error(exc, self.cfg)
+                raise
             psl = last["per_sample_loss"].double()
             loss_sum.index_add_(0, s, psl)
             correct_sum.index_add_(0, s, last["correct"].double())
@@ -164,12 +313,21 @@ class TorchSession:
                 sel_sev_sum += (sel * s.double()).sum()
                 sel_count += sel.sum()
             steps += 1
-            if steps % _NAN_CHECK == 0 and not torch.isfinite(loss_sum).all():
+            if steps % _NAN_CHECK == 0 and not self._all_finite(loss_sum):
                 self._raise_nonfinite(epoch, steps)
         if steps == 0:
             raise TrainingError("the training set produced no batch; lower train.batch_size")
-        if not torch.isfinite(loss_sum).all():
+        if not self._all_finite(loss_sum):
             self._raise_nonfinite(epoch, steps)
+        if self.replicas is not None:
+            # BatchNorm running statistics drift per replica within an epoch (each normalises its own
+            # shard); rank 0's are the checkpointed ones, so every rank evaluates with them.
+            self.replicas.broadcast_module_(self.algorithm.model, buffers_only=True)
+            # training statistics of the global batches: the same on every rank
+            both = torch.cat([loss_sum, correct_sum, count, sel_sev_sum.view(1), sel_count.view(1)])
+            self.replicas.all_reduce_sum_(both)
+            loss_sum, correct_sum, count = both[:G], both[G:2 * G], both[2 * G:3 * G]
+            sel_sev_sum, sel_count = both[3 * G], both[3 * G + 1]
         loss_sum, correct_sum, count = loss_sum.cpu().numpy(), correct_sum.cpu().numpy(), count.cpu().numpy()
         denom = np.maximum(count, 1.0)
         stats = {
@@ -186,6 +344,13 @@ class TorchSession:
             stats["agnostic_selected_severity"] = float(sel_sev_sum / sel_count)
             stats["agnostic_batch_severity"] = float((np.arange(G) * count).sum() / count.sum())
         return stats
+
+    def _all_finite(self, loss_sum: torch.Tensor) -> bool:
+        """Host check of the accumulated losses (every rank takes the same decision)."""
+        bad = (~torch.isfinite(loss_sum)).any().to(torch.float64)
+        if self.replicas is not None:
+            self.replicas.all_reduce_sum_(bad)
+        return not bool(bad)
 
     def _raise_nonfinite(self, epoch: int, steps: int):
         raise TrainingError(
@@ -225,8 +390,9 @@ class TorchSession:
         state = {
             "format": CHECKPOINT_FORMAT,
             "backend": "torch",
-            "algorithm": self.algorithm.state_dict(),
+            "algorithm": self.algorithm.state_dict(),  # the unwrapped model: resumes on any number of processes
             "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -241,17 +407,40 @@ class TorchSession:
         atomic_save(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path, weights_only: bool = False) -> dict:
-        state = _read_checkpoint(path)
+        if self.world_size > 1:  # rank 0 reads, every rank receives (no shared filesystem needed)
+            state = broadcast_state(_read_checkpoint(path) if self.rank == 0 else None, self._collective_device())
+        else:
+            state = _read_checkpoint(path)
         self.algorithm.load_state_dict(state["algorithm"])
         if not weights_only:
             self.optimizer.load_state_dict(state["optimizer"])
+            self.precision.load_state_dict(state.get("precision"))
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                try:
+                    torch.cuda.set_rng_state_all(rng["cuda"])
+                except (RuntimeError, IndexError):  # saved with another number of GPUs
+                    pass
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
+            if self.world_size > 1:
+                epoch = int(state.get("extra", {}).get("epoch", -1)) + 1
+                torch.manual_seed(rank_seed(self.cfg["seed"], self.rank, epoch))
         return state.get("extra", {})
+
+    def _collective_device(self) -> torch.device:
+        return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _raise_compile_error(exc: Exception, cfg: dict) -> None:
+    """A torch.compile failure (no C++ compiler, unsupported op ...) as a TrainingError that says what to do."""
+    mod = type(exc).__module__ or ""
+    if cfg["train"]["compile"] and (mod.startswith("torch._dynamo") or mod.startswith("torch._inductor")):
+        raise TrainingError(f"train.compile=true: torch.compile failed on this machine "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"set train.compile=false (or install a C++ compiler for the CPU "
+                            f"backend / Triton for CUDA)") from exc
 
 
 def _read_checkpoint(path) -> dict:
@@ -275,10 +464,19 @@ class TorchBackend:
     def create_session(self, cfg: dict, splits: Splits) -> TorchSession:
         return TorchSession(cfg, splits)
 
+    def init_distributed(self, cfg: dict):
+        """The engine's process handle: torchrun's process group (NCCL on CUDA, Gloo on CPU) or one process."""
+        from .distributed import init_processes
+
+        return init_processes(cfg)
+
     def load_for_inference(self, checkpoint_path, device: str | None = None):
         state = _read_checkpoint(checkpoint_path)
+        from sharpdro.config import validate
+
         meta = state["meta"]
-        cfg = meta["config"]
+        cfg = validate(meta["config"])  # fills keys added since the checkpoint was written
+        cfg = {**cfg, "train": {**cfg["train"], "compile": False}}
         if device is not None:
             cfg = {**cfg, "train": {**cfg["train"], "device": device}}
         session = TorchSession(cfg, None, norm=meta["norm"], num_classes=meta["num_classes"],

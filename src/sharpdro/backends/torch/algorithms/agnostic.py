@@ -28,8 +28,7 @@ import math
 
 import torch
 
-from sharpdro.backends.torch.algorithms.base import (Algorithm, bn_second_pass, params_with_grad,
-                                                     per_sample_losses, restore_, sam_perturb_)
+from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass
 from sharpdro.config import ConfigError
 
 
@@ -88,7 +87,10 @@ class SharpDROAgnostic(Algorithm):
             thr = torch.nanquantile(mem, level)
             thr = torch.where(torch.isnan(thr), torch.quantile(score.to(mem.dtype), level), thr)
             selected = score.to(mem.dtype) >= thr
-            mem[idx] = score.to(mem.dtype)
+            if self.replicas is None:
+                mem[idx] = score.to(mem.dtype)
+            else:  # every replica writes every replica's scores: the same memory everywhere
+                mem[self.replicas.all_gather(idx)] = self.replicas.all_gather(score.to(mem.dtype))
         if self.weighting == "hard":
             mask = selected.to(score.dtype)
             weights = mask / mask.sum().clamp(min=1.0)
@@ -97,25 +99,25 @@ class SharpDROAgnostic(Algorithm):
             weights = torch.nan_to_num(torch.softmax(logits, 0), nan=0.0)
         return weights, selected, top
 
+    def step_state(self) -> list[torch.Tensor]:
+        return [self.score_memory] if self.select_rule == "threshold" else []
+
     def update(self, x, y, g, idx):
-        opt = self._opt()
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
-        per.mean().backward()
+        opt = self._begin_step()
+        with self._first_pass():
+            logits, per = self._forward(x, y)
+            self._backward(per.mean())
         score = ood_score(logits, per, self.score_kind)
         weights, selected, top = self.select(score, idx)
-        params = params_with_grad(self.model)
-        saved = sam_perturb_(params, self.rho, self.adaptive)
-        if not self.add_back:
-            opt.zero_grad(set_to_none=True)
+        params, saved = self._perturb(self.rho, self.adaptive)
         base = per.detach()
         with bn_second_pass(self.model, self.bn_policy):
             if self.selected_only:
-                _, per_adv = per_sample_losses(self.model, x.index_select(0, top), y.index_select(0, top), self.amp)
-                ((per_adv - base.index_select(0, top)) * weights.index_select(0, top)).sum().backward()
+                _, per_adv = self._forward(x.index_select(0, top), y.index_select(0, top))
+                loss = ((per_adv - base.index_select(0, top)) * weights.index_select(0, top)).sum()
             else:
-                _, per_adv = per_sample_losses(self.model, x, y, self.amp)
-                (weights * (per_adv - base)).sum().backward()
-        restore_(params, saved)
-        opt.step()
+                _, per_adv = self._forward(x, y)
+                loss = (weights * (per_adv - base)).sum()
+            self._second_backward(loss, params, keep_first=self.add_back)
+        self._finish_step(opt, params, saved)
         return self._stats(logits, per, y, selected=selected)

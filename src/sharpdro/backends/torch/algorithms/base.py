@@ -19,7 +19,16 @@ Shared pieces (functions, reused by every method):
   the exact restore of w (saved copies, not w + eps - eps), with foreach ops;
 - :func:`bn_second_pass`: the BatchNorm running-statistics policy of the second pass;
 - :func:`train_reference_erm` / :func:`collect_logits`: the ERM reference model of
-  the two-stage methods (JTT, EIIL).
+  the two-stage methods (JTT, EIIL);
+- :func:`replica_group_mean`: :func:`group_mean` over the global batch of a
+  data-parallel run (sums and counts all-reduced).
+
+Precision and data parallelism live in two helpers that ``configure`` hands over
+(``amp.Precision`` and ``distributed.Replicas``); every method goes through the same
+step hooks (``_begin_step``, ``_forward``, ``_backward``, ``_perturb``,
+``_second_backward``, ``_finish_step``), so no method carries AMP or DDP logic of its own.
+In a single fp32 process the hooks reduce to the plain calls (zero_grad, forward,
+backward, optimizer step).
 """
 from __future__ import annotations
 
@@ -98,6 +107,40 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
     return sums / counts.clamp(min=1.0), counts
 
 
+def replica_group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int, replicas=None,
+                       counts: torch.Tensor | None = None, reduce_value: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`group_mean` of the global batch in a data-parallel run; ``group_mean`` in a single process.
+
+    With W replicas: counts are summed over replicas (or taken from ``counts``, already
+    global); the returned mean has the VALUE of the global group mean (sums all-reduced;
+    with ``reduce_value=False`` only the gradient is right, which saves a collective when
+    the value is not used) and the GRADIENT of W * local sum / global count, so that
+    DDP's average of the replicas' gradients is the gradient of the global group mean.
+    """
+    if replicas is None or replicas.world_size == 1:
+        if counts is None:
+            return group_mean(values, groups, num_groups)
+        onehot = (groups.view(-1, 1) == torch.arange(num_groups, device=groups.device).view(1, -1))
+        return (values @ onehot.to(values.dtype)) / counts.clamp(min=1.0), counts
+    onehot = (groups.view(-1, 1) == torch.arange(num_groups, device=groups.device).view(1, -1)).to(values.dtype)
+    sums = values @ onehot
+    if counts is None:
+        counts = onehot.sum(0)
+        if reduce_value:
+            both = replicas.all_reduce_sum_(torch.cat([sums.detach(), counts]))
+            global_sums, counts = both[:num_groups], both[num_groups:]
+        else:
+            counts = replicas.all_reduce_sum_(counts)
+    elif reduce_value:
+        global_sums = replicas.all_reduce_sum_(sums.detach().clone())
+    denom = counts.clamp(min=1.0)
+    local = sums * (replicas.world_size / denom)
+    if not reduce_value:
+        return local, counts
+    return local + (global_sums / denom - local).detach(), counts
+
+
 @torch.no_grad()
 def eg_update_(q: torch.Tensor, losses: torch.Tensor, eta: float) -> torch.Tensor:
     """In place ``q <- q * exp(eta * L) / Z`` (exponentiated gradient on the simplex).
@@ -122,19 +165,20 @@ def sam_perturb_(params: list[torch.Tensor], rho: float, adaptive: bool = False)
     SAM:  eps = rho * g / (||g|| + 1e-12).
     ASAM: eps = rho * w^2 * g / (||w * g|| + 1e-12)  (element-wise; ||.|| over all parameters).
     """
-    saved = [p.detach().clone() for p in params]
     if not params:
-        return saved
+        return []
+    saved = torch._foreach_mul(params, 1.0)  # copies (x * 1.0 is x, signed zeros included), one foreach call
     grads = [p.grad for p in params]
     if adaptive:
         scaled = torch._foreach_mul(torch._foreach_abs(saved), grads)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
         eps = torch._foreach_mul(torch._foreach_mul(saved, saved), grads)
+        scale = rho / (norm + 1e-12)
+        torch._foreach_mul_(eps, scale.to(eps[0].dtype))
     else:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        eps = [g.clone() for g in grads]
-    scale = rho / (norm + 1e-12)
-    torch._foreach_mul_(eps, scale.to(eps[0].dtype))
+        scale = rho / (norm + 1e-12)
+        eps = torch._foreach_mul(grads, scale.to(grads[0].dtype))
     torch._foreach_add_(params, eps)
     return saved
 
@@ -174,9 +218,9 @@ def bn_second_pass(model: nn.Module, policy: str) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, s in zip(bufs, saved):
-                b.copy_(s)
+        if bufs:
+            with torch.no_grad():
+                torch._foreach_copy_(bufs, saved)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -187,17 +231,27 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def train_reference_erm(ctx: PrepareContext, epochs: int, desc: str,
                         amp: Callable[[], ContextManager] | None = None) -> nn.Module:
     """Train a fresh network with plain ERM for ``epochs`` epochs on the ctx batches (the run's SGD and lr)."""
+    from sharpdro.backends.torch.amp import Precision
+
     model = ctx.make_model()
     optimizer = ctx.make_optimizer(model.parameters())
+    # A fresh loss scale for the reference model (fp16); autocast only for a bare factory.
+    precision = amp.fresh() if isinstance(amp, Precision) else None
     model.train()
     with torch.enable_grad():  # the trainer may call prepare() under no_grad
         for epoch in range(epochs):
             set_lr(optimizer, ctx.lr_at(epoch))
             for x, y, _g, _idx in ctx.progress(ctx.epochs_batches(epoch), f"{desc} {epoch + 1}/{epochs}"):
                 optimizer.zero_grad(set_to_none=True)
-                _, per = per_sample_losses(model, x, y, amp)
-                per.mean().backward()
-                optimizer.step()
+                if precision is None:
+                    _, per = per_sample_losses(model, x, y, amp)
+                    per.mean().backward()
+                    optimizer.step()
+                else:
+                    precision.begin()
+                    _, per = per_sample_losses(model, x, y, precision)
+                    precision.backward(per.mean())
+                    precision.step(optimizer)
     model.eval()
     return model
 
@@ -252,17 +306,142 @@ class Algorithm(nn.Module):
         self.register_buffer("prepared_flag", torch.zeros((), dtype=torch.bool, device=self._device))
         self.optimizer: torch.optim.Optimizer | None = None
         self.amp: Callable[[], ContextManager] | None = None
+        self.precision = None  # amp.Precision (autocast + fp16 loss scale), None: plain fp32
+        self.replicas = None   # distributed.Replicas, None: one process
+        self._step_snapshot: list | None = None
+        object.__setattr__(self, "_net", None)  # not a submodule: checkpoints hold self.model only
 
     # -- trainer hooks ---------------------------------------------------------------
-    def configure(self, optimizer: torch.optim.Optimizer, amp: Callable[[], ContextManager] | None = None) -> None:
-        """Hand over the optimizer (built over ``self.model.parameters()``).
+    def configure(self, optimizer: torch.optim.Optimizer, amp=None, replicas=None) -> None:
+        """Hand over the optimizer (built over ``self.model.parameters()``) and the run's helpers.
 
-        ``amp``: optional zero-argument factory of an autocast context; it wraps the
-        forward passes only (losses and backward run outside it).  A GradScaler
-        (fp16) is not supported by the two-pass methods.
+        ``amp``: a :class:`~sharpdro.backends.torch.amp.Precision` (autocast, and for fp16 the
+        loss scale with one unscale per pass and consistent overflow skips), or a bare
+        zero-argument autocast factory (autocast only), or None (fp32).
+        ``replicas``: a :class:`~sharpdro.backends.torch.distributed.Replicas` in a
+        data-parallel run (global group statistics, the DDP forward module, the
+        perturbation mode); in a single process it may only carry ``net`` (a compiled
+        model); None: plain.
         """
+        from sharpdro.backends.torch.amp import as_precision
+
         self.optimizer = optimizer
-        self.amp = amp
+        self.precision = as_precision(amp, self._device)
+        self.amp = self.precision
+        object.__setattr__(self, "_net", getattr(replicas, "net", None))
+        self.replicas = replicas if replicas is not None and replicas.world_size > 1 else None
+
+    # -- the step hooks every method goes through ------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        """The module training forward passes call: the DDP wrapper and/or compiled model, or the model."""
+        return self._net if self._net is not None else self.model
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.replicas is None else self.replicas.world_size
+
+    def _scaling(self) -> bool:
+        return self.precision is not None and self.precision.scaling
+
+    def step_state(self) -> list[torch.Tensor]:
+        """Buffers a step changes besides the weights (rolled back when an fp16 step overflows)."""
+        return []
+
+    def _begin_step(self) -> torch.optim.Optimizer:
+        """zero_grad; with fp16 also clear the overflow flag and snapshot the step state."""
+        opt = self._opt()
+        opt.zero_grad(set_to_none=True)
+        if self.precision is not None:
+            self.precision.begin()
+        if self._scaling():
+            with torch.no_grad():
+                self._step_snapshot = [t.clone() for t in self.step_state() + _bn_buffers(self.model)]
+        return opt
+
+    def _first_pass(self) -> ContextManager:
+        """Context of a SAM first pass: ``no_sync`` for a per-replica (m-sharpness) perturbation."""
+        if self.replicas is None:
+            return contextlib.nullcontext()
+        return self.replicas.first_pass()
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return per_sample_losses(self.net, x, y, self.amp)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.precision is None:
+            loss.backward()
+        else:
+            self.precision.backward(loss)
+
+    def _perturb(self, rho: float, adaptive: bool) -> tuple[list, list]:
+        """SAM ascent from the first-pass gradient in ``.grad`` (unscaled first: the true gradient)."""
+        params = params_with_grad(self.model)
+        if self._scaling():
+            self.precision.unscale_(params)
+        return params, sam_perturb_(params, rho, adaptive)
+
+    def _second_backward(self, loss: torch.Tensor, params: list, keep_first: bool) -> None:
+        """Backward of the second (perturbed) pass.
+
+        ``keep_first``: the first-pass gradient stays and is summed with the second
+        (SharpDRO's add-back); otherwise it is dropped.  With a loss scale or replicas the
+        kept gradient is moved aside and added after the second pass has been unscaled
+        and all-reduced on its own, so each pass is unscaled once and each gradient is
+        all-reduced once (a per-replica first pass is averaged here, by hand).
+        """
+        if not keep_first:
+            self._opt().zero_grad(set_to_none=True)
+            self._backward(loss)
+            return
+        if not self._scaling() and self.replicas is None:
+            self._backward(loss)  # accumulates into the first-pass gradient
+            return
+        first = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        if self.replicas is not None and not self.replicas.first_pass_reduced:
+            self.replicas.all_reduce_mean_(first)
+        self._backward(loss)
+        if self._scaling():
+            self.precision.unscale_(params)
+        with torch.no_grad():
+            for p, g in zip(params, first):
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+
+    def _finish_step(self, opt: torch.optim.Optimizer, params: list | None = None,
+                     saved: list | None = None) -> None:
+        """Restore w (SAM family), optimizer step; fp16: skip it and roll the step state back on overflow."""
+        if saved is not None:
+            restore_(params, saved)
+        if self.precision is None:
+            opt.step()
+            return
+        if self._scaling() and self.replicas is not None:
+            self.replicas.all_reduce_sum_(self.precision.found_inf)  # every rank skips together
+        self.precision.step(opt)
+        snap, self._step_snapshot = self._step_snapshot, None
+        if snap:
+            bad = self.precision.overflowed()
+            with torch.no_grad():
+                for t, s in zip(self.step_state() + _bn_buffers(self.model), snap):
+                    t.copy_(torch.where(bad, s, t))
+
+    def _group_mean(self, values: torch.Tensor, groups: torch.Tensor, counts: torch.Tensor | None = None,
+                    reduce_value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group means of the global batch (one process: :func:`group_mean`)."""
+        if self.replicas is None and counts is None:
+            return group_mean(values, groups, self.num_groups)
+        return replica_group_mean(values, groups, self.num_groups, self.replicas, counts, reduce_value)
+
+    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over replicas of a detached tensor (itself in one process)."""
+        if self.replicas is None:
+            return value
+        return self.replicas.all_reduce_sum_(value.detach().clone())
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Pre-stage before the first training epoch (default: nothing)."""
@@ -279,6 +458,9 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision is not None and self.precision.autocast_enabled:
+            with self.precision():
+                return self.model(x)
         return self.model(x)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -356,6 +538,9 @@ class GroupWeighted(Algorithm):
         if self.gen_adjustment > 0 and not self._counts_ready:
             raise ConfigError(f"{self.name}: gen_adjustment > 0 needs the training group counts: run "
                               f"prepare(ctx) or set_group_counts() first")
+
+    def step_state(self) -> list[torch.Tensor]:
+        return [self.q]
 
     def update_q(self, group_losses: torch.Tensor) -> torch.Tensor:
         """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses L (no host sync)."""

@@ -80,9 +80,9 @@ class EIIL(Algorithm):
         self.lr = float(self.hparams["eiil_lr"])
         self._new_buffer("env", torch.zeros(self.train_size, dtype=torch.long))
 
-    def configure(self, optimizer, amp=None):
-        super().configure(optimizer, amp)
-        self.robust.configure(optimizer, amp)
+    def configure(self, optimizer, amp=None, replicas=None):
+        super().configure(optimizer, amp, replicas)
+        self.robust.configure(optimizer, self.precision, replicas)
 
     def set_environments(self, env: torch.Tensor) -> None:
         env = env.to(self.env.device, torch.long)

@@ -1,7 +1,7 @@
 """Empirical risk minimisation: the plain baseline."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import Algorithm, per_sample_losses
+from sharpdro.backends.torch.algorithms.base import Algorithm
 
 
 class ERM(Algorithm):
@@ -10,9 +10,8 @@ class ERM(Algorithm):
     name = "erm"
 
     def update(self, x, y, g, idx):
-        opt = self._opt()
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
-        per.mean().backward()
-        opt.step()
+        opt = self._begin_step()
+        logits, per = self._forward(x, y)
+        self._backward(per.mean())
+        self._finish_step(opt)
         return self._stats(logits, per, y)

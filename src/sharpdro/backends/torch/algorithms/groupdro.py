@@ -1,7 +1,7 @@
 """GroupDRO (Sagawa et al. 2020) over the severity groups."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import GroupWeighted, group_mean, per_sample_losses
+from sharpdro.backends.torch.algorithms.base import GroupWeighted
 
 
 class GroupDRO(GroupWeighted):
@@ -17,11 +17,10 @@ class GroupDRO(GroupWeighted):
 
     def update(self, x, y, g, idx):
         self.check_ready()
-        opt = self._opt()
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
-        group_loss, _ = group_mean(per, g, self.num_groups)
+        opt = self._begin_step()
+        logits, per = self._forward(x, y)
+        group_loss, _ = self._group_mean(per, g)  # of the global batch when data-parallel
         q = self.update_q(group_loss.detach())
-        (q * group_loss).sum().backward()
-        opt.step()
+        self._backward((q * group_loss).sum())
+        self._finish_step(opt)
         return self._stats(logits, per, y, q=q.clone())

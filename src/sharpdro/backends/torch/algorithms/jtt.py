@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpdro.backends.torch.algorithms.base import (Algorithm, PrepareContext, collect_logits, per_sample_losses,
-                                                     train_reference_erm)
+from sharpdro.backends.torch.algorithms.base import Algorithm, PrepareContext, collect_logits, train_reference_erm
 from sharpdro.config import ConfigError
 
 
@@ -48,10 +47,12 @@ class JTT(Algorithm):
         self.mark_prepared()
 
     def update(self, x, y, g, idx):
-        opt = self._opt()
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
+        opt = self._begin_step()
+        logits, per = self._forward(x, y)
         w = self.weights[idx].to(per.dtype)
-        ((w * per).sum() / w.sum()).backward()
-        opt.step()
+        if self.replicas is None:
+            self._backward((w * per).sum() / w.sum())
+        else:  # normalised by the global batch's weight sum; x W because DDP averages the replicas
+            self._backward((w * per).sum() * (self.world_size / self._global_sum(w.sum())))
+        self._finish_step(opt)
         return self._stats(logits, per, y, selected=self.error_set[idx])

@@ -1,8 +1,7 @@
 """Sharpness-aware minimisation (Foret et al. 2021) and ASAM (Kwon et al. 2021)."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import (Algorithm, bn_second_pass, params_with_grad,
-                                                     per_sample_losses, restore_, sam_perturb_)
+from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass
 
 
 class SAM(Algorithm):
@@ -22,16 +21,13 @@ class SAM(Algorithm):
         self.bn_policy = self.hparams["bn_second_pass"]
 
     def update(self, x, y, g, idx):
-        opt = self._opt()
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
-        per.mean().backward()
-        params = params_with_grad(self.model)
-        saved = sam_perturb_(params, self.rho, self.adaptive)
-        opt.zero_grad(set_to_none=True)
+        opt = self._begin_step()
+        with self._first_pass():
+            logits, per = self._forward(x, y)
+            self._backward(per.mean())
+        params, saved = self._perturb(self.rho, self.adaptive)
         with bn_second_pass(self.model, self.bn_policy):
-            _, per_adv = per_sample_losses(self.model, x, y, self.amp)
-            per_adv.mean().backward()
-        restore_(params, saved)
-        opt.step()
+            _, per_adv = self._forward(x, y)
+            self._second_backward(per_adv.mean(), params, keep_first=False)
+        self._finish_step(opt, params, saved)
         return self._stats(logits, per, y)

@@ -1,8 +1,7 @@
 """SharpDRO (Huang et al., CVPR 2023), distribution-aware: group DRO on the sharpness of each severity group."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import (GroupWeighted, bn_second_pass, group_mean, params_with_grad,
-                                                     per_sample_losses, restore_, sam_perturb_)
+from sharpdro.backends.torch.algorithms.base import GroupWeighted, bn_second_pass
 
 
 class SharpDRO(GroupWeighted):
@@ -36,24 +35,22 @@ class SharpDRO(GroupWeighted):
 
     def update(self, x, y, g, idx):
         self.check_ready()
-        opt, G = self._opt(), self.num_groups
-        opt.zero_grad(set_to_none=True)
-        logits, per = per_sample_losses(self.model, x, y, self.amp)
-        group_loss, _ = group_mean(per, g, G)
-        if self.perturb_on == "batch":
-            per.mean().backward()
-            q = self.update_q(group_loss.detach())
-        else:
-            q = self.update_q(group_loss.detach())
-            (q * group_loss).sum().backward()
-        params = params_with_grad(self.model)
-        saved = sam_perturb_(params, self.rho, self.adaptive)
-        if not self.add_back:
-            opt.zero_grad(set_to_none=True)
+        opt = self._begin_step()
+        with self._first_pass():
+            logits, per = self._forward(x, y)
+            group_loss, counts = self._group_mean(per, g)  # global batch when data-parallel: same q everywhere
+            if self.perturb_on == "batch":
+                self._backward(per.mean())
+                q = self.update_q(group_loss.detach())
+            else:
+                q = self.update_q(group_loss.detach())
+                self._backward((q * group_loss).sum())
+        params, saved = self._perturb(self.rho, self.adaptive)
         with bn_second_pass(self.model, self.bn_policy):
-            _, per_adv = per_sample_losses(self.model, x, y, self.amp)
-            sharpness, _ = group_mean(per_adv - per.detach(), g, G)
-            (q * sharpness).sum().backward()
-        restore_(params, saved)
-        opt.step()
+            _, per_adv = self._forward(x, y)
+            # the value of the sharpness is not used: with replicas only its gradient is formed (no collective)
+            sharpness, _ = self._group_mean(per_adv - per.detach(), g, counts=counts if self.replicas else None,
+                                            reduce_value=False)
+            self._second_backward((q * sharpness).sum(), params, keep_first=self.add_back)
+        self._finish_step(opt, params, saved)
         return self._stats(logits, per, y, q=q.clone())
