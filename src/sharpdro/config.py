@@ -175,6 +175,18 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+# Keys that change where or how fast a run goes, never what it computes: ignored by the
+# sweep's job hash and by the same-config check of --resume.
+RUNTIME_KEYS = (
+    "train.threads",
+    "train.progress",
+    "train.device",
+    "data.cache_dir",
+    "data.download",
+    "output.dir",
+    "output.name",
+)
+
 # Device strings are free-form (cuda:3), checked here rather than by choices.
 _DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 

@@ -317,11 +317,11 @@ def _check_same_config(path: Path, cfg: dict) -> None:
     import yaml
 
     with open(path, encoding="utf-8") as f:
-        old = yaml.safe_load(f)
-    ignore = {("train", "progress"), ("train", "threads")}
+        old = config_mod.validate(yaml.safe_load(f) or {})  # fills keys added since the run started
+    ignore = set(config_mod.RUNTIME_KEYS)
     diffs = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
-             if (s, k) not in ignore and old.get(s, {}).get(k) != cfg[s][k]]
-    diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old.get(k) != cfg[k]]
+             if f"{s}.{k}" not in ignore and old[s][k] != cfg[s][k]]
+    diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old[k] != cfg[k]]
     if diffs:
         raise SharpDROError(f"--resume with a config that differs from the run's config.yaml in: "
                             f"{', '.join(diffs)}; resume with the same config or start a new run")

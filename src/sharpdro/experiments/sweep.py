@@ -53,21 +53,11 @@ try:
 except ImportError:  # pragma: no cover - Windows: no job locks
     fcntl = None  # type: ignore[assignment]
 
-from sharpdro.config import SCHEMA, NUM, ConfigError, Field, config_hash, default_config, load_config, parse_override, \
+from sharpdro.config import RUNTIME_KEYS, SCHEMA, NUM, ConfigError, Field, config_hash, default_config, load_config, parse_override, \
     resolve_config_path
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text
 
-#: Config keys that change how a job runs but not what it computes; they do not enter the job hash.
-RUNTIME_KEYS = (
-    "train.threads",
-    "train.progress",
-    "train.device",
-    "data.cache_dir",
-    "data.download",
-    "output.dir",
-    "output.name",
-)
 
 LAUNCHERS = ("local", "parallel", "slurm")
 DEFAULT_TRAIN = "sharpdro.engine:train"
