@@ -37,8 +37,24 @@ def add_parser(sub) -> None:
                         "--corruption-images (default: synthetic)")
     p.add_argument("--skip", default="", metavar="PARTS",
                    help="comma-separated parts to skip: pipeline, eval, corruption")
+    p.add_argument("--backend", default="torch", choices=("torch", "mindspore"),
+                   help="mindspore: training-step timing only (the MindSpore CPU backend)")
     p.add_argument("--json", action="store_true", help="print the JSON object as the last line")
     p.set_defaults(func=run)
+
+
+def _run_mindspore(args) -> dict:
+    from sharpdro.backends.mindspore import bench_train_step
+    from sharpdro.config import load_config
+
+    name, *opts = args.algorithm.split(":")
+    overrides = [f"algorithm.name={name}", *(f"algorithm.{o}" for o in opts), f"model.name={args.model}",
+                 f"model.width={args.width}", f"data.image_size={args.image_size}", "backend=mindspore",
+                 *([f"train.threads={args.threads}"] if args.threads else []), *args.overrides]
+    result = bench_train_step(load_config(None, overrides), steps=args.steps, batch_size=args.batch_size,
+                              warmup=max(0, args.warmup))
+    return {"backend": "mindspore", "algorithm": args.algorithm, "model": args.model, "batch_size": args.batch_size,
+            **result}
 
 
 def run(args) -> int:
@@ -47,6 +63,12 @@ def run(args) -> int:
     from sharpdro.backends.torch.bench import BenchSettings, format_table, run_bench
     from sharpdro.errors import SharpDROError
 
+    if args.backend == "mindspore":
+        result = _run_mindspore(args)
+        print("  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
+        if args.json:
+            print(json.dumps(result))
+        return 0
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     bad = skip - {"pipeline", "eval", "corruption"}
     if bad:
