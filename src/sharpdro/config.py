@@ -278,6 +278,17 @@ def validate(cfg: Mapping) -> dict:
     return out
 
 
+def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:
+    """The ``algorithm`` section's defaults overridden by ``hparams`` (used by every backend); unknown keys raise."""
+    out = default_config()["algorithm"]
+    unknown = sorted(set(hparams or {}) - set(out))
+    if unknown:
+        raise ConfigError(f"unknown algorithm hyperparameter(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(out))}")
+    out.update(hparams or {})
+    return out
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` -> (['section', 'key'], value parsed as YAML)."""
     if "=" not in text:

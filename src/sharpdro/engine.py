@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpdro import config as config_mod
-from sharpdro.errors import SharpDROError, TrainingError
+from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.metrics import select_epoch, summarize
 

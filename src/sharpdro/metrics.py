@@ -23,6 +23,28 @@ def group_mean(values: np.ndarray, groups: np.ndarray, num_groups: int) -> tuple
     return sums / np.maximum(counts, 1.0), counts
 
 
+def train_epoch_stats(loss_sum, correct_sum, count, steps: int, q=None, selected_severity_sum: float = 0.0,
+                      selected_count: float = 0.0) -> dict:
+    """A backend's per-epoch training statistics from per-severity sums (every backend reports the same)."""
+    loss_sum, correct_sum, count = (np.asarray(a, dtype=np.float64) for a in (loss_sum, correct_sum, count))
+    denom = np.maximum(count, 1.0)
+    stats = {
+        "loss": float(loss_sum.sum() / count.sum()),
+        "accuracy": float(correct_sum.sum() / count.sum()),
+        "group_loss": (loss_sum / denom).tolist(),
+        "group_acc": (correct_sum / denom).tolist(),
+        "group_count": count.astype(int).tolist(),
+        "steps": int(steps),
+    }
+    if q is not None:
+        stats["q"] = np.asarray(q, dtype=np.float32).tolist()
+    if selected_count > 0:
+        # the agnostic reading's check: selected samples should be more corrupted than the batch
+        stats["agnostic_selected_severity"] = float(selected_severity_sum / selected_count)
+        stats["agnostic_batch_severity"] = float((np.arange(len(count)) * count).sum() / count.sum())
+    return stats
+
+
 def summarize(acc_by_severity: Mapping) -> dict:
     """``{'0': a0, ...}`` -> ``{'average': mean, 'worst': min, 'worst_severity': s}``."""
     keys = sorted(acc_by_severity, key=int)

@@ -37,6 +37,7 @@ from mindspore import nn, ops
 from sharpdro.data.normalize import channel_mean_std
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
+from sharpdro.metrics import train_epoch_stats
 
 from . import convert
 from .algorithms import ALGORITHMS, build_algorithm
@@ -222,21 +223,8 @@ class MindSporeSession:
                 self._raise_nonfinite(epoch, steps)
         if steps == 0:
             raise TrainingError("the training set produced no batch; lower train.batch_size")
-        denom = np.maximum(count, 1.0)
-        stats = {
-            "loss": float(loss_sum.sum() / count.sum()),
-            "accuracy": float(correct_sum.sum() / count.sum()),
-            "group_loss": (loss_sum / denom).tolist(),
-            "group_acc": (correct_sum / denom).tolist(),
-            "group_count": count.astype(int).tolist(),
-            "steps": steps,
-        }
-        if "q" in last:
-            stats["q"] = np.asarray(last["q"], dtype=np.float32).tolist()
-        if sel_count > 0:
-            stats["agnostic_selected_severity"] = sel_sev_sum / sel_count
-            stats["agnostic_batch_severity"] = float((np.arange(G) * count).sum() / count.sum())
-        return stats
+        return train_epoch_stats(loss_sum, correct_sum, count, steps, q=last.get("q"),
+                                 selected_severity_sum=sel_sev_sum, selected_count=sel_count)
 
     def _raise_nonfinite(self, epoch: int, steps: int):
         raise TrainingError(

@@ -30,6 +30,7 @@ from sharpdro.data.normalize import channel_mean_std
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
 from sharpdro.io import atomic_save
+from sharpdro.metrics import train_epoch_stats
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
@@ -329,21 +330,9 @@ class TorchSession:
             loss_sum, correct_sum, count = both[:G], both[G:2 * G], both[2 * G:3 * G]
             sel_sev_sum, sel_count = both[3 * G], both[3 * G + 1]
         loss_sum, correct_sum, count = loss_sum.cpu().numpy(), correct_sum.cpu().numpy(), count.cpu().numpy()
-        denom = np.maximum(count, 1.0)
-        stats = {
-            "loss": float(loss_sum.sum() / count.sum()),
-            "accuracy": float(correct_sum.sum() / count.sum()),
-            "group_loss": (loss_sum / denom).tolist(),
-            "group_acc": (correct_sum / denom).tolist(),
-            "group_count": count.astype(int).tolist(),
-            "steps": steps,
-        }
-        if "q" in last:
-            stats["q"] = last["q"].detach().float().cpu().tolist()
-        if float(sel_count) > 0:
-            stats["agnostic_selected_severity"] = float(sel_sev_sum / sel_count)
-            stats["agnostic_batch_severity"] = float((np.arange(G) * count).sum() / count.sum())
-        return stats
+        q = last["q"].detach().float().cpu().numpy() if "q" in last else None
+        return train_epoch_stats(loss_sum, correct_sum, count, steps, q=q, selected_severity_sum=float(sel_sev_sum),
+                                 selected_count=float(sel_count))
 
     def _all_finite(self, loss_sum: torch.Tensor) -> bool:
         """Host check of the accumulated losses (every rank takes the same decision)."""

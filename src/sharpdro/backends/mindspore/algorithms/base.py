@@ -34,7 +34,7 @@ from sharpdro.backends.mindspore import _runtime  # noqa: F401  (the CPU setting
 import mindspore as ms
 from mindspore import nn, ops
 
-from sharpdro.config import ConfigError, default_config
+from sharpdro.config import ConfigError, algorithm_hparams
 
 F32 = ms.float32
 
@@ -59,17 +59,6 @@ class PrepareContext:
     train_size: int
     device: str = "cpu"
     progress: Callable[[Iterable, str], Iterable] = field(default=_no_progress)
-
-
-def resolve_hparams(hparams: Mapping[str, Any] | None) -> dict:
-    """The ``algorithm`` section defaults overridden by ``hparams``; unknown keys raise."""
-    out = default_config()["algorithm"]
-    unknown = sorted(set(hparams or {}) - set(out))
-    if unknown:
-        raise ConfigError(f"unknown algorithm hyperparameter(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(out))}")
-    out.update(hparams or {})
-    return out
 
 
 # --------------------------------------------------------------------------- shared functions
@@ -217,7 +206,7 @@ class Algorithm:
         self.num_classes = int(num_classes)
         self.num_groups = int(num_groups)
         self.train_size = int(train_size)
-        self.hparams = resolve_hparams(hparams)
+        self.hparams = algorithm_hparams(hparams)
         self.buffers: dict[str, np.ndarray] = {"prepared_flag": np.zeros((), dtype=np.bool_)}
         self.children: dict[str, Algorithm] = {}
         self.optimizer: nn.Optimizer | None = None

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharpdro.config import ConfigError, default_config
+from sharpdro.config import ConfigError, algorithm_hparams
 
 Batch = tuple  # (x, y, g | None, idx) device tensors
 
@@ -70,17 +70,6 @@ class PrepareContext:
     train_size: int
     device: torch.device | str = "cpu"
     progress: Callable[[Iterable, str], Iterable] = field(default=_no_progress)
-
-
-def resolve_hparams(hparams: Mapping[str, Any] | None) -> dict:
-    """The ``algorithm`` section defaults (config.SCHEMA) overridden by ``hparams``; unknown keys raise."""
-    out = default_config()["algorithm"]
-    unknown = sorted(set(hparams or {}) - set(out))
-    if unknown:
-        raise ConfigError(f"unknown algorithm hyperparameter(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(out))}")
-    out.update(hparams or {})
-    return out
 
 
 # --------------------------------------------------------------------------- shared functions
@@ -299,7 +288,7 @@ class Algorithm(nn.Module):
         self.num_classes = int(num_classes)
         self.num_groups = int(num_groups)
         self.train_size = int(train_size)
-        self.hparams = resolve_hparams(hparams)
+        self.hparams = algorithm_hparams(hparams)
         ref = next(iter(model.parameters()), None)
         self._device = ref.device if ref is not None else torch.device("cpu")
         self._dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
