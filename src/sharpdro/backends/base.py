@@ -56,6 +56,15 @@ class Backend(Protocol):
         """A session from a checkpoint alone (its embedded config); returns (session, config)."""
 
 
+def session_shape(splits: Splits) -> dict:
+    """What every backend's session derives from the training data (and stores in its checkpoints)."""
+    from sharpdro.data.normalize import channel_mean_std
+
+    return {"norm": channel_mean_std(splits.train.images), "num_classes": splits.num_classes,
+            "image_shape": splits.image_shape, "num_groups": splits.num_groups, "train_size": len(splits.train),
+            "classes": list(splits.classes)}
+
+
 _BACKENDS = {"torch": "sharpdro.backends.torch", "mindspore": "sharpdro.backends.mindspore"}
 
 

@@ -34,7 +34,7 @@ from sharpdro.backends.mindspore import _runtime  # noqa: F401  (the CPU setting
 import mindspore as ms
 from mindspore import nn, ops
 
-from sharpdro.data.normalize import channel_mean_std
+from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
 from sharpdro.metrics import train_epoch_stats
@@ -83,10 +83,9 @@ class MindSporeSession:
         ms.set_seed(seed)
         random.seed(seed)
         if splits is not None:
-            norm = channel_mean_std(splits.train.images)
-            num_classes, image_shape = splits.num_classes, splits.image_shape
-            num_groups, train_size = splits.num_groups, len(splits.train)
-            classes = list(splits.classes)
+            shape = session_shape(splits)
+            norm, num_classes, image_shape = shape["norm"], shape["num_classes"], shape["image_shape"]
+            num_groups, train_size, classes = shape["num_groups"], shape["train_size"], shape["classes"]
         self.norm = norm
         self.num_classes, self.image_shape, self.num_groups = num_classes, tuple(image_shape), num_groups
         self.train_size = train_size

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sharpdro.data.normalize import channel_mean_std
+from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
 from sharpdro.io import atomic_save
@@ -104,10 +104,9 @@ class TorchSession:
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         if splits is not None:
-            norm = channel_mean_std(splits.train.images)
-            num_classes, image_shape = splits.num_classes, splits.image_shape
-            num_groups, train_size = splits.num_groups, len(splits.train)
-            classes = list(splits.classes)
+            shape = session_shape(splits)
+            norm, num_classes, image_shape = shape["norm"], shape["num_classes"], shape["image_shape"]
+            num_groups, train_size, classes = shape["num_groups"], shape["train_size"], shape["classes"]
         self.norm = norm
         self.num_classes, self.image_shape, self.num_groups = num_classes, tuple(image_shape), num_groups
         self.train_size = train_size
