@@ -173,7 +173,9 @@ def test_mindspore_run_evaluates_on_torch(tmp_path, splits):
     run = tmp_path / "ms-run"
     summary = train(tiny("algorithm.name=jtt", "train.epochs=1"), out_dir=run, splits=splits)
     out = tmp_path / "torch.pt"
-    rc = convert.run(Namespace(src=str(run), out=str(out), to="auto"))  # the `sharpdro convert` entry point
+    from sharpdro.commands import convert as convert_command
+
+    rc = convert_command.run(Namespace(src=str(run), out=str(out), to="auto"))  # the `sharpdro convert` entry point
     assert rc == 0 and convert.checkpoint_backend(out) == "torch"
     t_session, cfg = get_backend("torch").load_for_inference(out)
     assert cfg["backend"] == "torch"

@@ -1,13 +1,7 @@
 """The framework-neutral training loop: run directory, epochs, evaluation, selection, resume.
 
 Everything here is NumPy/PyYAML; the backend (``sharpdro.backends.<name>``) owns the
-tensors.  A run directory holds::
-
-    config.yaml        the resolved config
-    metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test)
-    summary.json       the selected epoch's per-severity accuracies, average and worst
-    train.log          what was printed
-    checkpoints/last.pt, checkpoints/best.pt
+tensors.  The run directory's files are :mod:`sharpdro.rundir`'s.
 
 Crash safety: an epoch's metrics line is appended before its checkpoint is written;
 on ``resume`` the metrics are cut back to the checkpoint's epoch, so a kill at any
@@ -36,6 +30,7 @@ from sharpdro import config as config_mod
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.metrics import select_epoch, summarize
+from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
 log = logging.getLogger("sharpdro")
 
@@ -53,8 +48,8 @@ def run_dir_for(cfg: dict, out_dir=None) -> Path:
     return Path(cfg["output"]["dir"]) / (cfg["output"]["name"] or default_run_name(cfg))
 
 
-def _setup_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+def _setup_log_file(run: RunDir) -> logging.Handler:
+    handler = logging.FileHandler(run.log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -200,7 +195,7 @@ class _BatchFactory:
 
 
 def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
-    """Train one run from a resolved config; returns the summary (also written to summary.json).
+    """Train one run from a resolved config; returns the summary (also written to the run's summary file).
 
     Under torchrun every rank calls this; rank 0 alone writes the run directory.
     """
@@ -211,19 +206,18 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     procs = init_processes(backend, cfg)
     main = procs.is_main
     run_dir = run_dir_for(cfg, out_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last_ckpt = ckpt_dir / "last.pt"
-    metrics_path = run_dir / "metrics.jsonl"
+    run = RunDir(run_dir)
+    last_ckpt, metrics_path = run.last, run.metrics
     handler = None
     try:
         refusal = None
         if main:  # rank 0 decides; every rank raises the same refusal
             try:
-                if run_dir.exists() and not resume and (metrics_path.exists() or last_ckpt.exists()):
+                if run_dir.exists() and not resume and run.holds_run():
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
-                if resume and (run_dir / "config.yaml").exists():
-                    _check_same_config(run_dir / "config.yaml", cfg)
+                if resume and run.config.exists():
+                    _check_same_config(run.config, cfg)
             except SharpDROError as exc:
                 refusal = str(exc)
         refusal = procs.broadcast(refusal)
@@ -231,9 +225,9 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             raise SharpDROError(refusal)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_dir.mkdir(exist_ok=True)
-            config_mod.dump_config(cfg, run_dir / "config.yaml")
-            handler = _setup_log_file(run_dir)
+            run.checkpoints.mkdir(exist_ok=True)
+            config_mod.dump_config(cfg, run.config)
+            handler = _setup_log_file(run)
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -294,7 +288,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                 if "val" in record:
                     selected = select_epoch(records, rule)
                     if selected["epoch"] == epoch and cfg["output"]["save_best"]:
-                        _copy_atomic(last_ckpt, ckpt_dir / "best.pt")
+                        _copy_atomic(last_ckpt, run.best)
             _echo(_epoch_line(record, epochs), show)
 
         summary = build_summary(cfg, records, rule)
@@ -303,7 +297,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
         if procs.world_size > 1:
             summary["processes"] = procs.world_size
         if main:
-            atomic_write_json(run_dir / "summary.json", summary)
+            atomic_write_json(run.summary, summary)
         procs.barrier()  # every rank leaves together (and after rank 0 has written everything)
         return summary
     finally:
@@ -323,7 +317,7 @@ def _check_same_config(path: Path, cfg: dict) -> None:
              if f"{s}.{k}" not in ignore and old[s][k] != cfg[s][k]]
     diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old[k] != cfg[k]]
     if diffs:
-        raise SharpDROError(f"--resume with a config that differs from the run's config.yaml in: "
+        raise SharpDROError(f"--resume with a config that differs from the run's {path.name} in: "
                             f"{', '.join(diffs)}; resume with the same config or start a new run")
 
 
@@ -367,17 +361,6 @@ def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
 
 
 # ---------------------------------------------------------------- evaluation API
-def find_checkpoint(path) -> Path:
-    """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    for name in ("best.pt", "last.pt"):
-        if (p / "checkpoints" / name).is_file():
-            return p / "checkpoints" / name
-    raise SharpDROError(f"{p} is neither a checkpoint file nor a run directory with checkpoints/best.pt or last.pt")
-
-
 def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None, progress=True) -> dict:
     """Evaluate a trained model per severity on its own test set or on another data config.
 
@@ -387,7 +370,7 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
     from sharpdro.backends.base import get_backend
 
     ckpt = find_checkpoint(path)
-    backend_name = _checkpoint_backend(ckpt)
+    backend_name = checkpoint_backend(ckpt)
     backend = get_backend(backend_name)
     session, run_cfg = backend.load_for_inference(ckpt, device=device)
     cfg = config_mod.validate(config_mod.apply_overrides(run_cfg, overrides))
@@ -413,19 +396,6 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         sets = {s: sets[s] for s in severities}
     result["test"] = evaluate_sets(session, sets, bs)
     return result
-
-
-def _checkpoint_backend(ckpt: Path) -> str:
-    # The backend is recorded next to the checkpoint in the run's config; fall back to torch.
-    cfg_path = ckpt.parent.parent / "config.yaml"
-    if cfg_path.exists():
-        import yaml
-
-        with open(cfg_path, encoding="utf-8") as f:
-            return (yaml.safe_load(f) or {}).get("backend", "torch")
-    from sharpdro.backends.mindspore.convert import checkpoint_backend  # reads the file, imports no framework
-
-    return checkpoint_backend(ckpt) or "torch"
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

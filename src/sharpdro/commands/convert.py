@@ -1,2 +1,40 @@
 """sharpdro convert SRC OUT [--to torch|mindspore|mindspore-ckpt]: checkpoints between backends."""
-from sharpdro.backends.mindspore.convert import add_parser, run  # noqa: F401  (imports no framework)
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between the PyTorch and MindSpore backends",
+                       description="Convert a checkpoint (file or run directory) written by one backend into the "
+                                   "other's format: weights, algorithm state (q, JTT weights, EIIL environments), "
+                                   "SGD momentum and RNG states. --to mindspore-ckpt writes the network alone as a "
+                                   "native MindSpore .ckpt.")
+    p.add_argument("src", help="checkpoint file or run directory (its best checkpoint, else its last)")
+    p.add_argument("out", help="output checkpoint file")
+    p.add_argument("--to", choices=("auto", "torch", "mindspore", "mindspore-ckpt"), default="auto",
+                   help="target format (default: the other backend)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # the conversion module imports no framework at module level
+    from sharpdro.backends.mindspore import convert
+    from sharpdro.errors import TrainingError
+    from sharpdro.rundir import checkpoint_format, find_checkpoint
+
+    src = find_checkpoint(args.src)
+    kind = checkpoint_format(src)
+    if kind is None:
+        raise TrainingError(f"{src} is not a sharpdro checkpoint of either backend")
+    to = args.to
+    if to == "auto":
+        to = "mindspore" if kind == "torch" else "torch"
+    if to == kind:
+        raise TrainingError(f"{src} is already a {kind} checkpoint")
+    if to == "mindspore":
+        out = convert.torch_to_mindspore(src, args.out)
+    elif to == "torch":
+        out = convert.mindspore_to_torch(src, args.out)
+    else:
+        out = convert.export_mindspore_ckpt(src, args.out)
+    print(f"{src} ({kind}) -> {out} ({to})")
+    return 0

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--severity", type=int, nargs="+", help="only these severities")
     p.add_argument("--cifar-c", help="CIFAR-10-C style folder (<corruption>.npy + labels.npy)")
     p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
-    p.add_argument("--json", dest="json_out", help="write the result here (default: <run>/evaluation-<...>.json)")
+    p.add_argument("--json", dest="json_out", help="write the result here (default: a file in the run directory named after the data)")
     p.set_defaults(func=run)
 
 
@@ -22,6 +22,7 @@ def run(args) -> int:
 
     from sharpdro.engine import evaluate_run, format_severity_table
     from sharpdro.io import atomic_write_json
+    from sharpdro.rundir import run_of_checkpoint
 
     res = evaluate_run(args.path, args.overrides, severities=args.severity, cifar_c=args.cifar_c,
                        device=args.device)
@@ -30,9 +31,7 @@ def run(args) -> int:
                                 title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
     out = args.json_out
     if out is None:
-        ckpt = Path(res["checkpoint"])
-        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        out = base / f"evaluation-{Path(str(res['dataset'])).name}-{res['corruption']}.json"
+        out = run_of_checkpoint(res["checkpoint"]).evaluation(f"{Path(str(res['dataset'])).name}-{res['corruption']}")
     atomic_write_json(out, res)
     print(f"-> {out}")
     return 0

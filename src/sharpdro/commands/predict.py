@@ -16,11 +16,11 @@ def run(args) -> int:
     from PIL import Image
 
     from sharpdro.backends.base import get_backend
-    from sharpdro.engine import _checkpoint_backend, find_checkpoint
+    from sharpdro.rundir import checkpoint_backend, find_checkpoint
     from sharpdro.errors import DataError
 
     ckpt = find_checkpoint(args.checkpoint)
-    session, cfg = get_backend(_checkpoint_backend(ckpt)).load_for_inference(ckpt, device=args.device)
+    session, cfg = get_backend(checkpoint_backend(ckpt)).load_for_inference(ckpt, device=args.device)
     h, w = session.image_shape[:2]
     batch = []
     for path in args.images:

@@ -1,7 +1,7 @@
 """Tables of a sweep: per-severity test accuracy aggregated over seeds, as in the original README.
 
-Each run's epoch is selected again from its ``metrics.jsonl`` with
-:func:`sharpdro.metrics.select_epoch` (``summary.json`` holds the config's rule only),
+Each run's epoch is selected again from its per-epoch metrics with
+:func:`sharpdro.metrics.select_epoch` (the run's summary holds the config's rule only),
 and its accuracies at that epoch are summarised by :func:`sharpdro.metrics.summarize`:
 
 - **Averaged accuracy**: the unweighted mean over severities 0..S of the per-severity
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
 
 from sharpdro.config import CORRUPTIONS
 from sharpdro.errors import SharpDROError
-from sharpdro.io import atomic_write_text, read_jsonl
+from sharpdro.io import atomic_write_text
 from sharpdro.metrics import SELECTION_RULES, select_epoch, summarize
+from sharpdro.rundir import RunDir
 
 FORMATS = ("md", "csv", "tex", "json")
 
@@ -130,66 +130,31 @@ def _flatten(cfg: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def _epoch_records(path: Path) -> list[dict]:
-    """metrics.jsonl with one record per epoch (the last written wins, after a resume), by epoch."""
-    by_epoch: dict[int, dict] = {}
-    for rec in read_jsonl(path):
-        if isinstance(rec, dict) and "epoch" in rec:
-            by_epoch[int(rec["epoch"])] = rec
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _last_error_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "failed (error.txt unreadable)"
-    text = lines[-1] if lines else "failed (empty error.txt)"
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _is_finished(d: Path) -> bool:
-    if (d / "done").exists():
-        return True
-    try:
-        return json.loads((d / "summary.json").read_text(encoding="utf-8")).get("finished") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def load_run(d: Path, selection: str = "worst", config: dict | None = None, name: str | None = None) -> Run | None:
-    """One run folder; ``config`` is used when the folder has no config.yaml (a job that failed early)."""
+    """One run folder; ``config`` is used when the folder has no config file (a job that failed early)."""
     name = name or d.name
-    cfg = None
-    if (d / "config.yaml").exists():
-        try:
-            cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            cfg = None
-    if not isinstance(cfg, dict):
+    run_dir = RunDir(d)
+    cfg = run_dir.read_config()
+    if cfg is None:
         cfg = config
     if cfg is None:
         return None
     if not d.is_dir():
         return Run(name, cfg, "missing")
-    records = _epoch_records(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else []
-    if _is_finished(d):
+    records = run_dir.epoch_records()
+    if run_dir.is_finished():
         run = Run(name, cfg, "done", records)
         try:
             rec = select_epoch(records, selection)
         except ValueError as exc:
-            return Run(name, cfg, "failed", records, error=f"finished but unusable metrics.jsonl: {exc}")
+            return Run(name, cfg, "failed", records, error=f"finished but unusable {run_dir.metrics.name}: {exc}")
         acc = {int(k): float(v) for k, v in rec["test"]["accuracy"].items()}
         s = summarize({str(k): v for k, v in acc.items()})
         run.selected, run.accuracy, run.average, run.worst = rec, acc, s["average"], s["worst"]
         return run
-    if (d / "error.txt").exists():
-        return Run(name, cfg, "failed", records, error=_last_error_line(d / "error.txt"))
+    if run_dir.error.exists():
+        return Run(name, cfg, "failed", records, error=run_dir.last_error_line())
     return Run(name, cfg, "partial", records)
-
-
-def _looks_like_run(d: Path) -> bool:
-    return any((d / f).exists() for f in ("config.yaml", "metrics.jsonl", "summary.json", "done", "error.txt"))
 
 
 def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
@@ -199,14 +164,14 @@ def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path} is not a folder")
-    if (path / "config.yaml").exists():
+    if RunDir(path).config.exists():
         run = load_run(path, selection)
         return [run] if run else []
     from sharpdro.experiments.sweep import read_index
 
     index = read_index(path)
     names = set(index)
-    names.update(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and _looks_like_run(p))
+    names.update(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and RunDir(p).looks_like_run())
     runs = []
     for name in sorted(names):
         run = load_run(path / name, selection, config=(index.get(name) or {}).get("config"), name=name)

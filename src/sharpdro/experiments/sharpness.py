@@ -41,6 +41,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sharpdro.errors import SharpDROError
+from sharpdro.rundir import run_of_checkpoint
 
 DEFAULT_RADII = (0.01, 0.02, 0.05, 0.1)
 SUBSET_TAG = 0x5D0  # seed stream of the image subset
@@ -146,10 +147,6 @@ def load_result(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def _run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def _backend_module(name: str):
     try:
         return importlib.import_module(f"sharpdro.backends.{name}.sharpness")
@@ -166,12 +163,12 @@ def measure_run(path: str | os.PathLike, settings: SharpnessSettings, progress: 
     """Measure one run (run directory or checkpoint file); returns the ``sharpness.json`` content."""
     from sharpdro import config as config_mod
     from sharpdro.backends.base import get_backend
-    from sharpdro.engine import _checkpoint_backend, find_checkpoint
+    from sharpdro.rundir import checkpoint_backend, find_checkpoint
 
     settings.validate()
     t0 = time.time()
     ckpt = find_checkpoint(path)
-    backend_name = _checkpoint_backend(ckpt)
+    backend_name = checkpoint_backend(ckpt)
     backend = get_backend(backend_name)
     impl = _backend_module(backend_name)
     if settings.device is not None:
@@ -202,7 +199,7 @@ def measure_run(path: str | os.PathLike, settings: SharpnessSettings, progress: 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(severities) * impl.work_units(settings.directions, settings.ascent_steps),
-                   desc=f"sharpness {_run_dir_of(ckpt).name}", leave=False, dynamic_ncols=True)
+                   desc=f"sharpness {run_of_checkpoint(ckpt).path.name}", leave=False, dynamic_ncols=True)
     entries: dict[str, dict] = {}
     images_used = None
     try:
@@ -234,7 +231,7 @@ def measure_run(path: str | os.PathLike, settings: SharpnessSettings, progress: 
                     precision="fp32 (no autocast)", bn="eval mode (running statistics) throughout")
     return {
         "run": {
-            "run_dir": str(_run_dir_of(ckpt)),
+            "run_dir": str(run_of_checkpoint(ckpt).path),
             "checkpoint": str(ckpt),
             "algorithm": cfg["algorithm"]["name"],
             "model": cfg["model"]["name"],

@@ -20,8 +20,8 @@ keys (:data:`RUNTIME_KEYS`: threads, progress bars, device, cache and output
 locations) reset to their defaults, so running the same sweep with another
 launcher, worker count or machine finds the jobs it already finished.
 
-Job life cycle: ``new`` (no folder) -> the trainer writes ``config.yaml``,
-``metrics.jsonl``, checkpoints (``partial``) -> ``summary.json`` -> the sweep writes
+Job life cycle (file names: :mod:`sharpdro.rundir`): ``new`` (no folder) -> the trainer writes
+its config, the epoch metrics, checkpoints (``partial``) -> the summary -> the sweep writes
 the ``done`` marker atomically.  A finished job is skipped; a partial one is run
 again with ``resume=True``; a job that raises leaves ``error.txt`` (the traceback,
 status ``failed``) and the sweep goes on with the next job.  While a job runs, its
@@ -57,14 +57,10 @@ from sharpdro.config import RUNTIME_KEYS, SCHEMA, NUM, ConfigError, Field, confi
     resolve_config_path
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text
-
+from sharpdro.rundir import DONE, ERROR, LOCK, SLURM_MARKER, RunDir
 
 LAUNCHERS = ("local", "parallel", "slurm")
 DEFAULT_TRAIN = "sharpdro.engine:train"
-DONE = "done"
-ERROR = "error.txt"
-SLURM_MARKER = "slurm.json"
-LOCK = ".lock"
 INDEX = "sweep.json"
 
 _SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description")
@@ -396,7 +392,7 @@ def job_status(job_dir: str | os.PathLike) -> str:
 
 def _has_run_files(d: Path) -> bool:
     """Whether the trainer has written anything in ``d`` (sweep bookkeeping files aside)."""
-    return d.is_dir() and any(p.name not in (LOCK, ERROR, SLURM_MARKER) for p in d.iterdir())
+    return RunDir(d).has_trainer_files()
 
 
 def _lock_held(d: Path) -> bool:
@@ -438,11 +434,7 @@ def job_lock(job_dir: Path) -> Iterator[bool]:
 
 
 def _summary_finished(job_dir: Path) -> bool:
-    try:
-        summary = json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("finished") is True
+    return RunDir(job_dir).summary_finished()
 
 
 def _mark_done(job_dir: Path, h: str | None) -> None:
@@ -474,7 +466,7 @@ def run_job(cfg: dict, job_dir: str | os.PathLike, h: str | None = None,
             return {"hash": h, "status": "running", "seconds": 0.0, "error": None}
         if (job_dir / DONE).exists():  # finished by another process while we waited for the lock
             return {"hash": h, "status": "skipped", "seconds": 0.0, "error": None}
-        if _summary_finished(job_dir):  # killed between summary.json and the marker
+        if _summary_finished(job_dir):  # killed between the summary and the marker
             _mark_done(job_dir, h)
             return {"hash": h, "status": "done", "seconds": 0.0, "error": None}
         resume = _has_run_files(job_dir)
@@ -483,7 +475,7 @@ def run_job(cfg: dict, job_dir: str | os.PathLike, h: str | None = None,
             fn = resolve_train(train)
             fn(cfg, out_dir=job_dir, resume=resume)
             if not _summary_finished(job_dir):
-                raise SharpDROError(f"train returned but {job_dir / 'summary.json'} is missing or not finished")
+                raise SharpDROError(f"train returned but {RunDir(job_dir).summary} is missing or not finished")
             _mark_done(job_dir, h)
             return {"hash": h, "status": "done", "seconds": time.time() - start, "error": None}
         except KeyboardInterrupt:
@@ -838,7 +830,7 @@ def _require_submitit():
 
 class SlurmJobFunction:
     """What each Slurm job runs: :func:`run_job`.  On preemption or time-out submitit calls
-    :meth:`checkpoint`, which requeues the same job; it resumes from ``checkpoints/last.pt``."""
+    :meth:`checkpoint`, which requeues the same job; it resumes from its last checkpoint."""
 
     def __call__(self, cfg: dict, job_dir: str, h: str, train: Callable | str | None = None) -> dict:
         return run_job(cfg, job_dir, h, train)

@@ -36,21 +36,21 @@ API::
     algorithm_state_to_mindspore(torch_algorithm.state_dict())       # -> MindSporeAlgorithm.load_state_dict
     algorithm_state_to_torch(ms_algorithm.state_dict())              # -> TorchAlgorithm.load_state_dict
 
-``add_parser`` / ``run`` implement ``sharpdro convert SRC OUT [--to torch|mindspore|mindspore-ckpt]``.
+The command line (``sharpdro convert``) is :mod:`sharpdro.commands.convert`.
 """
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from sharpdro.errors import TrainingError
+from sharpdro.rundir import MINDSPORE_META_KEY as META_KEY
+from sharpdro.rundir import checkpoint_format as checkpoint_backend  # noqa: F401  (kept as this module's name)
 
 FORMAT = 1
-META_KEY = "__meta__"
 
 #: PyTorch BatchNorm suffix -> MindSpore suffix.
 BN_RENAME = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -154,20 +154,6 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise TrainingError(f"checkpoint {path} has format {meta['format']}; this sharpdro reads up to {FORMAT}: "
                             f"upgrade sharpdro")
     return arrays, meta
-
-
-def checkpoint_backend(path) -> str | None:
-    """``'mindspore'`` (our .npz), ``'torch'`` (a torch.save archive), or None, from the file's content."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None
-    if f"{META_KEY}.npy" in names:
-        return "mindspore"
-    if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
-        return "torch"
-    return None
 
 
 def _json_default(o):
@@ -338,39 +324,3 @@ def export_mindspore_ckpt(ckpt_path, out_path) -> Path:
     params = network_parameters(ckpt_path)
     ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], str(out_path))
     return out_path
-
-
-# --------------------------------------------------------------------------- command line
-def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a checkpoint between the PyTorch and MindSpore backends",
-                       description="Convert a checkpoint (file or run directory) written by one backend into the "
-                                   "other's format: weights, algorithm state (q, JTT weights, EIIL environments), "
-                                   "SGD momentum and RNG states. --to mindspore-ckpt writes the network alone as a "
-                                   "native MindSpore .ckpt.")
-    p.add_argument("src", help="checkpoint file or run directory (its best.pt, else last.pt)")
-    p.add_argument("out", help="output checkpoint file")
-    p.add_argument("--to", choices=("auto", "torch", "mindspore", "mindspore-ckpt"), default="auto",
-                   help="target format (default: the other backend)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from sharpdro.engine import find_checkpoint
-
-    src = find_checkpoint(args.src)
-    kind = checkpoint_backend(src)
-    if kind is None:
-        raise TrainingError(f"{src} is not a sharpdro checkpoint of either backend")
-    to = args.to
-    if to == "auto":
-        to = "mindspore" if kind == "torch" else "torch"
-    if to == kind:
-        raise TrainingError(f"{src} is already a {kind} checkpoint")
-    if to == "mindspore":
-        out = torch_to_mindspore(src, args.out)
-    elif to == "torch":
-        out = mindspore_to_torch(src, args.out)
-    else:
-        out = export_mindspore_ckpt(src, args.out)
-    print(f"{src} ({kind}) -> {out} ({to})")
-    return 0
