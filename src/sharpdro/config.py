@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,50 +18,14 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 
-from sharpdro.errors import SharpDROError
-
-
-class ConfigError(SharpDROError, ValueError):
-    """A config key, type or value is not allowed. The message says which and what is."""
-
-
-@dataclass(frozen=True)
-class Field:
-    default: Any
-    type: type | tuple[type, ...]
-    help: str = ""
-    choices: tuple | None = None
-    min: float | None = None
-    max: float | None = None
-    nullable: bool = False
-    item_type: type | None = None  # for list fields
-
-    def describe(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        parts = [_type_name(self.type)]
-        if self.item_type is not None:
-            parts = [f"list of {_type_name(self.item_type)}"]
-        if self.min is not None:
-            parts.append(f">= {self.min}")
-        if self.max is not None:
-            parts.append(f"<= {self.max}")
-        if self.nullable:
-            parts.append("or null")
-        return " ".join(parts)
-
-
-def _type_name(t) -> str:
-    if isinstance(t, tuple):
-        return "/".join(x.__name__ for x in t)
-    return t.__name__
-
-
-NUM = (int, float)
+from sharpdro import methods
+from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigError lives in errors; re-exported)
+from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet")
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression")
-ALGORITHMS = ("erm", "sam", "groupdro", "sharpdro", "sharpdro_agnostic", "jtt", "eiil")
+# The built-in methods (the live list, with methods registered later: sharpdro.methods.names()).
+ALGORITHMS = methods.names()
 MODELS = ("cnn", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
 
 SCHEMA: dict[str, Any] = {
@@ -99,41 +62,7 @@ SCHEMA: dict[str, Any] = {
         "width": Field(32, int, "base width of the small cnn", min=4),
         "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
     },
-    "algorithm": {
-        "name": Field("erm", str, "training method", choices=ALGORITHMS),
-        # SAM family (sam, sharpdro, sharpdro_agnostic)
-        "rho": Field(0.05, NUM, "SAM radius", min=0.0),
-        "adaptive": Field(False, bool, "ASAM: scale the perturbation by |w|"),
-        "bn_second_pass": Field("freeze", str, "BatchNorm running statistics in the second pass",
-                                choices=("freeze", "update")),
-        # group weights (groupdro, sharpdro, eiil)
-        "eta": Field(0.01, NUM, "exponentiated-gradient step size of the group weights q", min=0.0),
-        "gen_adjustment": Field(0.0, NUM, "GroupDRO generalisation adjustment C (loss + C/sqrt(n_g))", min=0.0),
-        # SharpDRO
-        "perturb_on": Field("batch", str, "SharpDRO ascent direction: batch mean loss (official code) or the "
-                            "q-weighted group loss (paper)", choices=("batch", "worst")),
-        "add_back_first_grad": Field(True, bool, "SharpDRO: add the first-pass gradient to the second "
-                                     "(official code)"),
-        # distribution-agnostic SharpDRO
-        "score": Field("msp", str, "out-of-distribution score picking worst-case samples",
-                       choices=("msp", "energy", "entropy", "loss")),
-        "select": Field("top_fraction", str, "worst-case selection rule", choices=("top_fraction", "threshold")),
-        "fraction": Field(0.2, NUM, "selected fraction (top_fraction) or quantile 1-f (threshold)",
-                          min=1e-6, max=1.0),
-        "weighting": Field("hard", str, "per-sample weights of the selection", choices=("hard", "soft")),
-        "temperature": Field(1.0, NUM, "softmax temperature of soft weighting", min=1e-6),
-        "second_pass_selected_only": Field(False, bool, "agnostic: run the second pass on the selected "
-                                           "samples only (faster; hard weighting)"),
-        # JTT
-        "jtt_epochs": Field(1, int, "JTT identification epochs T", min=1),
-        "jtt_lambda_up": Field(6.0, NUM, "JTT upweight of the error set", min=1.0),
-        # EIIL
-        "eiil_epochs": Field(1, int, "EIIL reference ERM epochs", min=1),
-        "eiil_steps": Field(2000, int, "EIIL environment-inference steps", min=1),
-        "eiil_lr": Field(0.001, NUM, "EIIL environment-inference learning rate", min=0.0),
-        "eiil_robust": Field("groupdro", str, "learner on the inferred environments",
-                             choices=("groupdro", "sharpdro")),
-    },
+    "algorithm": {},  # built from the method descriptions: _sync_algorithm_section
     "train": {
         "epochs": Field(10, int, "training epochs", min=1),
         "batch_size": Field(100, int, "training batch size", min=1),
@@ -174,6 +103,18 @@ SCHEMA: dict[str, Any] = {
         "save_best": Field(True, bool, "keep checkpoints/best.pt of the selected epoch"),
     },
 }
+
+
+def _sync_algorithm_section() -> None:
+    """``algorithm.name`` plus every registered method's hyperparameters (flat keys, first-declaration order)."""
+    section = SCHEMA["algorithm"]
+    section.clear()
+    section["name"] = Field(methods.DEFAULT, str, "training method", choices=methods.names())
+    section.update(methods.hparam_fields())
+
+
+_sync_algorithm_section()
+methods.on_change(_sync_algorithm_section)
 
 # Keys that change where or how fast a run goes, never what it computes: ignored by the
 # sweep's job hash and by the same-config check of --resume.

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpdro import config as config_mod
+from sharpdro import methods
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.metrics import select_epoch, summarize
@@ -147,13 +148,11 @@ def check_runnable(cfg: dict, splits, backend) -> None:
             f"algorithm {name!r} reweights severity groups, but the training set has only "
             f"{int((counts > 0).sum())} non-empty severity group (counts {counts.tolist()}); raise "
             f"data.train_per_class, use data.protocol=iid, or pick an algorithm that needs no severity labels "
-            f"(erm, sam, sharpdro_agnostic, jtt, eiil)")
+            f"({', '.join(methods.group_agnostic())})")
     if len(splits.train) < cfg["train"]["batch_size"]:
         raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {len(splits.train)} "
                             f"training images; lower train.batch_size")
-    a = cfg["algorithm"]
-    if a["second_pass_selected_only"] and a["weighting"] != "hard":
-        raise SharpDROError("algorithm.second_pass_selected_only needs algorithm.weighting=hard")
+    methods.get(name).validate(cfg["algorithm"])  # the method's cross-key checks (ConfigError)
 
 
 # ------------------------------------------------------------------ training
@@ -271,7 +270,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             lr = lr_at(epoch, cfg)
             stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
             record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
-            for key in ("q", "agnostic_selected_severity", "agnostic_batch_severity"):
+            for key in methods.get(cfg["algorithm"]["name"]).record_keys:
                 if key in stats:
                     record[key] = stats[key]
             if (epoch + 1) % cfg["eval"]["every"] == 0 or epoch == epochs - 1:

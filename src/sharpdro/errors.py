@@ -15,3 +15,7 @@ class CacheError(SharpDROError):
 
 class TrainingError(SharpDROError):
     """Training cannot go on (non-finite loss, config that cannot work)."""
+
+
+class ConfigError(SharpDROError, ValueError):
+    """A config key, type or value is not allowed. The message says which and what is."""

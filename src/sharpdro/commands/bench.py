@@ -9,7 +9,9 @@ def add_parser(sub) -> None:
                     "already on the device, the five corruptions, and peak memory, on seeded synthetic data. "
                     "--compare runs several algorithms interleaved in one process on the same model and batch. "
                     "With --json the last line of the output is one JSON object.")
-    p.add_argument("--algorithm", default="sharpdro",
+    from sharpdro import methods
+
+    p.add_argument("--algorithm", default=methods.FLAGSHIP,
                    help="algorithm (NAME or NAME:key=value:..., e.g. sharpdro_agnostic:fraction=0.2)")
     p.add_argument("--model", default="cnn", help="network: cnn, resnet18, resnet50, wrn28_2, wrn28_10")
     p.add_argument("--batch-size", type=int, default=128)

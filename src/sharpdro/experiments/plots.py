@@ -19,10 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sharpdro.experiments.report import METHOD_NAMES, Row, Table, _fmt_value, collect, mean_std
+from sharpdro.experiments.report import Row, Table, _fmt_value, collect, mean_std
+from sharpdro.methods import display_order, label as method_label, rank as method_rank
 
 FORMATS = ("png", "svg")
-_METHOD_ORDER = ("erm", "sam", "groupdro", "jtt", "eiil", "sharpdro", "sharpdro_agnostic")
 
 
 def _plt():
@@ -39,7 +39,8 @@ def _color(method_key: str, i: int = 0):
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    idx = _METHOD_ORDER.index(method_key) if method_key in _METHOD_ORDER else len(_METHOD_ORDER) + i
+    rank = method_rank(method_key)
+    idx = rank if rank < len(display_order()) else rank + i
     return cmap(idx % 10)
 
 
@@ -242,7 +243,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
     if not results:
         raise ValueError("plot_sharpness: results is empty")
     plt = _plt()
-    methods = sorted(results, key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else 99, str(m)))
+    methods = sorted(results, key=lambda m: (method_rank(m), str(m)))
     severities = sorted({int(s) for m in methods for s in results[m]})
     n = len(severities) + 1
     cols = min(4, n)
@@ -257,7 +258,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
                 continue
             color = _color(str(m), j)
             x, y = _floats(entry["radii"]), _floats(entry["mean_increase"])
-            ax.plot(x, y, marker=".", color=color, label=METHOD_NAMES.get(m, str(m)))
+            ax.plot(x, y, marker=".", color=color, label=method_label(m))
             std = entry.get("std_increase")
             if std is not None and len(std) == len(y):
                 sd = [0.0 if v != v else v for v in _floats(std)]
@@ -276,7 +277,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
                 xs.append(sev)
                 ys.append(float(entry["worst_increase"]))
         if xs:
-            ax.plot(xs, ys, marker="o", color=_color(str(m), j), label=METHOD_NAMES.get(m, str(m)))
+            ax.plot(xs, ys, marker="o", color=_color(str(m), j), label=method_label(m))
     ax.set_title("worst-case loss increase", fontsize=9)
     ax.set_xlabel("severity")
     ax.set_xticks(severities)

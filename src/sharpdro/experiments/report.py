@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
+from sharpdro import methods
 from sharpdro.config import CORRUPTIONS
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_text
@@ -43,11 +44,8 @@ DATASET_NAMES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet30": "Im
                  "tinyimagenet": "TinyImageNet"}
 CORRUPTION_NAMES = {"gaussian_noise": "Gaussian", "shot_noise": "Shot", "impulse_noise": "Impulse",
                     "speckle_noise": "Speckle", "jpeg_compression": "JPEG"}
-METHOD_NAMES = {"erm": "ERM", "sam": "SAM", "groupdro": "GroupDRO", "jtt": "JTT", "eiil": "EIIL",
-                "sharpdro": "SharpDRO", "sharpdro_agnostic": "SharpDRO (agnostic)"}
-# Row order: the README's datasets first, baselines before SharpDRO.
+# Row order: the README's datasets first; methods in their descriptions' order (sharpdro.methods).
 _DATASET_ORDER = ("cifar10", "cifar100", "imagenet30", "tinyimagenet", "digits", "labelfile", "folder")
-_METHOD_ORDER = ("erm", "sam", "groupdro", "jtt", "eiil", "sharpdro", "sharpdro_agnostic")
 
 SELECTION_TEXT = {
     "worst": "model selected by worst-severity validation accuracy",
@@ -96,7 +94,7 @@ def corruption_name(key: str) -> str:
 
 
 def method_name(key: str) -> str:
-    return METHOD_NAMES.get(key, str(key))
+    return methods.label(key)
 
 
 # --------------------------------------------------------------------------- runs
@@ -351,7 +349,7 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
         groups[key].runs.append(r)
     rows = sorted(groups.values(), key=lambda row: (
         _order(_DATASET_ORDER, row.dataset), row.data, _order(CORRUPTIONS, row.corruption), row.corruption,
-        _order(_METHOD_ORDER, row.method_key), row.method_key, tuple(_value_sort_key(v) for v in row.hparams)))
+        methods.rank(row.method_key), row.method_key, tuple(_value_sort_key(v) for v in row.hparams)))
     severities = sorted({s for row in rows for s in row.severities})
     return Table(selection, hparams, rows, severities, decimals)
 

@@ -40,9 +40,10 @@ from sharpdro.errors import TrainingError
 from sharpdro.metrics import train_epoch_stats
 
 from . import convert
-from .algorithms import ALGORITHMS, build_algorithm
+from sharpdro import methods
+
+from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext, set_lr
-from .algorithms.eiil import EIIL
 from .models import build_model, init_weights, load_parameters
 
 CHECKPOINT_FORMAT = convert.FORMAT
@@ -103,8 +104,7 @@ class MindSporeSession:
                                          cfg["algorithm"], train_size)
         self.optimizer = self._make_optimizer(model.trainable_params())
         self.algorithm.configure(self.optimizer)
-        if isinstance(self.algorithm, EIIL):
-            self.algorithm.randn = self._randn
+        self.algorithm.randn = self._randn  # a pre-stage's random start (EIIL), as PyTorch draws it
         self._batch_factory = None
         self._lr = float(t["lr"])
 
@@ -305,7 +305,7 @@ class MindSporeBackend:
     name = "mindspore"
 
     def requires_groups(self, cfg: dict) -> bool:
-        return bool(ALGORITHMS[cfg["algorithm"]["name"]].uses_groups)
+        return methods.get(cfg["algorithm"]["name"]).needs_groups
 
     def create_session(self, cfg: dict, splits: Splits) -> MindSporeSession:
         return MindSporeSession(cfg, splits)

@@ -45,7 +45,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sharpdro.config import ALGORITHMS, apply_overrides, default_config, validate
+from sharpdro import methods
+from sharpdro.config import apply_overrides, default_config, validate
 from sharpdro.errors import SharpDROError
 
 NUM_GROUPS = 6  # severities 0..5
@@ -115,7 +116,7 @@ def count_host_syncs() -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------- settings
 @dataclass
 class BenchSettings:
-    algorithm: str = "sharpdro"
+    algorithm: str = methods.FLAGSHIP
     model: str = "cnn"
     batch_size: int = 128
     steps: int = 20
@@ -149,8 +150,9 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     if not parts:
         raise SharpDROError(f"empty algorithm in --compare ({spec!r})")
     name, sets = parts[0], []
-    if name not in ALGORITHMS:
-        raise SharpDROError(f"unknown algorithm {name!r} in --compare; valid algorithms: {', '.join(ALGORITHMS)}")
+    if methods.find(name) is None:
+        raise SharpDROError(f"unknown algorithm {name!r} in --compare; valid algorithms: "
+                            f"{', '.join(methods.names())}")
     for kv in parts[1:]:
         if "=" not in kv:
             raise SharpDROError(f"--compare entry {spec!r}: write NAME:key=value (e.g. sharpdro_agnostic:fraction=0.2)")
@@ -248,11 +250,8 @@ class _Runner:
         self.session = TorchSession(cfg, None, norm=channel_mean_std(images), num_classes=s.num_classes,
                                     image_shape=images.shape[1:], num_groups=NUM_GROUPS, train_size=len(images))
         algo = self.session.algorithm
-        if algo.name in ("jtt", "eiil"):  # two-stage methods: bench the main stage (pre-stage skipped)
-            if algo.name == "jtt":
-                algo.set_error_set(torch.from_numpy(np.arange(len(images)) % 5 == 0))
-            else:
-                algo.set_environments(torch.from_numpy((np.arange(len(images)) % 3 == 0).astype(np.int64)))
+        if algo.spec.prestage is not None:  # two-stage methods: bench the main stage (pre-stage skipped)
+            algo.apply_prestage(torch.from_numpy(algo.spec.prestage.stand_in(len(images))))
         elif algo.hparams["gen_adjustment"] > 0 and hasattr(algo, "set_group_counts"):
             algo.set_group_counts(torch.from_numpy(np.bincount(severity, minlength=NUM_GROUPS)))
         algo.mark_prepared()
@@ -444,7 +443,7 @@ def run_bench(s: BenchSettings) -> dict:
         "results": results,
     }
     if len(runners) > 1:
-        base = "erm" if "erm" in results else first.label
+        base = methods.BASELINE if methods.BASELINE in results else first.label
         out["ratio_to"] = base
         out["ratios"] = {k: v["step_seconds_median"] / results[base]["step_seconds_median"]
                          for k, v in results.items()}

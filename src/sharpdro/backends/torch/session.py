@@ -445,9 +445,9 @@ class TorchBackend:
     name = "torch"
 
     def requires_groups(self, cfg: dict) -> bool:
-        from .algorithms import ALGORITHMS
+        from sharpdro import methods
 
-        return bool(ALGORITHMS[cfg["algorithm"]["name"]].uses_groups)
+        return methods.get(cfg["algorithm"]["name"]).needs_groups
 
     def create_session(self, cfg: dict, splits: Splits) -> TorchSession:
         return TorchSession(cfg, splits)

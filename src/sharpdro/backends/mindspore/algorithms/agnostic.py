@@ -9,15 +9,14 @@ taken on the host (NumPy, linear interpolation as ``torch.quantile``).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import mindspore as ms
 from mindspore import ops
 
 from sharpdro.backends.mindspore.algorithms.base import (Algorithm, BNSecondPass, add_grads, per_sample_losses,
-                                                         restore, sam_perturb)
-from sharpdro.config import ConfigError
+                                                         register_step, restore, sam_perturb)
+from sharpdro.errors import ConfigError
+from sharpdro.methods.sharpdro_agnostic import top_k_count, unknown_score
 
 
 def ood_score(logits, per_sample_loss, kind: str):
@@ -32,17 +31,12 @@ def ood_score(logits, per_sample_loss, kind: str):
         return -(ops.exp(logp) * logp).sum(1)
     if kind == "loss":
         return ops.stop_gradient(per_sample_loss)
-    raise ConfigError(f"unknown agnostic score {kind!r}; allowed: msp, energy, entropy, loss")
+    raise unknown_score(kind)
 
 
-def top_k_count(fraction: float, batch: int) -> int:
-    """k = ceil(f * B), at least 1 and at most B (as the PyTorch backend)."""
-    return max(1, min(batch, math.ceil(fraction * batch - 1e-9)))
-
-
+@register_step("sharpdro_agnostic")
 class SharpDROAgnostic(Algorithm):
-    name = "sharpdro_agnostic"
-    uses_groups = False
+    """The PyTorch ``SharpDROAgnostic`` step; cross-key checks in its method description."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,9 +48,6 @@ class SharpDROAgnostic(Algorithm):
         self.temperature = float(h["temperature"])
         self.selected_only = bool(h["second_pass_selected_only"])
         BNSecondPass(self.model, self.bn_policy)
-        if self.selected_only and (self.select_rule != "top_fraction" or self.weighting != "hard"):
-            raise ConfigError("algorithm.second_pass_selected_only needs select='top_fraction' and "
-                              "weighting='hard' (a fixed number of equally weighted samples)")
         if self.select_rule == "threshold":
             if self.train_size < 1:
                 raise ConfigError("select='threshold' needs train_size (the score memory has one entry per "
@@ -104,7 +95,7 @@ class SharpDROAgnostic(Algorithm):
 
         return fn
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         (_, (logits, per)), grads1 = self._grad("first", self._first())(x, y)
         score = ood_score(logits, per, self.score_kind)
         weights, selected, top = self.select(score, idx)

@@ -34,9 +34,33 @@ from sharpdro.backends.mindspore import _runtime  # noqa: F401  (the CPU setting
 import mindspore as ms
 from mindspore import nn, ops
 
-from sharpdro.config import ConfigError, algorithm_hparams
+from sharpdro import methods
+from sharpdro.config import algorithm_hparams
+from sharpdro.errors import ConfigError
 
 F32 = ms.float32
+
+STEPS: dict[str, type["Algorithm"]] = {}
+
+
+def register_step(name: str):
+    """Class decorator: the MindSpore step of the registered method ``name``."""
+    spec = methods.get(name)
+
+    def deco(cls):
+        cls.name, cls.spec, cls.uses_groups = spec.name, spec, spec.needs_groups
+        STEPS[spec.name] = cls
+        return cls
+
+    return deco
+
+
+def build_algorithm(name: str, model: nn.Cell, num_classes: int, num_groups: int,
+                    hparams: Mapping[str, Any] | None = None, train_size: int = 0) -> "Algorithm":
+    spec = methods.get(name)
+    if spec.name not in STEPS:
+        raise ConfigError(f"algorithm {name!r} has no MindSpore step; register one with @register_step({name!r})")
+    return STEPS[spec.name](model, num_classes, num_groups, hparams, train_size)
 
 
 def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
@@ -197,7 +221,10 @@ class Algorithm:
     """One training method (``update``, ``predict``, optional ``prepare``), as the PyTorch ``Algorithm``."""
 
     name: str = ""
+    spec: methods.MethodSpec | None = None
     uses_groups: bool = False
+    #: draws n standard normals (float32) for a pre-stage's random start; the session sets it
+    randn: Callable[[int], np.ndarray] | None = None
 
     def __init__(self, model: nn.Cell, num_classes: int, num_groups: int, hparams: Mapping[str, Any] | None = None,
                  train_size: int = 0, *, register_model: bool = True):
@@ -207,6 +234,8 @@ class Algorithm:
         self.num_groups = int(num_groups)
         self.train_size = int(train_size)
         self.hparams = algorithm_hparams(hparams)
+        if self.spec is not None:
+            self.spec.validate(self.hparams)
         self.buffers: dict[str, np.ndarray] = {"prepared_flag": np.zeros((), dtype=np.bool_)}
         self.children: dict[str, Algorithm] = {}
         self.optimizer: nn.Optimizer | None = None
@@ -228,7 +257,11 @@ class Algorithm:
     def mark_prepared(self) -> None:
         self.buffers["prepared_flag"] = np.ones((), dtype=np.bool_)
 
-    def update(self, x, y, g, idx) -> dict:
+    def apply_prestage(self, record) -> None:
+        """Install what the pre-stage records (``spec.prestage.records``) without running it."""
+        raise NotImplementedError(f"{self.name} has no pre-stage")
+
+    def update(self, x, y, groups, idx) -> dict:
         raise NotImplementedError
 
     def predict(self, x):
@@ -302,8 +335,8 @@ class Algorithm:
         return self._grad("erm", _erm_loss(self.model))
 
     @staticmethod
-    def _stats(logits, per, y, **extra) -> dict:
-        per_np = per.asnumpy()
+    def _stats(logits, per_sample_loss, y, **extra) -> dict:
+        per_np = per_sample_loss.asnumpy()
         out = {"loss": float(per_np.mean()), "per_sample_loss": per_np,
                "correct": logits.argmax(1).asnumpy() == y.asnumpy()}
         out.update({k: (v.asnumpy() if isinstance(v, ms.Tensor) else np.asarray(v)) for k, v in extra.items()})

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from mindspore import ops
 
-from sharpdro.backends.mindspore.algorithms.base import GroupWeighted, group_mean, per_sample_losses
+from sharpdro.backends.mindspore.algorithms.base import GroupWeighted, group_mean, per_sample_losses, register_step
 
 
+@register_step("groupdro")
 class GroupDRO(GroupWeighted):
     """q <- q exp(eta L_g) / Z from the batch's detached group losses, then minimise sum_g q_g L_g.
 
     The q update sits inside the loss function (``stop_gradient``), so one forward pass
     gives both, as in the PyTorch step.
     """
-
-    name = "groupdro"
-    uses_groups = True
 
     def _loss(self):
         model, G = self.model, self.num_groups
@@ -27,10 +25,10 @@ class GroupDRO(GroupWeighted):
 
         return fn
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         self.check_ready()
-        (_, (logits, per, q)), grads = self._grad("groupdro", self._loss())(
-            x, y, g, self.q_tensor(), self.adjustment_tensor())
+        (_, (logits, per, q)), grads = self._grad("step", self._loss())(
+            x, y, groups, self.q_tensor(), self.adjustment_tensor())
         self._opt()(grads)
         q_np = self.store_q(q)
         return self._stats(logits, per, y, q=q_np.copy())

@@ -5,16 +5,15 @@ import numpy as np
 import mindspore as ms
 
 from sharpdro.backends.mindspore.algorithms.base import (Algorithm, PrepareContext, collect_logits,
-                                                         per_sample_losses, train_reference_erm)
-from sharpdro.config import ConfigError
+                                                         per_sample_losses, register_step, train_reference_erm)
+from sharpdro.errors import ConfigError
+from sharpdro.methods.jtt import error_weights
 
 
+@register_step("jtt")
 class JTT(Algorithm):
     """Pre-stage: ERM for ``jtt_epochs`` epochs; the error set is what it misclassifies.  Training: per-sample
     weights ``lambda_up`` (error set) or 1, loss sum_i w_i l_i / sum_i w_i (as the PyTorch ``JTT``)."""
-
-    name = "jtt"
-    uses_groups = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -28,7 +27,9 @@ class JTT(Algorithm):
     def set_error_set(self, errors) -> None:
         errors = np.asarray(errors).astype(np.bool_)
         self.buffers["error_set"] = errors.copy()
-        self.buffers["weights"] = np.where(errors, np.float32(self.lambda_up), np.float32(1.0)).astype(np.float32)
+        self.buffers["weights"] = error_weights(errors, self.lambda_up)
+
+    apply_prestage = set_error_set
 
     def prepare(self, ctx: PrepareContext) -> None:
         if ctx.train_size != self.train_size:
@@ -50,9 +51,9 @@ class JTT(Algorithm):
 
         return fn
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         idx = np.asarray(idx)
         w = ms.Tensor(self.buffers["weights"][idx])
-        (_, (logits, per)), grads = self._grad("jtt", self._loss())(x, y, w)
+        (_, (logits, per)), grads = self._grad("step", self._loss())(x, y, w)
         self._opt()(grads)
         return self._stats(logits, per, y, selected=self.buffers["error_set"][idx])

@@ -1,14 +1,13 @@
 """Sharpness-aware minimisation (Foret et al. 2021) and ASAM (Kwon et al. 2021)."""
 from __future__ import annotations
 
-from sharpdro.backends.mindspore.algorithms.base import Algorithm, BNSecondPass, restore, sam_perturb
+from sharpdro.backends.mindspore.algorithms.base import Algorithm, BNSecondPass, register_step, restore, sam_perturb
 
 
+@register_step("sam")
 class SAM(Algorithm):
     """Ascent on the batch mean loss to w + eps, gradient of the batch mean loss at w + eps, restore w,
     optimizer step with that gradient; BatchNorm statistics in the second pass follow ``bn_second_pass``."""
-
-    name = "sam"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -17,7 +16,7 @@ class SAM(Algorithm):
         self.bn_policy = self.hparams["bn_second_pass"]
         BNSecondPass(self.model, self.bn_policy)  # validates the policy at construction
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         grad_fn = self._erm_grad()
         (_, (logits, per)), grads = grad_fn(x, y)
         params = self._params()

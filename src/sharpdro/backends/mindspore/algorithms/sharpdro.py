@@ -4,9 +4,10 @@ from __future__ import annotations
 from mindspore import ops
 
 from sharpdro.backends.mindspore.algorithms.base import (BNSecondPass, GroupWeighted, add_grads, group_mean,
-                                                         per_sample_losses, restore, sam_perturb)
+                                                         per_sample_losses, register_step, restore, sam_perturb)
 
 
+@register_step("sharpdro")
 class SharpDRO(GroupWeighted):
     """The step of the PyTorch ``SharpDRO`` (official semantics by default), written for MindSpore:
 
@@ -18,9 +19,6 @@ class SharpDRO(GroupWeighted):
        (l_i(w) detached); BatchNorm statistics follow ``bn_second_pass``;
     4. restore w; step with the second gradient, plus the first with ``add_back_first_grad``.
     """
-
-    name = "sharpdro"
-    uses_groups = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -53,14 +51,14 @@ class SharpDRO(GroupWeighted):
 
         return fn
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         self.check_ready()
         (_, (logits, per, q)), grads1 = self._grad("first", self._first())(
-            x, y, g, self.q_tensor(), self.adjustment_tensor())
+            x, y, groups, self.q_tensor(), self.adjustment_tensor())
         params = self._params()
         saved = sam_perturb(params, grads1, self.rho, self.adaptive)
         with BNSecondPass(self.model, self.bn_policy):
-            _, grads2 = self._grad("second", self._second())(x, y, g, q, ops.stop_gradient(per))
+            _, grads2 = self._grad("second", self._second())(x, y, groups, q, ops.stop_gradient(per))
         restore(params, saved)
         self._opt()(add_grads(grads1, grads2) if self.add_back else grads2)
         q_np = self.store_q(q)

@@ -24,12 +24,11 @@ reading of the paper (see the method notes / README):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass
-from sharpdro.config import ConfigError
+from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass, register_step
+from sharpdro.errors import ConfigError
+from sharpdro.methods.sharpdro_agnostic import top_k_count, unknown_score
 
 
 def ood_score(logits: torch.Tensor, per_sample_loss: torch.Tensor, kind: str) -> torch.Tensor:
@@ -44,17 +43,12 @@ def ood_score(logits: torch.Tensor, per_sample_loss: torch.Tensor, kind: str) ->
         return -(logp.exp() * logp).sum(1)
     if kind == "loss":
         return per_sample_loss.detach()
-    raise ConfigError(f"unknown agnostic score {kind!r}; allowed: msp, energy, entropy, loss")
+    raise unknown_score(kind)
 
 
-def top_k_count(fraction: float, batch: int) -> int:
-    """k = ceil(f * B), at least 1 and at most B (a tiny tolerance absorbs 0.2 * 100 = 20.000000000000004)."""
-    return max(1, min(batch, math.ceil(fraction * batch - 1e-9)))
-
-
+@register_step("sharpdro_agnostic")
 class SharpDROAgnostic(Algorithm):
-    name = "sharpdro_agnostic"
-    uses_groups = False
+    """The distribution-agnostic step (see the module docstring); cross-key checks in its method description."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -65,14 +59,12 @@ class SharpDROAgnostic(Algorithm):
         self.fraction, self.weighting = float(h["fraction"]), h["weighting"]
         self.temperature = float(h["temperature"])
         self.selected_only = bool(h["second_pass_selected_only"])
-        if self.selected_only and (self.select_rule != "top_fraction" or self.weighting != "hard"):
-            raise ConfigError("algorithm.second_pass_selected_only needs select='top_fraction' and "
-                              "weighting='hard' (a fixed number of equally weighted samples)")
         if self.select_rule == "threshold":
             if self.train_size < 1:
                 raise ConfigError("select='threshold' needs train_size (the score memory has one entry per "
                                   "training point)")
-            self._new_buffer("score_memory", torch.full((self.train_size,), float("nan"), dtype=self._dtype))
+            self._new_buffer("score_memory", torch.full((self.train_size,), float("nan"), dtype=self._dtype),
+                             stepped=True)
 
     def select(self, score: torch.Tensor, idx: torch.Tensor):
         """-> (weights [B], selected [B] bool, indices of the selection or None)."""
@@ -87,10 +79,7 @@ class SharpDROAgnostic(Algorithm):
             thr = torch.nanquantile(mem, level)
             thr = torch.where(torch.isnan(thr), torch.quantile(score.to(mem.dtype), level), thr)
             selected = score.to(mem.dtype) >= thr
-            if self.replicas is None:
-                mem[idx] = score.to(mem.dtype)
-            else:  # every replica writes every replica's scores: the same memory everywhere
-                mem[self.replicas.all_gather(idx)] = self.replicas.all_gather(score.to(mem.dtype))
+            self._write_global_(mem, idx, score)  # every replica's scores: the same memory everywhere
         if self.weighting == "hard":
             mask = selected.to(score.dtype)
             weights = mask / mask.sum().clamp(min=1.0)
@@ -99,10 +88,7 @@ class SharpDROAgnostic(Algorithm):
             weights = torch.nan_to_num(torch.softmax(logits, 0), nan=0.0)
         return weights, selected, top
 
-    def step_state(self) -> list[torch.Tensor]:
-        return [self.score_memory] if self.select_rule == "threshold" else []
-
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         opt = self._begin_step()
         with self._first_pass():
             logits, per = self._forward(x, y)

@@ -1,9 +1,10 @@
 """GroupDRO (Sagawa et al. 2020) over the severity groups."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import GroupWeighted
+from sharpdro.backends.torch.algorithms.base import GroupWeighted, register_step
 
 
+@register_step("groupdro")
 class GroupDRO(GroupWeighted):
     """q <- q exp(eta L_g) / Z from the batch's detached group losses, then minimise sum_g q_g L_g.
 
@@ -12,14 +13,11 @@ class GroupDRO(GroupWeighted):
     training count of group g, see :class:`GroupWeighted`).
     """
 
-    name = "groupdro"
-    uses_groups = True
-
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         self.check_ready()
         opt = self._begin_step()
         logits, per = self._forward(x, y)
-        group_loss, _ = self._group_mean(per, g)  # of the global batch when data-parallel
+        group_loss, _ = self._group_mean(per, groups)  # of the global batch when data-parallel
         q = self.update_q(group_loss.detach())
         self._backward((q * group_loss).sum())
         self._finish_step(opt)

@@ -1,9 +1,10 @@
 """Sharpness-aware minimisation (Foret et al. 2021) and ASAM (Kwon et al. 2021)."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass
+from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass, register_step
 
 
+@register_step("sam")
 class SAM(Algorithm):
     """Sharpness-aware minimisation (Foret et al. 2021); ASAM with ``adaptive``.
 
@@ -12,15 +13,13 @@ class SAM(Algorithm):
     statistics in the second pass follow ``bn_second_pass``.
     """
 
-    name = "sam"
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rho = float(self.hparams["rho"])
         self.adaptive = bool(self.hparams["adaptive"])
         self.bn_policy = self.hparams["bn_second_pass"]
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         opt = self._begin_step()
         with self._first_pass():
             logits, per = self._forward(x, y)

@@ -1,9 +1,10 @@
 """SharpDRO (Huang et al., CVPR 2023), distribution-aware: group DRO on the sharpness of each severity group."""
 from __future__ import annotations
 
-from sharpdro.backends.torch.algorithms.base import GroupWeighted, bn_second_pass
+from sharpdro.backends.torch.algorithms.base import GroupWeighted, bn_second_pass, register_step
 
 
+@register_step("sharpdro")
 class SharpDRO(GroupWeighted):
     """One step, official semantics by default (``perturb_on='batch'``, ``add_back_first_grad``):
 
@@ -22,9 +23,6 @@ class SharpDRO(GroupWeighted):
     BatchNorm running statistics in the second pass follow ``bn_second_pass``.
     """
 
-    name = "sharpdro"
-    uses_groups = True
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rho = float(self.hparams["rho"])
@@ -33,12 +31,12 @@ class SharpDRO(GroupWeighted):
         self.perturb_on = self.hparams["perturb_on"]
         self.add_back = bool(self.hparams["add_back_first_grad"])
 
-    def update(self, x, y, g, idx):
+    def update(self, x, y, groups, idx):
         self.check_ready()
         opt = self._begin_step()
         with self._first_pass():
             logits, per = self._forward(x, y)
-            group_loss, counts = self._group_mean(per, g)  # global batch when data-parallel: same q everywhere
+            group_loss, counts = self._group_mean(per, groups)  # global batch when data-parallel: same q everywhere
             if self.perturb_on == "batch":
                 self._backward(per.mean())
                 q = self.update_q(group_loss.detach())
@@ -48,9 +46,8 @@ class SharpDRO(GroupWeighted):
         params, saved = self._perturb(self.rho, self.adaptive)
         with bn_second_pass(self.model, self.bn_policy):
             _, per_adv = self._forward(x, y)
-            # the value of the sharpness is not used: with replicas only its gradient is formed (no collective)
-            sharpness, _ = self._group_mean(per_adv - per.detach(), g, counts=counts if self.replicas else None,
-                                            reduce_value=False)
+            # only the sharpness's gradient is used: data-parallel, its value is never all-reduced
+            sharpness = self._group_mean_grad(per_adv - per.detach(), groups, counts)
             self._second_backward((q * sharpness).sum(), params, keep_first=self.add_back)
         self._finish_step(opt, params, saved)
         return self._stats(logits, per, y, q=q.clone())
