@@ -55,6 +55,10 @@ class Backend(Protocol):
     def load_for_inference(self, checkpoint_path) -> tuple[Session, dict]:
         """A session from a checkpoint alone (its embedded config); returns (session, config)."""
 
+    # Optional hooks (looked up with getattr):
+    # release_memory() -> None: free cached accelerator memory between two runs in one process.
+    # bench(settings) -> dict: the training-step figures of ``sharpdro bench`` (sharpdro.experiments.bench).
+
 
 def session_shape(splits: Splits) -> dict:
     """What every backend's session derives from the training data (and stores in its checkpoints)."""
@@ -66,6 +70,7 @@ def session_shape(splits: Splits) -> dict:
 
 
 _BACKENDS = {"torch": "sharpdro.backends.torch", "mindspore": "sharpdro.backends.mindspore"}
+_LOADED: dict[str, Backend] = {}  # the backends get_backend returned in this process
 
 
 def get_backend(name: str) -> Backend:
@@ -78,4 +83,16 @@ def get_backend(name: str) -> Backend:
     except ImportError as exc:
         extra = "pip install 'sharpdro[mindspore]'" if name == "mindspore" else "pip install torch"
         raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
+    _LOADED[name] = module.BACKEND
     return module.BACKEND
+
+
+def release_memory() -> None:
+    """Ask every backend used in this process to free its cached accelerator memory (after a sweep job)."""
+    for backend in list(_LOADED.values()):
+        hook = getattr(backend, "release_memory", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # pragma: no cover - best effort between jobs
+                pass

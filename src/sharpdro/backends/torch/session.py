@@ -473,3 +473,16 @@ class TorchBackend:
         session.algorithm.load_state_dict(state["algorithm"])
         return session, cfg
 
+    def release_memory(self) -> None:
+        """Free what the CUDA caching allocator holds (between two sweep jobs in one process)."""
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def bench(self, settings) -> dict:
+        """``sharpdro bench``'s step, memory, pipeline and evaluation figures (``backends/torch/bench.py``)."""
+        from .bench import measure
+
+        return measure(settings)
