@@ -28,7 +28,8 @@ _runtime.configure("cpu")
 
 from sharpdro.backends.base import get_backend  # noqa: E402
 from sharpdro.backends.mindspore.models import build_model  # noqa: E402
-from sharpdro.backends.mindspore.session import MindSporeSession, bench_train_step  # noqa: E402
+from sharpdro.backends.mindspore.bench import bench_train_step  # noqa: E402
+from sharpdro.backends.mindspore.session import MindSporeSession  # noqa: E402
 from sharpdro.config import load_config  # noqa: E402
 from sharpdro.data.splits import build_splits  # noqa: E402
 from sharpdro.engine import evaluate_run, train  # noqa: E402

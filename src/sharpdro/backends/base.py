@@ -57,7 +57,7 @@ class Backend(Protocol):
 
     # Optional hooks (looked up with getattr):
     # release_memory() -> None: free cached accelerator memory between two runs in one process.
-    # bench(settings) -> dict: the training-step figures of ``sharpdro bench`` (sharpdro.experiments.bench).
+    # bench(settings, runs, train_set, eval_set) -> dict: ``sharpdro bench``'s figures (sharpdro.experiments.bench).
 
 
 def session_shape(splits: Splits) -> dict:

@@ -481,8 +481,8 @@ class TorchBackend:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def bench(self, settings) -> dict:
+    def bench(self, settings, runs, train_set, eval_set=None) -> dict:
         """``sharpdro bench``'s step, memory, pipeline and evaluation figures (``backends/torch/bench.py``)."""
         from .bench import measure
 
-        return measure(settings)
+        return measure(settings, runs, train_set, eval_set)
