@@ -29,7 +29,7 @@ import numpy as np
 from sharpdro import config as config_mod
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
-from sharpdro.metrics import select_epoch, summarize
+from sharpdro.metrics import select_epoch, severity_results
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
 log = logging.getLogger("sharpdro")
@@ -105,13 +105,12 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
     correct counts and loss sums are summed over ranks (every rank gets the same result).
     """
     if processes is None or processes.world_size == 1:
-        acc, loss = {}, {}
+        per_severity = {}
         for s in sorted(sets):
             arr = sets[s]
             res = session.evaluate(arr.images, arr.labels, batch_size)
-            acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
-            loss[str(s)] = float(res["loss"])
-        return {"accuracy": acc, "loss": loss, **summarize(acc)}
+            per_severity[s] = (int(np.sum(res["correct"])), len(res["correct"]), float(res["loss"]))
+        return severity_results(per_severity)
     rank, world = processes.rank, processes.world_size
     sevs = sorted(sets)
     local = np.zeros((len(sevs), 3), dtype=np.float64)  # correct, loss sum, count
@@ -121,9 +120,8 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
         n = len(res["correct"])
         local[j] = (float(np.sum(res["correct"])), float(res["loss"]) * n, n)
     total = processes.all_reduce_sum(local)
-    acc = {str(s): float(total[j, 0] / total[j, 2]) if total[j, 2] else float("nan") for j, s in enumerate(sevs)}
-    loss = {str(s): float(total[j, 1] / max(total[j, 2], 1.0)) for j, s in enumerate(sevs)}
-    return {"accuracy": acc, "loss": loss, **summarize(acc)}
+    return severity_results({s: (total[j, 0], total[j, 2], total[j, 1] / max(total[j, 2], 1.0))
+                             for j, s in enumerate(sevs)})
 
 
 def _train_block(stats: dict) -> dict:

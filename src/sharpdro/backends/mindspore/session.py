@@ -34,7 +34,7 @@ from mindspore import nn, ops
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
-from sharpdro.metrics import train_epoch_stats
+from sharpdro.metrics import TrainEpochSums
 
 from . import convert
 from .algorithms import ALGORITHMS, build_algorithm
@@ -195,32 +195,17 @@ class MindSporeSession:
         set_lr(self.optimizer, lr)
         self._lr = float(lr)
         algo.train()
-        G = self.num_groups
-        loss_sum = np.zeros(G, np.float64)
-        correct_sum = np.zeros(G, np.float64)
-        count = np.zeros(G, np.float64)
-        sel_sev_sum = sel_count = 0.0
+        sums = TrainEpochSums.numpy(self.num_groups)
         last: dict = {}
-        steps = 0
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
             x, y, s = self.to_device(images, labels, sev)
             last = algo.update(x, y, s if algo.uses_groups else None, np.asarray(idx, dtype=np.int64))
-            sev = np.asarray(sev, dtype=np.int64)
-            psl = last["per_sample_loss"].astype(np.float64)
-            np.add.at(loss_sum, sev, psl)
-            np.add.at(correct_sum, sev, last["correct"].astype(np.float64))
-            np.add.at(count, sev, 1.0)
-            if "selected" in last:
-                sel = np.asarray(last["selected"], dtype=np.float64)
-                sel_sev_sum += float((sel * sev).sum())
-                sel_count += float(sel.sum())
-            steps += 1
-            if not np.isfinite(psl).all():
-                self._raise_nonfinite(epoch, steps)
-        if steps == 0:
+            sums.add(np.asarray(sev, dtype=np.int64), last["per_sample_loss"], last["correct"], last.get("selected"))
+            if not np.isfinite(last["per_sample_loss"]).all():
+                self._raise_nonfinite(epoch, sums.steps)
+        if sums.steps == 0:
             raise TrainingError("the training set produced no batch; lower train.batch_size")
-        return train_epoch_stats(loss_sum, correct_sum, count, steps, q=last.get("q"),
-                                 selected_severity_sum=sel_sev_sum, selected_count=sel_count)
+        return sums.stats(q=last.get("q"))
 
     def _raise_nonfinite(self, epoch: int, steps: int):
         raise TrainingError(
