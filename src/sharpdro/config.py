@@ -171,7 +171,7 @@ SCHEMA: dict[str, Any] = {
         "dir": Field("runs", str, "parent folder of run directories"),
         "name": Field(None, str, "run directory name (null: <dataset>-<corruption>-<algorithm>-s<seed>-<hash>)",
                       nullable=True),
-        "save_best": Field(True, bool, "keep checkpoints/best.pt of the selected epoch"),
+        "save_best": Field(True, bool, "keep checkpoints/best.pt (MindSpore: best.npz) of the selected epoch"),
     },
 }
 

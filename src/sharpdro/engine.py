@@ -205,7 +205,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     main = procs.is_main
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
-    last_ckpt, metrics_path = run.last, run.metrics
+    last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = None
     try:
         refusal = None
@@ -245,8 +245,12 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
 
         records: list[dict] = []
         start_epoch = 0
-        if procs.broadcast(resume and last_ckpt.exists()):
-            extra = session.load_checkpoint(last_ckpt)
+        # rank 0 picks the backend's own last checkpoint, else another name (MindSpore runs written before
+        # .npz: last.pt); the session reads it on every rank (torch: rank 0 reads and broadcasts)
+        resume_from = run.existing_checkpoint("last", cfg["backend"]) if resume and main else None
+        resume_from = procs.broadcast(None if resume_from is None else resume_from.name)
+        if resume_from is not None:
+            extra = session.load_checkpoint(run.checkpoints / resume_from)
             start_epoch = int(extra["epoch"]) + 1
             if main:
                 records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
@@ -286,7 +290,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                 if "val" in record:
                     selected = select_epoch(records, rule)
                     if selected["epoch"] == epoch and cfg["output"]["save_best"]:
-                        _copy_atomic(last_ckpt, run.best)
+                        _copy_atomic(last_ckpt, run.checkpoint("best", cfg["backend"]))
             _echo(_epoch_line(record, epochs), show)
 
         summary = build_summary(cfg, records, rule)
@@ -394,6 +398,18 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         sets = {s: sets[s] for s in severities}
     result["test"] = evaluate_sets(session, sets, bs)
     return result
+
+
+def write_evaluation(result: dict, path=None) -> Path:
+    """Write an :func:`evaluate_run` result to ``path``, by default to its run directory's evaluation file named
+    after the data (``evaluation-<dataset>-<corruption>.json``); returns the path."""
+    from sharpdro.rundir import run_of_checkpoint
+
+    if path is None:
+        tag = f"{Path(str(result['dataset'])).name}-{result['corruption']}"
+        path = run_of_checkpoint(result["checkpoint"]).evaluation(tag)
+    atomic_write_json(path, result)
+    return Path(path)
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

@@ -17,7 +17,8 @@ PyTorch generator, as in the PyTorch session).  PyTorch's global RNG is left unt
 Without PyTorch, ``models.init_weights`` draws the same distributions with NumPy.
 
 Checkpoints: the ``.npz`` format of ``convert.py`` (no pickle), at whatever path the
-engine gives (``checkpoints/last.pt``).
+engine gives (``checkpoints/last.npz``: :func:`sharpdro.rundir.checkpoint_name`; runs written
+before that suffix hold ``last.pt``, read the same way).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
 from sharpdro.metrics import TrainEpochSums
+from sharpdro.rundir import checkpoint_name
 
 from . import convert
 from .algorithms import ALGORITHMS, build_algorithm
@@ -210,7 +212,7 @@ class MindSporeSession:
     def _raise_nonfinite(self, epoch: int, steps: int):
         raise TrainingError(
             f"non-finite training loss (NaN or inf) in epoch {epoch} at step {steps}; the run is stopped and "
-            f"checkpoints/last.pt still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
+            f"checkpoints/{checkpoint_name('last', 'mindspore')} still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
             f"algorithm.rho, then resume with --resume or start a new run.")
 
     # --------------------------------------------------------------- evaluation
