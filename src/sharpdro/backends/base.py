@@ -9,6 +9,7 @@ indices); results come back as NumPy arrays and Python floats.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -55,9 +56,10 @@ class Backend(Protocol):
     def load_for_inference(self, checkpoint_path) -> tuple[Session, dict]:
         """A session from a checkpoint alone (its embedded config); returns (session, config)."""
 
-    # Optional hooks (looked up with getattr):
+    # Optional hook (looked up with getattr):
     # release_memory() -> None: free cached accelerator memory between two runs in one process.
-    # bench(settings, runs, train_set, eval_set) -> dict: ``sharpdro bench``'s figures (sharpdro.experiments.bench).
+    # Optional modules of a backend package (backend_module): ``bench`` (measure(...) for ``sharpdro bench``),
+    # ``loss_landscape`` (measure_session(...) for ``sharpdro sharpness``).
 
 
 def session_shape(splits: Splits) -> dict:
@@ -85,6 +87,25 @@ def get_backend(name: str) -> Backend:
         raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
     _LOADED[name] = module.BACKEND
     return module.BACKEND
+
+
+def backend_module(name: str, module: str):
+    """The optional module ``sharpdro.backends.<name>.<module>`` (``bench``, ``loss_landscape``) that a command
+    needs; a SharpDROError saying so when the backend has none."""
+    from sharpdro.errors import SharpDROError
+
+    if name not in _BACKENDS:
+        raise SharpDROError(f"unknown backend {name!r}; available: {', '.join(_BACKENDS)}")
+    full = f"{_BACKENDS[name]}.{module}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:
+        if exc.name == full:
+            have = [b for b in _BACKENDS if importlib.util.find_spec(f"{_BACKENDS[b]}.{module}") is not None]
+            raise SharpDROError(f"the {name!r} backend has no {module} module (available for: "
+                                f"{', '.join(have) or 'none'})") from None
+        extra = "pip install 'sharpdro[mindspore]'" if name == "mindspore" else "pip install torch"
+        raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
 
 
 def release_memory() -> None:

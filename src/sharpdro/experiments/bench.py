@@ -3,9 +3,9 @@
 This module is the framework-neutral side: the settings, the config of each timed session,
 the seeded synthetic data (uint8 NHWC images, labels, severities 0..5), the corruption
 timing and the table (text or Markdown, :func:`format_table`).  A backend times its
-training steps through its ``bench`` hook (``backend.bench(settings, runs, train_set,
-eval_set) -> dict``): ``sharpdro.backends.torch.bench`` measures steps, memory, host syncs,
-the input pipeline and evaluation; ``sharpdro.backends.mindspore.bench`` the training step.
+training steps in its ``bench`` module (``measure(settings, runs, train_set, eval_set) ->
+dict``): ``sharpdro.backends.torch.bench`` measures steps, memory, host syncs, the input
+pipeline and evaluation; ``sharpdro.backends.mindspore.bench`` the training step.
 
 Measurements (medians after warm-up; every step is synchronised on CUDA):
 
@@ -177,16 +177,13 @@ def measure_corruptions(s: BenchSettings) -> dict:
 # ---------------------------------------------------------------------------------------- all of it
 def run_bench(s: BenchSettings) -> dict:
     """All measurements; the returned dict is what ``--json`` prints."""
-    from sharpdro.backends.base import get_backend
+    from sharpdro.backends.base import backend_module
 
-    backend = get_backend(s.backend)
-    hook = getattr(backend, "bench", None)
-    if hook is None:
-        raise SharpDROError(f"sharpdro bench is not implemented for the {s.backend!r} backend")
+    hook = backend_module(s.backend, "bench")
     runs = bench_runs(s)
     train_set = synthetic_set(s, max(s.train_images, 2 * s.batch_size), s.seed)
     eval_set = synthetic_set(s, s.eval_images, s.seed + 3) if s.evaluation else None
-    out = hook(s, runs, train_set, eval_set)
+    out = hook.measure(s, runs, train_set, eval_set)
     if s.corruption:
         out["corruption"] = measure_corruptions(s)
     return out

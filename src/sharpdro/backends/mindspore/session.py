@@ -316,9 +316,3 @@ class MindSporeBackend:
                                    train_size=meta["train_size"], classes=meta.get("classes"))
         session._load_state(arrays, state, weights_only=True)
         return session, cfg
-
-    def bench(self, settings, runs, train_set, eval_set=None) -> dict:
-        """``sharpdro bench``: the training step of the first run (``backends/mindspore/bench.py``)."""
-        from .bench import measure
-
-        return measure(settings, runs, train_set, eval_set)

@@ -462,9 +462,3 @@ class TorchBackend:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def bench(self, settings, runs, train_set, eval_set=None) -> dict:
-        """``sharpdro bench``'s step, memory, pipeline and evaluation figures (``backends/torch/bench.py``)."""
-        from .bench import measure
-
-        return measure(settings, runs, train_set, eval_set)
