@@ -249,6 +249,11 @@ def _number_from_text(value: Any, t) -> Any:
     """A numeric spelling (``"1e-3"``, ``"10"``) as a number of type ``t``; anything else unchanged."""
     if not isinstance(value, str):
         return value
+    if t is int:
+        try:
+            return int(value)
+        except ValueError:
+            pass
     try:
         x = float(value)
     except ValueError:
