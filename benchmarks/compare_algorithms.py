@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sharpdro.backends.torch.bench import BenchSettings, format_table, run_bench
+from sharpdro.experiments.bench import BenchSettings, format_table, run_bench
 
 DEFAULT = [
     "erm", "sam", "groupdro", "sharpdro", "jtt", "eiil",
@@ -55,38 +55,8 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=1) + "\n")
     print(f"\nwrote {out}\n")
-    print(markdown(r))
+    print(format_table(r, markdown=True))
     return 0
-
-
-def markdown(r: dict) -> str:
-    ratios = r.get("ratios", {})
-    lines = [f"{r['model']}, {r['image_size']} px, batch {r['batch_size']}, {r['precision']}, {r['device_name']} "
-             f"({r['threads']} threads, torch {r['torch']}), median of {r['steps']} interleaved steps", "",
-             "| algorithm | step (s) | images/s | x ERM | peak MB (step adds) | host syncs/step |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, v in r["results"].items():
-        lines.append(f"| `{label}` | {v['step_seconds_median']:.4f} | {v['images_per_second']:.1f} | "
-                     f"{ratios.get(label, float('nan')):.3f} | {v['peak_memory_mb']:.0f} "
-                     f"({v['peak_memory_step_mb']:.0f}) | {v['host_syncs_per_step']} |")
-    if "pipeline" in r:
-        q = r["pipeline"]
-        lines += ["", f"input pipeline: {q['step_seconds_pipeline']:.4f} s vs {q['step_seconds_in_memory']:.4f} s "
-                      f"in memory ({100 * q['overhead']:+.1f}%); the batch alone "
-                      f"{1000 * q['batch_seconds_median']:.2f} ms = {100 * q['batch_fraction_of_step']:.2f}% of a step"]
-    if "eval_images_per_second" in r:
-        lines.append(f"evaluation: {r['eval_images_per_second']:.0f} images/s")
-    if "corruption" in r:
-        c = r["corruption"]
-        lines += ["", f"corruption of {c['images']} images ({c['source']}), severities {c['severities']}:", "",
-                  "| corruption | images/s, 1 worker | images/s, all cores | speedup | cores used |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for name, v in c.items():
-            if isinstance(v, dict):
-                lines.append(f"| {name} | {v['images_per_second_workers_1']:.0f} | "
-                             f"{v['images_per_second_workers_all']:.0f} | {v['speedup']:.2f} | "
-                             f"{v['cores_used_workers_all']:.2f} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

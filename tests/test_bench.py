@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sharpdro.backends.torch.algorithms import ALGORITHMS, build_algorithm
-from sharpdro.backends.torch.bench import count_host_syncs, parse_spec
+from sharpdro.backends.torch.bench import count_host_syncs
+from sharpdro.experiments.bench import parse_spec
 from sharpdro.backends.torch.models import build_model
 from sharpdro.cli import main
 from sharpdro.errors import SharpDROError

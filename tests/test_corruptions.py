@@ -274,7 +274,7 @@ def test_errors():
 
 
 def test_write_severity_grid(tmp_path):
-    from sharpdro.commands.show import pick_images, write_severity_grid
+    from sharpdro.experiments.plots import pick_images, write_severity_grid
 
     labels = np.array([2, 0, 0, 1, 2, 1, 0])
     assert pick_images(labels, 4).tolist() == [1, 3, 0, 2]

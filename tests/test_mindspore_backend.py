@@ -28,12 +28,14 @@ _runtime.configure("cpu")
 
 from sharpdro.backends.base import get_backend  # noqa: E402
 from sharpdro.backends.mindspore.models import build_model  # noqa: E402
-from sharpdro.backends.mindspore.session import MindSporeSession, bench_train_step  # noqa: E402
+from sharpdro.backends.mindspore.bench import bench_train_step  # noqa: E402
+from sharpdro.backends.mindspore.session import MindSporeSession  # noqa: E402
 from sharpdro.config import load_config  # noqa: E402
 from sharpdro.data.splits import build_splits  # noqa: E402
 from sharpdro.engine import evaluate_run, train  # noqa: E402
 from sharpdro.errors import TrainingError  # noqa: E402
 from sharpdro.io import read_jsonl  # noqa: E402
+from sharpdro.rundir import find_checkpoint  # noqa: E402
 
 TINY = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
         "train.epochs=2", "train.batch_size=40", "train.progress=false", "train.threads=1", "eval.batch_size=256"]
@@ -58,10 +60,10 @@ def test_run_directory_and_evaluation(tmp_path, splits):
     cfg = tiny("algorithm.name=groupdro")
     summary = train(cfg, out_dir=tmp_path / "run", splits=splits)
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", "checkpoints/last.pt",
-                 "checkpoints/best.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", "checkpoints/last.npz",
+                 "checkpoints/best.npz"):
         assert (run / name).is_file(), name
-    assert convert.checkpoint_backend(run / "checkpoints" / "last.pt") == "mindspore"
+    assert convert.checkpoint_backend(run / "checkpoints" / "last.npz") == "mindspore"
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1]
     for r in records:
@@ -71,10 +73,15 @@ def test_run_directory_and_evaluation(tmp_path, splits):
     # evaluate / predict go through the backend named in config.yaml
     res = evaluate_run(run, progress=False)
     assert res["test"]["accuracy"] == summary["test_accuracy"]
-    session, cfg2 = get_backend("mindspore").load_for_inference(run / "checkpoints" / "best.pt")
+    session, cfg2 = get_backend("mindspore").load_for_inference(run / "checkpoints" / "best.npz")
     assert cfg2["backend"] == "mindspore" and session.classes == list(splits.classes)
     logits = session.predict_logits(splits.test[0].images[:7], 4)
     assert logits.shape == (7, splits.num_classes) and logits.dtype == np.float32
+    # a MindSpore run written before the .npz suffix (checkpoints named *.pt) stays readable
+    for kind in ("last", "best"):
+        (run / "checkpoints" / f"{kind}.npz").rename(run / "checkpoints" / f"{kind}.pt")
+    assert find_checkpoint(run) == run / "checkpoints" / "best.pt"
+    assert evaluate_run(run, progress=False)["test"]["accuracy"] == summary["test_accuracy"]
 
 
 @pytest.mark.parametrize("algorithm", ["sharpdro", "jtt"])
@@ -102,8 +109,8 @@ def test_resume_equals_uninterrupted(tmp_path, splits, algorithm):
         ra.pop("seconds"), rb.pop("seconds")
         assert ra == rb
     assert resumed["test_accuracy"] == full["test_accuracy"]
-    sa, _ = convert.read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    sb, _ = convert.read_checkpoint(stop / "checkpoints" / "last.pt")
+    sa, _ = convert.read_checkpoint(tmp_path / "full" / "checkpoints" / "last.npz")
+    sb, _ = convert.read_checkpoint(stop / "checkpoints" / "last.npz")
     assert set(sa) == set(sb)
     for k in sa:
         assert np.array_equal(sa[k], sb[k]), k
@@ -179,7 +186,7 @@ def test_mindspore_run_evaluates_on_torch(tmp_path, splits):
     assert rc == 0 and convert.checkpoint_backend(out) == "torch"
     t_session, cfg = get_backend("torch").load_for_inference(out)
     assert cfg["backend"] == "torch"
-    m_session, _ = get_backend("mindspore").load_for_inference(run / "checkpoints" / "best.pt")
+    m_session, _ = get_backend("mindspore").load_for_inference(run / "checkpoints" / "best.npz")
     assert np.array_equal(t_session.algorithm.error_set.numpy(), m_session.algorithm.buffers["error_set"])
     images = splits.test[0].images
     assert rel_err(t_session.predict_logits(images, 128), m_session.predict_logits(images, 128)) <= 1e-5

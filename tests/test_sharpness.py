@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sharpdro.backends.torch.models import build_model
-from sharpdro.backends.torch.sharpness import (filter_normalized_direction, measure_model, objective_from_loss,
+from sharpdro.backends.torch.loss_landscape import (filter_normalized_direction, measure_model, objective_from_loss,
                                                random_direction_increase, worst_case_increase)
 from sharpdro.cli import main
 from sharpdro.config import load_config

@@ -100,7 +100,7 @@ SCHEMA: dict[str, Any] = {
         "dir": Field("runs", str, "parent folder of run directories"),
         "name": Field(None, str, "run directory name (null: <dataset>-<corruption>-<algorithm>-s<seed>-<hash>)",
                       nullable=True),
-        "save_best": Field(True, bool, "keep checkpoints/best.pt of the selected epoch"),
+        "save_best": Field(True, bool, "keep checkpoints/best.pt (MindSpore: best.npz) of the selected epoch"),
     },
 }
 
@@ -155,10 +155,7 @@ def _check_value(path: str, field: Field, value):
     t = field.type
     if isinstance(value, str) and t in (float, int, NUM):
         # YAML 1.1 reads "1e-3" as a string; accept any numeric spelling for numeric keys.
-        try:
-            value = float(value) if t is not int else int(value)
-        except ValueError:
-            pass
+        value = _number_from_text(value, t)
     if t is float or t == NUM:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
@@ -186,6 +183,46 @@ def _check_value(path: str, field: Field, value):
         raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
     if field.max is not None and value > field.max:
         raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
+    return value
+
+
+def _number_from_text(value: Any, t) -> Any:
+    """A numeric spelling (``"1e-3"``, ``"10"``) as a number of type ``t``; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    if t is int:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    try:
+        x = float(value)
+    except ValueError:
+        return value
+    if t is int and x.is_integer():
+        return int(x)
+    return x
+
+
+def schema_field(dotted: str) -> Field | None:
+    """The schema's :class:`Field` of a dotted key (``train.lr``), or None when it names no key."""
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, Field) else None
+
+
+def coerce_value(dotted: str, value: Any) -> Any:
+    """Numbers that YAML 1.1 left as strings (``1e-3``) become numbers for numeric keys (and number lists)."""
+    f = schema_field(dotted)
+    if f is None:
+        return value
+    if isinstance(value, list) and f.item_type in (float, int):
+        return [_number_from_text(v, f.item_type) for v in value]
+    if isinstance(value, str) and (f.type is int or f.type is float or f.type == NUM):
+        return _number_from_text(value, f.type)
     return value
 
 
@@ -267,15 +304,23 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+def shipped_file(name: str | os.PathLike, folder: str = "") -> Path | None:
+    """The shipped YAML file ``configs/[folder/]NAME[.yaml]`` of the package, or None."""
+    p = Path(name)
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    root = resources.files("sharpdro") / "configs"
+    shipped = (root / folder if folder else root) / name
+    return Path(str(shipped)) if shipped.is_file() else None
+
+
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the bare name of a shipped config (``quickstart``)."""
     p = Path(path)
     if p.exists():
         return p
-    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
-    shipped = resources.files("sharpdro") / "configs" / name
-    if shipped.is_file():
-        return Path(str(shipped))
+    shipped = shipped_file(p)
+    if shipped is not None:
+        return shipped
     available = ", ".join(sorted(x.name[:-5] for x in (resources.files("sharpdro") / "configs").iterdir()
                                  if x.name.endswith(".yaml")))
     raise ConfigError(f"config file {str(path)!r} not found; give a path or a shipped config: {available}")

@@ -30,7 +30,7 @@ from sharpdro import config as config_mod
 from sharpdro import methods
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
-from sharpdro.metrics import select_epoch, summarize
+from sharpdro.metrics import select_epoch, severity_results
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
 log = logging.getLogger("sharpdro")
@@ -106,13 +106,12 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
     correct counts and loss sums are summed over ranks (every rank gets the same result).
     """
     if processes is None or processes.world_size == 1:
-        acc, loss = {}, {}
+        per_severity = {}
         for s in sorted(sets):
             arr = sets[s]
             res = session.evaluate(arr.images, arr.labels, batch_size)
-            acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
-            loss[str(s)] = float(res["loss"])
-        return {"accuracy": acc, "loss": loss, **summarize(acc)}
+            per_severity[s] = (int(np.sum(res["correct"])), len(res["correct"]), float(res["loss"]))
+        return severity_results(per_severity)
     rank, world = processes.rank, processes.world_size
     sevs = sorted(sets)
     local = np.zeros((len(sevs), 3), dtype=np.float64)  # correct, loss sum, count
@@ -122,9 +121,8 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
         n = len(res["correct"])
         local[j] = (float(np.sum(res["correct"])), float(res["loss"]) * n, n)
     total = processes.all_reduce_sum(local)
-    acc = {str(s): float(total[j, 0] / total[j, 2]) if total[j, 2] else float("nan") for j, s in enumerate(sevs)}
-    loss = {str(s): float(total[j, 1] / max(total[j, 2], 1.0)) for j, s in enumerate(sevs)}
-    return {"accuracy": acc, "loss": loss, **summarize(acc)}
+    return severity_results({s: (total[j, 0], total[j, 2], total[j, 1] / max(total[j, 2], 1.0))
+                             for j, s in enumerate(sevs)})
 
 
 def _train_block(stats: dict) -> dict:
@@ -206,7 +204,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     main = procs.is_main
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
-    last_ckpt, metrics_path = run.last, run.metrics
+    last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = None
     try:
         refusal = None
@@ -246,8 +244,12 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
 
         records: list[dict] = []
         start_epoch = 0
-        if procs.broadcast(resume and last_ckpt.exists()):
-            extra = session.load_checkpoint(last_ckpt)
+        # rank 0 picks the backend's own last checkpoint, else another name (MindSpore runs written before
+        # .npz: last.pt); the session reads it on every rank (torch: rank 0 reads and broadcasts)
+        resume_from = run.existing_checkpoint("last", cfg["backend"]) if resume and main else None
+        resume_from = procs.broadcast(None if resume_from is None else resume_from.name)
+        if resume_from is not None:
+            extra = session.load_checkpoint(run.checkpoints / resume_from)
             start_epoch = int(extra["epoch"]) + 1
             if main:
                 records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
@@ -287,7 +289,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                 if "val" in record:
                     selected = select_epoch(records, rule)
                     if selected["epoch"] == epoch and cfg["output"]["save_best"]:
-                        _copy_atomic(last_ckpt, run.best)
+                        _copy_atomic(last_ckpt, run.checkpoint("best", cfg["backend"]))
             _echo(_epoch_line(record, epochs), show)
 
         summary = build_summary(cfg, records, rule)
@@ -395,6 +397,18 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         sets = {s: sets[s] for s in severities}
     result["test"] = evaluate_sets(session, sets, bs)
     return result
+
+
+def write_evaluation(result: dict, path=None) -> Path:
+    """Write an :func:`evaluate_run` result to ``path``, by default to its run directory's evaluation file named
+    after the data (``evaluation-<dataset>-<corruption>.json``); returns the path."""
+    from sharpdro.rundir import run_of_checkpoint
+
+    if path is None:
+        tag = f"{Path(str(result['dataset'])).name}-{result['corruption']}"
+        path = run_of_checkpoint(result["checkpoint"]).evaluation(tag)
+    atomic_write_json(path, result)
+    return Path(path)
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

@@ -23,6 +23,67 @@ def group_mean(values: np.ndarray, groups: np.ndarray, num_groups: int) -> tuple
     return sums / np.maximum(counts, 1.0), counts
 
 
+def accuracy(correct, count) -> float:
+    """``correct / count`` as a float; nan for an empty set."""
+    return float(correct) / float(count) if count else float("nan")
+
+
+def severity_results(per_severity: Mapping) -> dict:
+    """``{severity: (correct, count, mean loss)}`` -> ``{'accuracy': {'0': a0, ...}, 'loss': {...}}`` plus
+    :func:`summarize`'s average and worst (the block of every evaluation: validation, test, ``evaluate``)."""
+    keys = sorted(per_severity, key=int)
+    acc = {str(s): accuracy(per_severity[s][0], per_severity[s][1]) for s in keys}
+    loss = {str(s): float(per_severity[s][2]) for s in keys}
+    return {"accuracy": acc, "loss": loss, **summarize(acc)}
+
+
+class TrainEpochSums:
+    """Per-severity sums of one training epoch, accumulated step by step in the backend's own arrays.
+
+    ``sums`` is one flat float64 array (on the device for PyTorch, so a step never waits for the
+    host): the loss, correct count and image count per severity (``G`` each), then the severity
+    sum and the count of the samples an agnostic algorithm selected.  The backend gives
+    ``to_float`` (an array -> float64) and ``index_add(target, index, values)`` (in place);
+    :meth:`numpy` builds the NumPy one.  :meth:`stats` is :func:`train_epoch_stats` of the sums.
+    """
+
+    def __init__(self, num_groups: int, sums, to_float, index_add):
+        self.num_groups = int(num_groups)
+        self.sums = sums
+        self._float, self._index_add = to_float, index_add
+        self.steps = 0
+
+    @classmethod
+    def numpy(cls, num_groups: int) -> "TrainEpochSums":
+        return cls(num_groups, np.zeros(3 * num_groups + 2, np.float64), lambda a: np.asarray(a, np.float64),
+                   np.add.at)
+
+    @property
+    def loss_sum(self):
+        return self.sums[:self.num_groups]
+
+    def add(self, severity, per_sample_loss, correct, selected=None) -> None:
+        """One step: ``severity`` (integer array) of each sample, its loss, whether it was classified correctly,
+        and (agnostic algorithms) whether it was selected."""
+        G = self.num_groups
+        loss = self._float(per_sample_loss)
+        self._index_add(self.sums[:G], severity, loss)
+        self._index_add(self.sums[G:2 * G], severity, self._float(correct))
+        self._index_add(self.sums[2 * G:3 * G], severity, self._float(severity) * 0 + 1)
+        if selected is not None:
+            sel = self._float(selected)
+            self.sums[3 * G] += (sel * self._float(severity)).sum()
+            self.sums[3 * G + 1] += sel.sum()
+        self.steps += 1
+
+    def stats(self, q=None, to_numpy=np.asarray) -> dict:
+        """The epoch's statistics (``to_numpy`` brings the sums to the host)."""
+        G = self.num_groups
+        s = np.asarray(to_numpy(self.sums), dtype=np.float64)
+        return train_epoch_stats(s[:G], s[G:2 * G], s[2 * G:3 * G], self.steps, q=q,
+                                 selected_severity_sum=float(s[3 * G]), selected_count=float(s[3 * G + 1]))
+
+
 def train_epoch_stats(loss_sum, correct_sum, count, steps: int, q=None, selected_severity_sum: float = 0.0,
                       selected_count: float = 0.0) -> dict:
     """A backend's per-epoch training statistics from per-severity sums (every backend reports the same)."""

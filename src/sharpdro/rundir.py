@@ -6,7 +6,8 @@ A run directory holds::
     metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test)
     summary.json       the selected epoch's per-severity accuracies, average and worst
     train.log          what was printed
-    checkpoints/last.pt, checkpoints/best.pt
+    checkpoints/last.pt, checkpoints/best.pt      (PyTorch backend; MindSpore: last.npz, best.npz,
+                                                  or last.pt / best.pt in runs written before)
     evaluation-*.json  results of ``sharpdro evaluate``
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
@@ -28,7 +29,8 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOG = "train.log"
 CHECKPOINTS = "checkpoints"
-LAST = "last.pt"
+CHECKPOINT_SUFFIXES = {"torch": ".pt", "mindspore": ".npz"}  # a backend's checkpoint file suffix
+LAST = "last.pt"  # the PyTorch backend's names (checkpoint_name gives any backend's)
 BEST = "best.pt"
 DONE = "done"
 ERROR = "error.txt"
@@ -43,6 +45,13 @@ RUN_MARKERS = (CONFIG, METRICS, SUMMARY, DONE, ERROR)
 
 # The key a MindSpore-backend checkpoint (an .npz archive) stores its metadata under.
 MINDSPORE_META_KEY = "__meta__"
+
+
+def checkpoint_name(kind: str, backend: str = "torch") -> str:
+    """File name of a backend's ``last`` or ``best`` checkpoint: ``last.pt`` (torch), ``last.npz`` (mindspore)."""
+    if kind not in ("last", "best"):
+        raise ValueError(f"checkpoint kind must be 'last' or 'best', got {kind!r}")
+    return kind + CHECKPOINT_SUFFIXES.get(backend, CHECKPOINT_SUFFIXES["torch"])
 
 
 class RunDir:
@@ -62,12 +71,28 @@ class RunDir:
     summary = property(lambda self: self.path / SUMMARY)
     log = property(lambda self: self.path / LOG)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
-    last = property(lambda self: self.path / CHECKPOINTS / LAST)
+    last = property(lambda self: self.path / CHECKPOINTS / LAST)  # the PyTorch backend's; see checkpoint()
     best = property(lambda self: self.path / CHECKPOINTS / BEST)
     done = property(lambda self: self.path / DONE)
     error = property(lambda self: self.path / ERROR)
     lock = property(lambda self: self.path / LOCK)
     slurm_marker = property(lambda self: self.path / SLURM_MARKER)
+
+    def checkpoint(self, kind: str, backend: str = "torch") -> Path:
+        """Where ``backend`` writes its ``last`` / ``best`` checkpoint."""
+        return self.checkpoints / checkpoint_name(kind, backend)
+
+    def existing_checkpoint(self, kind: str, backend: str | None = None) -> Path | None:
+        """The ``last`` / ``best`` checkpoint file present, under the name of ``backend`` (default: the run's
+        config's) first, then under the other backends' names (MindSpore runs written before their own
+        suffix hold ``.pt`` files); None when there is none."""
+        if backend is None:
+            backend = (self.read_config() or {}).get("backend", "torch")
+        names = [checkpoint_name(kind, backend)] + [checkpoint_name(kind, b) for b in CHECKPOINT_SUFFIXES]
+        for name in dict.fromkeys(names):
+            if (self.checkpoints / name).is_file():
+                return self.checkpoints / name
+        return None
 
     def evaluation(self, tag: str) -> Path:
         return self.path / f"{EVALUATION_PREFIX}{tag}.json"
@@ -78,7 +103,7 @@ class RunDir:
     # ------------------------------------------------------------ facts
     def holds_run(self) -> bool:
         """The trainer has started here (metrics or a checkpoint exist)."""
-        return self.metrics.exists() or self.last.exists()
+        return self.metrics.exists() or any(self.checkpoint("last", b).exists() for b in CHECKPOINT_SUFFIXES)
 
     def looks_like_run(self) -> bool:
         return any((self.path / f).exists() for f in RUN_MARKERS)
@@ -141,11 +166,12 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     run = RunDir(p)
-    for ckpt in (run.best, run.last):
-        if ckpt.is_file():
+    for kind in ("best", "last"):
+        ckpt = run.existing_checkpoint(kind)
+        if ckpt is not None:
             return ckpt
-    raise SharpDROError(f"{p} is neither a checkpoint file nor a run directory with "
-                        f"{CHECKPOINTS}/{BEST} or {CHECKPOINTS}/{LAST}")
+    names = " or ".join(f"{CHECKPOINTS}/{checkpoint_name(k, b)}" for k in ("best", "last") for b in CHECKPOINT_SUFFIXES)
+    raise SharpDROError(f"{p} is neither a checkpoint file nor a run directory with {names}")
 
 
 def run_of_checkpoint(ckpt: str | os.PathLike) -> RunDir:

@@ -9,6 +9,7 @@ indices); results come back as NumPy arrays and Python floats.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -55,6 +56,11 @@ class Backend(Protocol):
     def load_for_inference(self, checkpoint_path) -> tuple[Session, dict]:
         """A session from a checkpoint alone (its embedded config); returns (session, config)."""
 
+    # Optional hook (looked up with getattr):
+    # release_memory() -> None: free cached accelerator memory between two runs in one process.
+    # Optional modules of a backend package (backend_module): ``bench`` (measure(...) for ``sharpdro bench``),
+    # ``loss_landscape`` (measure_session(...) for ``sharpdro sharpness``).
+
 
 def session_shape(splits: Splits) -> dict:
     """What every backend's session derives from the training data (and stores in its checkpoints)."""
@@ -66,6 +72,7 @@ def session_shape(splits: Splits) -> dict:
 
 
 _BACKENDS = {"torch": "sharpdro.backends.torch", "mindspore": "sharpdro.backends.mindspore"}
+_LOADED: dict[str, Backend] = {}  # the backends get_backend returned in this process
 
 
 def get_backend(name: str) -> Backend:
@@ -78,4 +85,35 @@ def get_backend(name: str) -> Backend:
     except ImportError as exc:
         extra = "pip install 'sharpdro[mindspore]'" if name == "mindspore" else "pip install torch"
         raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
+    _LOADED[name] = module.BACKEND
     return module.BACKEND
+
+
+def backend_module(name: str, module: str):
+    """The optional module ``sharpdro.backends.<name>.<module>`` (``bench``, ``loss_landscape``) that a command
+    needs; a SharpDROError saying so when the backend has none."""
+    from sharpdro.errors import SharpDROError
+
+    if name not in _BACKENDS:
+        raise SharpDROError(f"unknown backend {name!r}; available: {', '.join(_BACKENDS)}")
+    full = f"{_BACKENDS[name]}.{module}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:
+        if exc.name == full:
+            have = [b for b in _BACKENDS if importlib.util.find_spec(f"{_BACKENDS[b]}.{module}") is not None]
+            raise SharpDROError(f"the {name!r} backend has no {module} module (available for: "
+                                f"{', '.join(have) or 'none'})") from None
+        extra = "pip install 'sharpdro[mindspore]'" if name == "mindspore" else "pip install torch"
+        raise SharpDROError(f"backend {name!r} cannot be imported ({exc}); install it with: {extra}") from exc
+
+
+def release_memory() -> None:
+    """Ask every backend used in this process to free its cached accelerator memory (after a sweep job)."""
+    for backend in list(_LOADED.values()):
+        hook = getattr(backend, "release_memory", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # pragma: no cover - best effort between jobs
+                pass

@@ -45,32 +45,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _run_mindspore(args) -> dict:
-    from sharpdro.backends.mindspore import bench_train_step
-    from sharpdro.config import load_config
-
-    name, *opts = args.algorithm.split(":")
-    overrides = [f"algorithm.name={name}", *(f"algorithm.{o}" for o in opts), f"model.name={args.model}",
-                 f"model.width={args.width}", f"data.image_size={args.image_size}", "backend=mindspore",
-                 *([f"train.threads={args.threads}"] if args.threads else []), *args.overrides]
-    result = bench_train_step(load_config(None, overrides), steps=args.steps, batch_size=args.batch_size,
-                              warmup=max(0, args.warmup))
-    return {"backend": "mindspore", "algorithm": args.algorithm, "model": args.model, "batch_size": args.batch_size,
-            **result}
-
-
 def run(args) -> int:
     import json
 
-    from sharpdro.backends.torch.bench import BenchSettings, format_table, run_bench
     from sharpdro.errors import SharpDROError
+    from sharpdro.experiments.bench import BenchSettings, format_table, run_bench
 
-    if args.backend == "mindspore":
-        result = _run_mindspore(args)
-        print("  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
-        if args.json:
-            print(json.dumps(result))
-        return 0
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     bad = skip - {"pipeline", "eval", "corruption"}
     if bad:
@@ -78,6 +58,8 @@ def run(args) -> int:
     for name in ("batch_size", "steps"):
         if getattr(args, name) < 1:
             raise SharpDROError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.backend == "mindspore":  # the training step alone
+        skip |= {"pipeline", "eval", "corruption"}
     settings = BenchSettings(
         algorithm=args.algorithm, model=args.model, batch_size=args.batch_size, steps=args.steps,
         warmup=max(0, args.warmup), device=args.device, precision=args.precision, image_size=args.image_size,
@@ -86,7 +68,7 @@ def run(args) -> int:
         overrides=args.overrides, train_images=args.train_images, flip=not args.no_flip,
         crop_padding=args.crop_padding, eval_images=args.eval_images, corruption_images=args.corruption_images,
         corruption_source=args.corruption_source, pipeline="pipeline" not in skip, evaluation="eval" not in skip,
-        corruption="corruption" not in skip)
+        corruption="corruption" not in skip, backend=args.backend)
     result = run_bench(settings)
     print(format_table(result))
     if args.json:

@@ -18,20 +18,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from sharpdro.engine import evaluate_run, format_severity_table
-    from sharpdro.io import atomic_write_json
-    from sharpdro.rundir import run_of_checkpoint
+    from sharpdro.engine import evaluate_run, format_severity_table, write_evaluation
 
     res = evaluate_run(args.path, args.overrides, severities=args.severity, cifar_c=args.cifar_c,
                        device=args.device)
     label = f"{res['algorithm']} ({res['model']})"
     print(format_severity_table({label: res["test"]},
                                 title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
-    out = args.json_out
-    if out is None:
-        out = run_of_checkpoint(res["checkpoint"]).evaluation(f"{Path(str(res['dataset'])).name}-{res['corruption']}")
-    atomic_write_json(out, res)
-    print(f"-> {out}")
+    print(f"-> {write_evaluation(res, args.json_out)}")
     return 0

@@ -14,40 +14,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from sharpdro.config import load_config
-    from sharpdro.data import cache as cache_mod
-    from sharpdro.data.corruptions import resolve_table
-    from sharpdro.data.splits import cache_key_fields, load_source, plan_from_config, poisson_proportions
+    from sharpdro.data.splits import describe_split
 
-    cfg = load_config(args.config, args.overrides)
-    d = cfg["data"]
-    S = d["max_severity"]
-    train, test = load_source(cfg, progress=cfg["train"]["progress"])
-    classes = list(train.classes)
-    plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
-    counts = plan.train_counts()
-    table = resolve_table(d["table"], int(train.images.shape[1]))
-
-    print(f"dataset {d['dataset']}: {len(train)} train / {len(test)} test images of "
-          f"{'x'.join(map(str, train.images.shape[1:]))}, {len(classes)} classes")
-    pmf = poisson_proportions(float(d["poisson_lambda"]), S)
-    print(f"protocol {d['protocol']}, lambda {float(d['poisson_lambda']):g}, severities 0..{S}, Poisson pmf "
-          + " ".join(f"{p:.4f}" for p in pmf) + f"; corruption {d['corruption']} (table {table}); seed {cfg['seed']}")
-    width = max(5, max(len(c) for c in classes) if classes else 5)
-    head = f"{'class':<{width}} " + "".join(f"{'s' + str(s):>7}" for s in range(S + 1)) + f"{'train':>8}{'val':>7}"
-    print(head)
-    val_pc = np.bincount(train.labels[plan.val_index], minlength=len(classes))
-    for c, name in enumerate(classes):
-        print(f"{name:<{width}} " + "".join(f"{n:>7}" for n in counts[c]) + f"{counts[c].sum():>8}{val_pc[c]:>7}")
-    tot = counts.sum(axis=0)
-    print(f"{'total':<{width}} " + "".join(f"{n:>7}" for n in tot) + f"{tot.sum():>8}{val_pc.sum():>7}")
-    if len(plan.dropped_index):
-        print(f"{len(plan.dropped_index)} picked images dropped by per_class_floor (n - sum of floors per class)")
-    for split, index in (("val", plan.val_index), ("test", plan.test_index)):
-        print(f"{split}: {len(index)} images at each of {S + 1} severities ({len(index) * (S + 1)} in all)")
-    key = cache_key_fields(cfg, train, test, table)
-    path = cache_mod.entry_path(cache_mod.cache_root(d), key, prefix=f"{d['dataset']}-{d['corruption']}-")
-    print(f"cache: {path} ({'present' if path.exists() else 'not built yet: run sharpdro prepare'})")
+    for line in describe_split(load_config(args.config, args.overrides)):
+        print(line)
     return 0

@@ -197,6 +197,44 @@ def _warn_plan(plan: SplitPlan, train_per_class: int, protocol: str) -> None:
                       UserWarning, stacklevel=3)
 
 
+# ------------------------------------------------------------------ what a config's split holds
+def describe_split(cfg: dict) -> list[str]:
+    """``sharpdro info``: training images per class and severity, validation and test sizes, and whether the
+    cache holds the corrupted arrays (the dataset is loaded; nothing is corrupted or written)."""
+    from sharpdro.data import cache as cache_mod
+    from sharpdro.data.corruptions import resolve_table
+
+    d = cfg["data"]
+    S = d["max_severity"]
+    train, test = load_source(cfg, progress=cfg["train"]["progress"])
+    classes = list(train.classes)
+    plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
+    counts = plan.train_counts()
+    table = resolve_table(d["table"], int(train.images.shape[1]))
+
+    lines = [f"dataset {d['dataset']}: {len(train)} train / {len(test)} test images of "
+             f"{'x'.join(map(str, train.images.shape[1:]))}, {len(classes)} classes"]
+    pmf = poisson_proportions(float(d["poisson_lambda"]), S)
+    lines.append(f"protocol {d['protocol']}, lambda {float(d['poisson_lambda']):g}, severities 0..{S}, Poisson pmf "
+                 + " ".join(f"{p:.4f}" for p in pmf) + f"; corruption {d['corruption']} (table {table}); "
+                 f"seed {cfg['seed']}")
+    width = max(5, max(len(c) for c in classes) if classes else 5)
+    lines.append(f"{'class':<{width}} " + "".join(f"{'s' + str(s):>7}" for s in range(S + 1)) + f"{'train':>8}{'val':>7}")
+    val_pc = np.bincount(train.labels[plan.val_index], minlength=len(classes))
+    for c, name in enumerate(classes):
+        lines.append(f"{name:<{width}} " + "".join(f"{n:>7}" for n in counts[c]) + f"{counts[c].sum():>8}{val_pc[c]:>7}")
+    tot = counts.sum(axis=0)
+    lines.append(f"{'total':<{width}} " + "".join(f"{n:>7}" for n in tot) + f"{tot.sum():>8}{val_pc.sum():>7}")
+    if len(plan.dropped_index):
+        lines.append(f"{len(plan.dropped_index)} picked images dropped by per_class_floor (n - sum of floors per class)")
+    for split, index in (("val", plan.val_index), ("test", plan.test_index)):
+        lines.append(f"{split}: {len(index)} images at each of {S + 1} severities ({len(index) * (S + 1)} in all)")
+    key = cache_key_fields(cfg, train, test, table)
+    path = cache_mod.entry_path(cache_mod.cache_root(d), key, prefix=f"{d['dataset']}-{d['corruption']}-")
+    lines.append(f"cache: {path} ({'present' if path.exists() else 'not built yet: run sharpdro prepare'})")
+    return lines
+
+
 # ------------------------------------------------------------------ cache key
 def cache_key_fields(cfg: dict, train: ImageSet, test: ImageSet, table: str) -> dict:
     """Everything that changes the corrupted arrays (the cache key is the SHA-256 of its JSON)."""

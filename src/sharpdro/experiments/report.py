@@ -165,7 +165,7 @@ def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
     if RunDir(path).config.exists():
         run = load_run(path, selection)
         return [run] if run else []
-    from sharpdro.experiments.sweep import read_index
+    from sharpdro.experiments.sweep_jobs import read_index
 
     index = read_index(path)
     names = set(index)

@@ -3,11 +3,11 @@
 For each run (a run directory or a checkpoint file) this module loads the checkpoint
 through its backend, rebuilds the run's data with :func:`sharpdro.data.splits.build_splits`,
 takes a fixed seeded subset of the chosen split (the same image indices at every severity,
-and for every run whose data config is the same), asks the backend's ``sharpness`` module
+and for every run whose data config is the same), asks the backend's ``loss_landscape`` module
 to measure each severity, and writes JSON, a table and a figure
 (:func:`sharpdro.experiments.plots.plot_sharpness`).
 
-What is measured (the backend implements it; ``sharpdro.backends.torch.sharpness`` has the
+What is measured (the backend implements it; ``sharpdro.backends.torch.loss_landscape`` has the
 details), per severity, with the model in eval mode throughout (BatchNorm running
 statistics, no dropout: the loss is a fixed function of the weights):
 
@@ -149,9 +149,9 @@ def load_result(path: str | os.PathLike) -> dict:
 
 def _backend_module(name: str):
     try:
-        return importlib.import_module(f"sharpdro.backends.{name}.sharpness")
+        return importlib.import_module(f"sharpdro.backends.{name}.loss_landscape")
     except ModuleNotFoundError as exc:
-        if exc.name == f"sharpdro.backends.{name}.sharpness":
+        if exc.name == f"sharpdro.backends.{name}.loss_landscape":
             raise SharpnessError(f"sharpness analysis is not implemented for the {name!r} backend "
                                  f"(available: torch)") from None
         raise

@@ -20,7 +20,10 @@ def __getattr__(name: str):
 
         raise SharpDROError(f"backend 'mindspore' cannot be imported ({exc}); install it with: "
                             f"pip install 'sharpdro[mindspore]'") from exc
-    value = session.MindSporeBackend() if name == "BACKEND" else getattr(session, name)
+    if name == "bench_train_step":
+        from .bench import bench_train_step as value
+    else:
+        value = session.MindSporeBackend() if name == "BACKEND" else getattr(session, name)
     globals()[name] = value
     return value
 

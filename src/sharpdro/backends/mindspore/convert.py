@@ -23,13 +23,13 @@ The MindSpore backend's checkpoint is a NumPy ``.npz`` archive (read with
 ``algorithm/model.<MindSpore name>``), ``optimizer/<parameter name>`` momentum
 buffers, ``rng/*`` arrays and ``__meta__``, the JSON of the config, the data meta,
 ``extra`` and the RNG states.  The file name is whatever the engine chooses
-(``checkpoints/last.pt``); :func:`checkpoint_backend` tells the two formats apart by
-content.
+(``checkpoints/last.npz``, :func:`sharpdro.rundir.checkpoint_name`; ``last.pt`` in runs
+written before); :func:`checkpoint_backend` tells the two formats apart by content.
 
 API::
 
     torch_to_mindspore("runs/a/checkpoints/best.pt", "best-ms.pt")   # then evaluate with backend=mindspore
-    mindspore_to_torch("runs/b/checkpoints/best.pt", "best-torch.pt")
+    mindspore_to_torch("runs/b/checkpoints/best.npz", "best-torch.pt")
     export_mindspore_ckpt("best-ms.pt", "net.ckpt")                  # a native MindSpore .ckpt of the network
     torch_state_to_mindspore(model.state_dict())                     # weights only, name -> ndarray
     mindspore_params_to_torch({name: ndarray})                       # -> PyTorch state_dict

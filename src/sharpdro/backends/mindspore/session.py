@@ -17,14 +17,12 @@ PyTorch generator, as in the PyTorch session).  PyTorch's global RNG is left unt
 Without PyTorch, ``models.init_weights`` draws the same distributions with NumPy.
 
 Checkpoints: the ``.npz`` format of ``convert.py`` (no pickle), at whatever path the
-engine gives (``checkpoints/last.pt``).
+engine gives (``checkpoints/last.npz``: :func:`sharpdro.rundir.checkpoint_name`; runs written
+before that suffix hold ``last.pt``, read the same way).
 """
 from __future__ import annotations
 
 import random
-import resource
-import statistics
-import time
 import warnings
 from typing import Iterable
 
@@ -37,7 +35,8 @@ from mindspore import nn, ops
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
-from sharpdro.metrics import train_epoch_stats
+from sharpdro.metrics import TrainEpochSums
+from sharpdro.rundir import checkpoint_name
 
 from . import convert
 from sharpdro import methods
@@ -198,37 +197,22 @@ class MindSporeSession:
         set_lr(self.optimizer, lr)
         self._lr = float(lr)
         algo.train()
-        G = self.num_groups
-        loss_sum = np.zeros(G, np.float64)
-        correct_sum = np.zeros(G, np.float64)
-        count = np.zeros(G, np.float64)
-        sel_sev_sum = sel_count = 0.0
+        sums = TrainEpochSums.numpy(self.num_groups)
         last: dict = {}
-        steps = 0
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
             x, y, s = self.to_device(images, labels, sev)
             last = algo.update(x, y, s if algo.uses_groups else None, np.asarray(idx, dtype=np.int64))
-            sev = np.asarray(sev, dtype=np.int64)
-            psl = last["per_sample_loss"].astype(np.float64)
-            np.add.at(loss_sum, sev, psl)
-            np.add.at(correct_sum, sev, last["correct"].astype(np.float64))
-            np.add.at(count, sev, 1.0)
-            if "selected" in last:
-                sel = np.asarray(last["selected"], dtype=np.float64)
-                sel_sev_sum += float((sel * sev).sum())
-                sel_count += float(sel.sum())
-            steps += 1
-            if not np.isfinite(psl).all():
-                self._raise_nonfinite(epoch, steps)
-        if steps == 0:
+            sums.add(np.asarray(sev, dtype=np.int64), last["per_sample_loss"], last["correct"], last.get("selected"))
+            if not np.isfinite(last["per_sample_loss"]).all():
+                self._raise_nonfinite(epoch, sums.steps)
+        if sums.steps == 0:
             raise TrainingError("the training set produced no batch; lower train.batch_size")
-        return train_epoch_stats(loss_sum, correct_sum, count, steps, q=last.get("q"),
-                                 selected_severity_sum=sel_sev_sum, selected_count=sel_count)
+        return sums.stats(q=last.get("q"))
 
     def _raise_nonfinite(self, epoch: int, steps: int):
         raise TrainingError(
             f"non-finite training loss (NaN or inf) in epoch {epoch} at step {steps}; the run is stopped and "
-            f"checkpoints/last.pt still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
+            f"checkpoints/{checkpoint_name('last', 'mindspore')} still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
             f"algorithm.rho, then resume with --resume or start a new run.")
 
     # --------------------------------------------------------------- evaluation
@@ -332,61 +316,3 @@ class MindSporeBackend:
                                    train_size=meta["train_size"], classes=meta.get("classes"))
         session._load_state(arrays, state, weights_only=True)
         return session, cfg
-
-
-# ------------------------------------------------------------------ benchmark
-def bench_train_step(cfg: dict, steps: int = 10, batch_size: int | None = None, warmup: int = 2) -> dict:
-    """Median time of one training step of ``cfg``'s model and algorithm on synthetic data (MindSpore).
-
-    Images are random uint8 of ``data.image_size`` (32 when null) and ``train.batch_size``
-    unless ``batch_size`` is given, labels over 10 classes, severities over
-    ``data.max_severity + 1`` groups.  A step is one ``algorithm.update`` on a batch already
-    converted to tensors (as ``sharpdro bench`` times PyTorch); it returns when its results
-    are on the host (PyNative with launch_blocking is synchronous).
-    The pre-stages of JTT/EIIL are not run (their steps are timed with default weights).
-    ``peak_memory_mb``: peak resident memory of the process (CPU), or MindSpore's peak
-    device allocation on a GPU.
-    """
-    from sharpdro import config as config_mod
-
-    cfg = config_mod.validate(cfg)
-    batch = int(batch_size or cfg["train"]["batch_size"])
-    size = int(cfg["data"]["image_size"] or 32)
-    num_groups = int(cfg["data"]["max_severity"]) + 1
-    num_classes = 10
-    n = batch * max(1, steps + warmup)
-    session = MindSporeSession(cfg, None, norm=([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]), num_classes=num_classes,
-                               image_shape=(size, size, 3), num_groups=num_groups, train_size=n)
-    algo = session.algorithm
-    if getattr(algo, "gen_adjustment", 0) > 0:
-        algo.set_group_counts(np.full(num_groups, n // num_groups))
-    rng = np.random.default_rng(int(cfg["seed"]))
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, n)
-    sev = np.arange(n) % num_groups
-    set_lr(session.optimizer, float(cfg["train"]["lr"]))
-    algo.train()
-    batches = []
-    for step in range(min(warmup + steps, 4)):  # a few distinct batches, cycled
-        sl = slice(step * batch, (step + 1) * batch)
-        batches.append((*session.to_device(images[sl], labels[sl], sev[sl]), np.arange(n)[sl]))
-    times = []
-    for step in range(warmup + steps):
-        x, y, s, idx = batches[step % len(batches)]
-        t0 = time.perf_counter()
-        out = algo.update(x, y, s if algo.uses_groups else None, idx)
-        elapsed = time.perf_counter() - t0
-        if not np.isfinite(out["per_sample_loss"]).all():
-            raise TrainingError("non-finite loss in the benchmark; lower train.lr")
-        if step >= warmup:
-            times.append(elapsed)
-    median = statistics.median(times)
-    if session.runtime["target"] == "CPU":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    else:
-        peak = ms.runtime.max_memory_allocated() / 2 ** 20
-    return {"backend": "mindspore", "device": session.runtime["target"].lower(), "mode": "pynative",
-            "model": cfg["model"]["name"], "algorithm": cfg["algorithm"]["name"], "batch_size": batch,
-            "image_size": size, "steps": len(times), "threads": session.runtime["threads"],
-            "images_per_second": batch / median, "step_seconds_median": median,
-            "step_seconds": times, "peak_memory_mb": peak}

@@ -30,7 +30,7 @@ from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
 from sharpdro.io import atomic_save
-from sharpdro.metrics import train_epoch_stats
+from sharpdro.metrics import TrainEpochSums
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
@@ -289,14 +289,9 @@ class TorchSession:
             group["lr"] = lr
         algo.train()
         G = self.num_groups
-        dev = self.device
-        loss_sum = torch.zeros(G, device=dev, dtype=torch.float64)
-        correct_sum = torch.zeros(G, device=dev, dtype=torch.float64)
-        count = torch.zeros(G, device=dev, dtype=torch.float64)
-        sel_sev_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        sel_count = torch.zeros((), device=dev, dtype=torch.float64)
+        sums = TrainEpochSums(G, torch.zeros(3 * G + 2, device=self.device, dtype=torch.float64),
+                              lambda t: t.double(), lambda target, i, v: target.index_add_(0, i, v))
         last = {}
-        steps = 0
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
             x, y, s, i = self.to_device(images, labels, sev, idx)
             try:
@@ -304,34 +299,21 @@ class TorchSession:
             except Exception as exc:
                 _raise_compile_error(exc, self.cfg)
                 raise
-            psl = last["per_sample_loss"].double()
-            loss_sum.index_add_(0, s, psl)
-            correct_sum.index_add_(0, s, last["correct"].double())
-            count.index_add_(0, s, torch.ones_like(psl))
-            if "selected" in last:
-                sel = last["selected"].double()
-                sel_sev_sum += (sel * s.double()).sum()
-                sel_count += sel.sum()
-            steps += 1
-            if steps % _NAN_CHECK == 0 and not self._all_finite(loss_sum):
-                self._raise_nonfinite(epoch, steps)
-        if steps == 0:
+            sums.add(s, last["per_sample_loss"], last["correct"], last.get("selected"))
+            if sums.steps % _NAN_CHECK == 0 and not self._all_finite(sums.loss_sum):
+                self._raise_nonfinite(epoch, sums.steps)
+        if sums.steps == 0:
             raise TrainingError("the training set produced no batch; lower train.batch_size")
-        if not self._all_finite(loss_sum):
-            self._raise_nonfinite(epoch, steps)
+        if not self._all_finite(sums.loss_sum):
+            self._raise_nonfinite(epoch, sums.steps)
         if self.replicas is not None:
             # BatchNorm running statistics drift per replica within an epoch (each normalises its own
             # shard); rank 0's are the checkpointed ones, so every rank evaluates with them.
             self.replicas.broadcast_module_(self.algorithm.model, buffers_only=True)
             # training statistics of the global batches: the same on every rank
-            both = torch.cat([loss_sum, correct_sum, count, sel_sev_sum.view(1), sel_count.view(1)])
-            self.replicas.all_reduce_sum_(both)
-            loss_sum, correct_sum, count = both[:G], both[G:2 * G], both[2 * G:3 * G]
-            sel_sev_sum, sel_count = both[3 * G], both[3 * G + 1]
-        loss_sum, correct_sum, count = loss_sum.cpu().numpy(), correct_sum.cpu().numpy(), count.cpu().numpy()
+            self.replicas.all_reduce_sum_(sums.sums)
         q = last["q"].detach().float().cpu().numpy() if "q" in last else None
-        return train_epoch_stats(loss_sum, correct_sum, count, steps, q=q, selected_severity_sum=float(sel_sev_sum),
-                                 selected_count=float(sel_count))
+        return sums.stats(q=q, to_numpy=lambda t: t.cpu().numpy())
 
     def _all_finite(self, loss_sum: torch.Tensor) -> bool:
         """Host check of the accumulated losses (every rank takes the same decision)."""
@@ -473,3 +455,10 @@ class TorchBackend:
         session.algorithm.load_state_dict(state["algorithm"])
         return session, cfg
 
+    def release_memory(self) -> None:
+        """Free what the CUDA caching allocator holds (between two sweep jobs in one process)."""
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpdro.metrics import accuracy
+
 Objective = Callable[[bool], tuple[float, "list[torch.Tensor] | None"]]
 
 # Integer tags of the random streams (never renumber).
@@ -331,8 +333,8 @@ def measure_model(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.
     with _eval_mode(model):
         objective = model_objective(model, batches, params, criterion=criterion, stats=stats)
         loss0, _ = objective(False)
-        correct = stats.get("correct", 0)
-        out = {"loss": loss0, "accuracy": correct / stats["count"] if stats.get("count") else None}
+        out = {"loss": loss0, "accuracy": accuracy(stats.get("correct", 0), stats["count"]) if stats.get("count")
+               else None}
         if ascent_steps > 0:
             wc = worst_case_increase(objective, params, rho, ascent_steps, adaptive=adaptive, step_size=step_size,
                                      seed=seed, progress=progress)
