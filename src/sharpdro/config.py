@@ -36,6 +36,7 @@ class Field:
     max: float | None = None
     nullable: bool = False
     item_type: type | None = None  # for list fields
+    finite: bool = True  # numbers must be finite (no NaN, no infinity)
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -237,8 +238,10 @@ def _check_value(path: str, field: Field, value):
     elif t is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str), v) for i, v in enumerate(value)]
+        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, finite=field.finite), v)
+                 for i, v in enumerate(value)]
         return value
+    _check_finite(path, field, value)
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
     if field.min is not None and value < field.min:
@@ -246,6 +249,14 @@ def _check_value(path: str, field: Field, value):
     if field.max is not None and value > field.max:
         raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
     return value
+
+
+def _check_finite(path: str, field: Field, value) -> None:
+    """NaN and infinity pass every range check (``nan < 0`` is False): refuse them unless the schema allows."""
+    import math
+
+    if field.finite and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{path}' = {value!r} is not a finite number; allowed: {field.describe()}")
 
 
 def validate(cfg: Mapping) -> dict:
@@ -329,6 +340,8 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the bare name of a shipped config (``quickstart``)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config path {str(path)!r} is a folder; give a YAML file (e.g. {p / 'config.yaml'})")
     if p.exists():
         return p
     name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
@@ -345,13 +358,42 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     cfg: dict = {}
     if path is not None:
         p = resolve_config_path(path)
-        with open(p, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
         cfg = loaded
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg)
+
+
+def read_yaml(path: str | os.PathLike):
+    """A YAML file's content (safe loader: never runs code); a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error_message(path, text, exc)) from None
+
+
+def _yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML ({problem})"
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    hint = ""
+    if "\t" in line[:max(mark.column, 0) + 1] or "\t" in problem or "tab" in problem:
+        hint = "; YAML indents with spaces, not tabs: replace the tab by spaces"
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{hint}"
+            + (f" (line {mark.line + 1}: {line.strip()!r})" if line.strip() else ""))
 
 
 def config_hash(cfg: Mapping, length: int = 10) -> str:

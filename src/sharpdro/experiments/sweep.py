@@ -290,10 +290,9 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         if not shipped.is_file():
             raise SweepError(f"sweep file {str(path)!r} not found")
         p = Path(str(shipped))
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{p}: not valid YAML ({exc})") from None
+    from sharpdro.config import read_yaml
+
+    raw = read_yaml(p) or {}  # a syntax error names the file, line and column
     if not isinstance(raw, dict):
         raise SweepError(f"{p}: a sweep file must be a mapping with keys {', '.join(_SWEEP_KEYS)}")
     unknown = sorted(set(raw) - set(_SWEEP_KEYS))
