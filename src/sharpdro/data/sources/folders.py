@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -118,8 +118,16 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, *,
 # The original release's label-file layout
 # --------------------------------------------------------------------------------------------
 
-def _read_label_list(list_file: Path, img_dir: Path) -> list[tuple[str, int]]:
-    entries: list[tuple[str, int]] = []
+class _Entry(NamedTuple):
+    """One line of a label file: the image path relative to the ``_img`` folder, its label, and ``file:line``."""
+
+    rel: str
+    label: int
+    where: str
+
+
+def _read_label_list(list_file: Path, img_dir: Path) -> list[_Entry]:
+    entries: list[_Entry] = []
     missing: list[str] = []
     try:
         text = list_file.read_text(encoding="utf-8-sig")
@@ -142,30 +150,84 @@ def _read_label_list(list_file: Path, img_dir: Path) -> list[tuple[str, int]]:
         rel = parts[0].strip()
         if not (img_dir / rel).is_file():
             missing.append(f"{list_file}:{lineno}: {img_dir / rel}")
-        entries.append((rel, label))
+        entries.append(_Entry(rel, label, f"{list_file}:{lineno}"))
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise DataError("image files listed but not found: " + "; ".join(missing[:3]) + more)
     if not entries:
         raise DataError(f"{list_file} lists no images (one 'relative/path label' per line)")
+    _check_listed_once(entries)
     return entries
 
 
-def _labelfile_classes(all_entries: list[tuple[str, int]]) -> list[str]:
-    n = max(label for _, label in all_entries) + 1
-    fallback = [f"class_{i}" for i in range(n)]
-    folders: dict[int, set[str]] = {}
-    for rel, label in all_entries:
-        parts = Path(rel.replace("\\", "/")).parts
+def _check_listed_once(entries: list[_Entry]) -> None:
+    """A path listed twice would put one image in two splits (training and validation): refuse it."""
+    seen: dict[str, _Entry] = {}
+    for e in entries:
+        key = os.path.normpath(e.rel.replace("\\", "/"))
+        first = seen.setdefault(key, e)
+        if first is e:
+            continue
+        if first.label != e.label:
+            raise DataError(f"{e.where}: {e.rel} has label {e.label}, but {first.where} gives it label "
+                            f"{first.label}; keep the line with the right label and delete the other")
+        raise DataError(f"{e.where}: {e.rel} is listed a second time (first at {first.where}); an image listed "
+                        f"twice can land in both training and validation. Delete the repeated line")
+
+
+def _folder_classes(entries: list[_Entry]) -> dict[str, int] | None:
+    """{class folder: label} when the paths' first folders name the classes, else None.
+
+    They do when every path has a folder, there are at least two, and in every folder one label
+    is the label of more than half of its images (a stray wrong label is then an error, not a new class).
+    """
+    by_folder: dict[str, dict[int, int]] = {}
+    for e in entries:
+        parts = Path(e.rel.replace("\\", "/")).parts
         if len(parts) < 2:
-            return fallback
-        folders.setdefault(label, set()).add(parts[0])
-    if any(len(v) != 1 for v in folders.values()):
-        return fallback
-    names = {label: next(iter(v)) for label, v in folders.items()}
-    if len(set(names.values())) != len(names):
-        return fallback
-    return [names.get(i, f"class_{i}") for i in range(n)]
+            return None
+        counts = by_folder.setdefault(parts[0], {})
+        counts[e.label] = counts.get(e.label, 0) + 1
+    if len(by_folder) < 2:
+        return None
+    out = {}
+    for folder, counts in by_folder.items():
+        label, n = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))
+        if 2 * n <= sum(counts.values()):
+            return None
+        out[folder] = label
+    return out
+
+
+def _labelfile_classes(all_entries: list[_Entry]) -> list[str]:
+    """Class names: the class folders (labels must then be 0..C-1 and agree with the folders), else ``class_<id>``."""
+    folders = _folder_classes(all_entries)
+    if folders is None:
+        n = max(e.label for e in all_entries) + 1
+        unused = sorted(set(range(n)) - {e.label for e in all_entries})
+        if unused:
+            import warnings
+
+            shown = ", ".join(map(str, unused[:10])) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+            warnings.warn(f"the label files give {n} classes (largest label {n - 1}) but no image has label "
+                          f"{shown}; check the labels", stacklevel=3)
+        return [f"class_{i}" for i in range(n)]
+    n = len(folders)
+    for e in all_entries:
+        folder = Path(e.rel.replace("\\", "/")).parts[0]
+        if e.label >= n:
+            raise DataError(f"{e.where}: label {e.label} is outside 0..{n - 1}: the label files name {n} class "
+                            f"folders. Fix the label (the other images in {folder}/ have label {folders[folder]})")
+        if e.label != folders[folder]:
+            raise DataError(f"{e.where}: {e.rel} has label {e.label}, but the other images in {folder}/ have "
+                            f"label {folders[folder]}; fix the label or move the image to its class folder")
+    names: dict[int, str] = {}
+    for folder, label in sorted(folders.items()):
+        if label in names:
+            raise DataError(f"class folders {names[label]}/ and {folder}/ both have label {label} in the label "
+                            f"files; give each class folder its own label 0..{n - 1}")
+        names[label] = folder
+    return [names[i] for i in range(n)]
 
 
 def load_labelfile(root: str | os.PathLike, name: str, image_size: int | None = None, *,
@@ -174,7 +236,8 @@ def load_labelfile(root: str | os.PathLike, name: str, image_size: int | None = 
 
     The val list may also be named ``<NAME>_train_val.txt`` (the name in the original README).
     Images keep the order of the list files. Class names are the first folder of the paths
-    when every label has one consistent folder, else ``class_<id>``.
+    when the folders name the classes (then labels must be 0..C-1 for C folders, one per folder),
+    else ``class_<id>`` for 0..largest label. A path listed twice is an error.
     """
     root = Path(root).expanduser()
     train_img, val_img = root / f"{name}_train_img", root / f"{name}_val_img"
@@ -191,9 +254,9 @@ def load_labelfile(root: str | os.PathLike, name: str, image_size: int | None = 
     tr_entries = _read_label_list(train_txt, train_img)
     va_entries = _read_label_list(val_txt, val_img)
     classes = _labelfile_classes(tr_entries + va_entries)
-    tr = decode_images([train_img / r for r, _ in tr_entries], image_size, progress=progress,
+    tr = decode_images([train_img / e.rel for e in tr_entries], image_size, progress=progress,
                        desc=f"{name} train")
-    va = decode_images([val_img / r for r, _ in va_entries], image_size, progress=progress, desc=f"{name} val")
+    va = decode_images([val_img / e.rel for e in va_entries], image_size, progress=progress, desc=f"{name} val")
     _check_same_size(tr, va, train_img, val_img)
-    return (ImageSet(tr, np.asarray([l for _, l in tr_entries], np.int64), list(classes), f"{name}/train"),
-            ImageSet(va, np.asarray([l for _, l in va_entries], np.int64), list(classes), f"{name}/test"))
+    return (ImageSet(tr, np.asarray([e.label for e in tr_entries], np.int64), list(classes), f"{name}/train"),
+            ImageSet(va, np.asarray([e.label for e in va_entries], np.int64), list(classes), f"{name}/test"))
