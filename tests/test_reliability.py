@@ -134,3 +134,145 @@ def test_labelfile_label_outside_the_class_folders_is_refused(tmp_path):
     # consistent folders still name the classes
     train, test = _load_labelfile(_labelfile_root(tmp_path / "ok", _train_lines()))
     assert train.classes == ["a", "b", "c"] and train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+# ------------------------------------------------------------------ trained runs shared by the tests below
+TINY = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
+        "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1", "eval.batch_size=256"]
+
+
+def tiny(*extra):
+    return load_config("quickstart", [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def digits_splits():
+    from sharpdro.data.splits import build_splits
+
+    return build_splits(tiny(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def erm_run(tmp_path_factory, digits_splits):
+    from sharpdro.engine import train
+
+    out = tmp_path_factory.mktemp("runs") / "erm"
+    train(tiny(), out_dir=out, splits=digits_splits)
+    return out
+
+
+def _digit_image():
+    """A 32x32 grey test image (a bright square on dark) as 8-bit and as 16-bit arrays with the same top bits."""
+    a8 = np.full((32, 32), 20, np.uint8)
+    a8[8:24, 10:22] = 230
+    return a8, (a8.astype(np.uint16) << 8) | 0x7F
+
+
+# ------------------------------------------------------------------ 5. one decoder for predict and training
+def test_predict_decodes_a_16_bit_png_like_training(tmp_path, erm_run):
+    from sharpdro.data.sources import decode_images
+
+    a8, a16 = _digit_image()
+    p8, p16 = tmp_path / "eight.png", tmp_path / "sixteen.png"
+    Image.fromarray(a8).save(p8)
+    Image.fromarray(a16).save(p16)
+    assert Image.open(p16).mode.startswith("I;16")
+    # training's decoder keeps the top 8 bits: the same pixels as the 8-bit file
+    assert np.array_equal(decode_images([p16])[0], decode_images([p8])[0])
+    res = _cli("predict", erm_run, p8, p16, "--top", "3")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1]  # the same classes and probabilities
+
+
+# ------------------------------------------------------------------ 13. predict: one bad file, non-checkpoints
+def test_predict_reports_an_unreadable_file_and_classifies_the_others(tmp_path, erm_run):
+    a8, _ = _digit_image()
+    good1, bad, good2 = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    Image.fromarray(a8).save(good1)
+    Image.fromarray(255 - a8).save(good2)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    res = _cli("predict", erm_run, good1, bad, good2)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert [ln.split(":")[0] for ln in res.stdout.strip().splitlines()] == [str(good1), str(good2)]
+    assert str(bad) in res.stderr and "1 of 3" in res.stderr
+
+
+def test_predict_on_a_file_that_is_not_a_checkpoint(tmp_path, erm_run):
+    line = _one_error_line(_cli("predict", erm_run / "config.yaml", tmp_path / "x.png"))
+    assert "not a sharpdro checkpoint" in line and "interrupted" not in line
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes((erm_run / "checkpoints" / "last.pt").read_bytes()[:5000])
+    line = _one_error_line(_cli("predict", truncated, tmp_path / "x.png"))
+    assert "incomplete or damaged" in line
+
+
+# ------------------------------------------------------------------ 9. checkpoints load with weights_only=True
+class _Payload:
+    """Unpickling this object would create a file: what a malicious checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, erm_run):
+    import torch
+
+    state = torch.load(erm_run / "checkpoints" / "last.pt", weights_only=True)
+    marker = tmp_path / "pwned"
+    state["extra"] = {"epoch": 0, "x": _Payload(marker)}
+    evil = tmp_path / "evil" / "checkpoints" / "last.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save(state, evil)
+    for cmd in (["predict", evil, tmp_path / "x.png"], ["evaluate", evil]):
+        line = _one_error_line(_cli(*cmd))
+        assert "could run code" in line, line
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("algorithm, extra", [("erm", ["train.precision=fp16"]), ("sharpdro", []), ("jtt", []),
+                                              ("eiil", ["algorithm.eiil_steps=5"]), ("sharpdro_agnostic", [])])
+def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, digits_splits, algorithm, extra):
+    import torch
+
+    from sharpdro.engine import train
+
+    train(tiny(f"algorithm.name={algorithm}", *extra), out_dir=tmp_path / "run", splits=digits_splits)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
+        assert state["algorithm"] and state["rng"]["numpy"][0] == "MT19937"
+
+
+def test_converted_checkpoints_load_with_weights_only(tmp_path, erm_run):
+    pytest.importorskip("mindspore")
+    import torch
+
+    from sharpdro.backends.mindspore import convert
+
+    ms = convert.torch_to_mindspore(erm_run / "checkpoints" / "last.pt", tmp_path / "ms.pt")
+    back = convert.mindspore_to_torch(ms, tmp_path / "back.pt")
+    state = torch.load(back, weights_only=True)
+    assert state["rng"]["numpy"][0] == "MT19937"
+    np.load(ms, allow_pickle=False)  # the MindSpore backend's file: arrays and JSON only
+
+
+def test_checkpoint_of_an_older_version_still_resumes(tmp_path, digits_splits, erm_run):
+    """Checkpoints written before this change hold NumPy's RNG state as a tuple with an ndarray."""
+    import shutil
+
+    import torch
+
+    from sharpdro.engine import train
+
+    run = tmp_path / "old"
+    shutil.copytree(erm_run, run)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["rng"]["numpy"] = np.random.RandomState(3).get_state()
+    torch.save(state, run / "checkpoints" / "last.pt")
+    (run / "summary.json").unlink()
+    summary = train(tiny(), out_dir=run, resume=True, splits=digits_splits)  # loads every state, RNGs included
+    assert summary["finished"] and np.random.get_state()[1].tolist() == np.random.RandomState(3).get_state()[1].tolist()

@@ -178,3 +178,24 @@ def checkpoint_backend(ckpt: str | os.PathLike) -> str:
     if cfg is not None and isinstance(cfg.get("backend"), str):
         return cfg["backend"]
     return "torch"
+
+
+def unreadable_checkpoint_message(path: str | os.PathLike, exc: BaseException) -> str:
+    """What to tell a user whose checkpoint file could not be loaded, from what the file is."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"checkpoint {path} cannot be read ({err.strerror or err})"
+    if head != b"PK\x03\x04":  # every checkpoint of either backend is a zip archive
+        return (f"{path} cannot be read: it is not a sharpdro checkpoint (give a run directory, or its "
+                f"{CHECKPOINTS}/{BEST} or {CHECKPOINTS}/{LAST})")
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
+        return (f"checkpoint {path} holds Python objects other than tensors and plain values; sharpdro does not "
+                f"load it, because unpickling them could run code from the file. Use a checkpoint written by "
+                f"sharpdro")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (f"checkpoint {path} cannot be read ({first}): it is incomplete or damaged, for example an "
+            f"interrupted copy or write. Copy it again, or use the run's other checkpoint")

@@ -19,7 +19,6 @@ and handed to the algorithm by ``configure``.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -35,6 +34,7 @@ from sharpdro.metrics import train_epoch_stats
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
 from .amp import Precision
+from .checkpoints import numpy_rng_from_plain, numpy_rng_to_plain, read_checkpoint
 from .distributed import Replicas, broadcast_state, is_distributed, rank_seed, wrap_ddp
 from .models import build_model
 
@@ -384,7 +384,7 @@ class TorchSession:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_to_plain(np.random.get_state()),
                 "python": random.getstate(),
             },
             "meta": {"norm": self.norm, "num_classes": self.num_classes, "image_shape": list(self.image_shape),
@@ -410,7 +410,7 @@ class TorchSession:
                     torch.cuda.set_rng_state_all(rng["cuda"])
                 except (RuntimeError, IndexError):  # saved with another number of GPUs
                     pass
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(numpy_rng_from_plain(rng["numpy"]))
             random.setstate(rng["python"])
             if self.world_size > 1:
                 epoch = int(state.get("extra", {}).get("epoch", -1)) + 1
@@ -431,14 +431,7 @@ def _raise_compile_error(exc: Exception, cfg: dict) -> None:
                             f"backend / Triton for CUDA)") from exc
 
 
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise TrainingError(f"checkpoint {path} cannot be read ({exc}); it may be from an interrupted copy") from exc
+_read_checkpoint = read_checkpoint  # weights_only=True; see .checkpoints
 
 
 class TorchBackend:

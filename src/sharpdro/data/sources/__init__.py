@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from sharpdro.data.sources.cifar import CIFAR_ARCHIVES, default_data_root, ensure_cifar, load_cifar
 from sharpdro.data.sources.cifar_c import load_cifar_c
-from sharpdro.data.sources.decode import decode_images, resize_images, resized_set
+from sharpdro.data.sources.decode import decode_image, decode_images, resize_images, resized_set
 from sharpdro.data.sources.digits import digits_split, load_digits
 from sharpdro.data.sources.folders import IMAGE_EXTENSIONS, load_image_folder, load_labelfile
 from sharpdro.data.sources.tinyimagenet import load_tinyimagenet
@@ -52,6 +52,7 @@ __all__ = [
     "load_digits",
     "digits_split",
     "load_cifar_c",
+    "decode_image",
     "decode_images",
     "resize_images",
 ]

@@ -57,6 +57,17 @@ def _decode_one(path, size: int | None) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
+def decode_image(path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as uint8 [H, W, 3] RGB, decoded exactly as training decodes it (16-bit, palette,
+    grey and alpha images included), resized to ``size`` = (height, width) when given."""
+    if size is None or size[0] == size[1]:
+        return _decode_one(path, None if size is None else int(size[0]))
+    rgb = _decode_one(path, None)
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb, "RGB").resize((int(size[1]), int(size[0])), _RESAMPLE))
+
+
 def _source_pixels(path) -> int:
     try:
         with Image.open(path) as im:
