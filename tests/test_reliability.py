@@ -276,3 +276,183 @@ def test_checkpoint_of_an_older_version_still_resumes(tmp_path, digits_splits, e
     (run / "summary.json").unlink()
     summary = train(tiny(), out_dir=run, resume=True, splits=digits_splits)  # loads every state, RNGs included
     assert summary["finished"] and np.random.get_state()[1].tolist() == np.random.RandomState(3).get_state()[1].tolist()
+
+
+# ------------------------------------------------------------------ 6. --out into a folder that is not a run
+def test_out_into_a_users_folder_is_refused_and_leaves_it_alone(tmp_path):
+    mine = tmp_path / "my-results"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"my": "thesis numbers"}\n')
+    (mine / "train.log").write_text("my log\n")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    line = _one_error_line(_cli("train", "-c", "quickstart", "--out", mine, *[f"--set={o}" for o in TINY]))
+    assert str(mine) in line and "not a sharpdro run directory" in line and "summary.json" in line
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+
+
+def test_a_run_directory_is_marked_and_can_be_resumed(tmp_path, digits_splits):
+    from sharpdro.engine import train
+    from sharpdro.rundir import RunDir
+
+    out = tmp_path / "run"
+    train(tiny(), out_dir=out, splits=digits_splits)
+    assert RunDir(out).marker.is_file() and RunDir(out).is_ours()
+    train(tiny(), out_dir=out, resume=True, splits=digits_splits)  # its own folder is not refused
+    RunDir(out).marker.unlink()  # a run written before the marker existed: its config.yaml identifies it
+    assert RunDir(out).is_ours()
+
+
+# ------------------------------------------------------------------ 7. file and folder modes
+def test_results_and_cache_get_the_mode_open_would_give(tmp_path):
+    code = ("import os, sys; os.umask(0o002); from sharpdro.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "SHARPDRO_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", code, "train", "-c", "quickstart", "--out", str(out),
+                          *[f"--set={o}" for o in TINY]], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    files = [out / "summary.json", out / "config.yaml", out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"]
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o664, (f, oct(f.stat().st_mode))
+    entries = [p for p in (tmp_path / "cache").rglob("*") if p.is_dir()]
+    assert entries
+    for d in entries:
+        assert d.stat().st_mode & 0o777 == 0o775, (d, oct(d.stat().st_mode))
+    for f in (tmp_path / "cache").rglob("*.npy"):
+        assert f.stat().st_mode & 0o777 == 0o664, f
+
+
+# ------------------------------------------------------------------ 8. resuming a finished run
+def test_resuming_a_finished_run_keeps_its_wall_time(tmp_path, digits_splits):
+    from sharpdro.engine import train
+    from sharpdro.rundir import RunDir
+
+    out = tmp_path / "run"
+    first = train(tiny(), out_dir=out, splits=digits_splits)
+    summary = RunDir(out).read_summary()
+    summary["wall_seconds"] = 1234.5  # as if the run had taken 20 minutes
+    (out / "summary.json").write_text(json.dumps(summary))
+    again = train(tiny(), out_dir=out, resume=True, splits=digits_splits)
+    assert again["wall_seconds"] == 1234.5 and RunDir(out).read_summary()["wall_seconds"] == 1234.5
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert "run_dir" not in RunDir(out).read_summary()  # no absolute path of this machine in results
+
+
+# ------------------------------------------------------------------ 11. read-only folder, full disk
+class _FullDiskFile:
+    """A file whose writes fail with ENOSPC, as on a full disk (everything else is the real file)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(match)``: from then on, writes to files whose path ``match(path)`` accepts fail with ENOSPC.
+
+    The fault sits at the lowest level Python code reaches (the file object's ``write``), under every writer
+    this project uses (json, yaml, ``torch.save`` and ``np.save`` through a file object)."""
+    import builtins
+    import io
+
+    real_open = io.open
+
+    def install(match):
+        def fake_open(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) and match(Path(file)):
+                return _FullDiskFile(f)
+            return f
+
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(builtins, "open", fake_open)
+
+    return install
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    from sharpdro.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_full_disk_at_start(tmp_path, capsys, full_disk):
+    out = tmp_path / "run"
+    full_disk(lambda p: str(p).startswith(str(out)))
+    code, err = _main(capsys, "train", "-c", "quickstart", "--out", out, *[f"--set={o}" for o in TINY])
+    assert code == 2 and "Traceback" not in err and len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
+    assert "no space left" in err and str(out) in err and "free under" in err
+
+
+def test_full_disk_during_torch_save_keeps_the_last_good_checkpoint(tmp_path, capsys, full_disk, digits_splits):
+    import torch
+
+    out = tmp_path / "run"
+    saves = []
+
+    def second_checkpoint(p: Path) -> bool:  # the first checkpoint is written, the second finds the disk full
+        if p.name.startswith(".last.pt."):
+            saves.append(p)
+        return p.name.startswith(".last.pt.") and len(saves) >= 2
+
+    full_disk(second_checkpoint)
+    code, err = _main(capsys, "train", "-c", "quickstart", "--out", out, *[f"--set={o}" for o in TINY],
+                      "--set=train.epochs=3")
+    assert code == 2 and "Traceback" not in err and "unexpected pos" not in err, err
+    assert "no space left" in err and str(out / "checkpoints" / "last.pt") in err and "needed" in err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["extra"]["epoch"] == 0  # the last good epoch is intact
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_torch_save_to_a_full_device_says_enospc():
+    """The real thing: torch.save through a file object on /dev/full raises ENOSPC (to a path it says
+    'unexpected pos'), which is why checkpoints are written through a file object."""
+    import errno
+
+    import torch
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with pytest.raises(OSError) as err:
+        with open("/dev/full", "wb") as f:
+            torch.save({"w": torch.zeros(1000)}, f)
+    assert err.value.errno == errno.ENOSPC
+
+
+def test_full_disk_while_writing_the_cache(tmp_path, capsys, full_disk):
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{train_per_class: 40, val_per_class: 5, test_per_class: 10, cache_dir: {cache}}}\n")
+    full_disk(lambda p: str(p).startswith(str(cache)) and p.suffix == ".npy")
+    code, err = _main(capsys, "prepare", "-c", cfg)
+    assert code == 2 and "Traceback" not in err and len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
+    assert "no space left" in err and str(cache) in err and "data.cache_dir" in err and "needed" in err
+    assert not [p for p in cache.rglob("*") if p.is_dir() and p.parent == cache and not p.name.startswith("digits")
+                and p.name.startswith(".tmp")]  # no half-written entry left behind
+
+
+def test_read_only_output_folder(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits: use a real read-only place
+        target = Path("/sys/sharpdro-test-run")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        target = ro / "run"
+    line = _one_error_line(_cli("train", "-c", "quickstart", "--out", target, *[f"--set={o}" for o in TINY]))
+    assert str(target) in line and "cannot write" in line

@@ -213,6 +213,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
         refusal = None
         if main:  # rank 0 decides; every rank raises the same refusal
             try:
+                _refuse_foreign_folder(run)
                 if run_dir.exists() and not resume and run.holds_run():
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
@@ -224,10 +225,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
         if refusal:
             raise SharpDROError(refusal)
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            run.checkpoints.mkdir(exist_ok=True)
-            config_mod.dump_config(cfg, run.config)
-            handler = _setup_log_file(run)
+            previous = _previous_summary(run) if resume else None
+            handler = _start_run_dir(run, cfg)
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -292,8 +291,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             _echo(_epoch_line(record, epochs), show)
 
         summary = build_summary(cfg, records, rule)
-        summary["wall_seconds"] = time.time() - t_start
-        summary["run_dir"] = str(run_dir)
+        summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
         if procs.world_size > 1:
             summary["processes"] = procs.world_size
         if main:
@@ -305,6 +303,53 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             log.removeHandler(handler)
             handler.close()
         procs.close()
+
+
+def _refuse_foreign_folder(run: RunDir) -> None:
+    """A non-empty folder that is not a run directory of this project is the user's: never write into it."""
+    foreign = run.foreign_files()
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SharpDROError(f"{run.path} is not empty ({shown}) and is not a sharpdro run directory; nothing was "
+                            f"written. Choose a new or empty folder with --out (or output.dir / output.name)")
+
+
+def _start_run_dir(run: RunDir, cfg: dict) -> logging.Handler:
+    """Create the run directory, its marker and config.yaml; a folder that cannot be written is one clear error."""
+    import errno
+
+    from sharpdro.io import DiskFullError, disk_full_error
+
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_marker(config_mod.config_hash(cfg))
+        run.checkpoints.mkdir(exist_ok=True)
+        config_mod.dump_config(cfg, run.config)
+        return _setup_log_file(run)
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full_error(run.path) from None
+        where = exc.filename or run.path
+        raise SharpDROError(f"cannot write the run directory {run.path} ({exc.strerror or exc}: {where}); choose a "
+                            f"folder you can write with --out (or output.dir)") from None
+
+
+def _previous_summary(run: RunDir) -> dict | None:
+    try:
+        return run.read_summary() if run.summary_finished() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _wall_seconds(previous: dict | None, records: list[dict], start_epoch: int, epochs: int, t_start: float) -> float:
+    """The run's total wall time: a finished run that is resumed keeps its own; an interrupted one adds this
+    session to the epochs it had already run (their ``seconds``)."""
+    if previous is not None and start_epoch >= epochs and "wall_seconds" in previous:
+        return float(previous["wall_seconds"])
+    before = sum(float(r.get("seconds", 0.0)) for r in records[:start_epoch])
+    return before + time.time() - t_start
 
 
 def _check_same_config(path: Path, cfg: dict) -> None:
@@ -322,9 +367,10 @@ def _check_same_config(path: Path, cfg: dict) -> None:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from sharpdro.io import atomic_path
+
+    with atomic_path(dst, need=src.stat().st_size) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _epoch_line(r: dict, epochs: int) -> str:

@@ -8,6 +8,7 @@ A run directory holds::
     train.log          what was printed
     checkpoints/last.pt, checkpoints/best.pt
     evaluation-*.json  results of ``sharpdro evaluate``
+    .sharpdro-run      marks the folder as a run directory of this project (written first)
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
 ``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
@@ -35,11 +36,14 @@ ERROR = "error.txt"
 LOCK = ".lock"
 SLURM_MARKER = "slurm.json"
 EVALUATION_PREFIX = "evaluation-"
+MARKER = ".sharpdro-run"
 
 # Files written by the sweep around a run, not by the trainer.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
 # Any of these marks a folder as (the beginning of) a run.
-RUN_MARKERS = (CONFIG, METRICS, SUMMARY, DONE, ERROR)
+RUN_MARKERS = (MARKER, CONFIG, METRICS, SUMMARY, DONE, ERROR)
+# The sections every run's config.yaml has (what tells a run of this project from a stranger's file).
+_CONFIG_SECTIONS = ("data", "model", "algorithm", "train")
 
 # The key a MindSpore-backend checkpoint (an .npz archive) stores its metadata under.
 MINDSPORE_META_KEY = "__meta__"
@@ -68,6 +72,7 @@ class RunDir:
     error = property(lambda self: self.path / ERROR)
     lock = property(lambda self: self.path / LOCK)
     slurm_marker = property(lambda self: self.path / SLURM_MARKER)
+    marker = property(lambda self: self.path / MARKER)
 
     def evaluation(self, tag: str) -> Path:
         return self.path / f"{EVALUATION_PREFIX}{tag}.json"
@@ -79,6 +84,27 @@ class RunDir:
     def holds_run(self) -> bool:
         """The trainer has started here (metrics or a checkpoint exist)."""
         return self.metrics.exists() or self.last.exists()
+
+    def is_ours(self) -> bool:
+        """A run directory of this project: its marker file, or (runs written before the marker existed)
+        a ``config.yaml`` with this project's sections."""
+        if self.marker.is_file():
+            return True
+        cfg = self.read_config()
+        return cfg is not None and all(isinstance(cfg.get(s), dict) for s in _CONFIG_SECTIONS)
+
+    def foreign_files(self) -> list[str]:
+        """Names in a folder that is not a run directory of this project (empty when it is one, or holds
+        only a sweep's bookkeeping): writing a run there would overwrite or append to them."""
+        if not self.path.is_dir() or self.is_ours():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in SWEEP_FILES)
+
+    def write_marker(self, config_hash: str) -> None:
+        from sharpdro.io import atomic_write_text
+
+        if not self.marker.is_file():
+            atomic_write_text(self.marker, f"sharpdro run directory\nconfig_hash: {config_hash}\n")
 
     def looks_like_run(self) -> bool:
         return any((self.path / f).exists() for f in RUN_MARKERS)

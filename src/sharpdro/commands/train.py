@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sharpdro.config import load_config
-    from sharpdro.engine import train
+    from sharpdro.engine import run_dir_for, train
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, out_dir=args.out, resume=args.resume)
@@ -24,5 +24,5 @@ def run(args) -> int:
     print(f"selected epoch {summary['selected_epoch'] + 1} ({summary['selection']} validation severity); test "
           f"accuracy per severity: " + " ".join(f"{k}:{100 * v:.2f}" for k, v in acc.items()))
     print(f"test average {100 * summary['test_average']:.2f}  worst {100 * summary['test_worst']:.2f}  "
-          f"-> {summary['run_dir']}")
+          f"-> {run_dir_for(cfg, args.out)}")
     return 0

@@ -130,7 +130,7 @@ def write_checkpoint(path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         with open(tmp, "wb") as f:
             np.savez(f, **payload)
 
-    atomic_save(path, writer)
+    atomic_save(path, writer, need=sum(a.nbytes for a in payload.values()))
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -299,9 +299,9 @@ def mindspore_to_torch(ckpt_path, out_path) -> Path:
         "meta": meta,
         "extra": meta_all.get("extra", {}),
     }
-    from sharpdro.io import atomic_save
+    from sharpdro.backends.torch.checkpoints import write_checkpoint as write_torch_checkpoint
 
-    atomic_save(out_path, lambda tmp: torch.save(state, tmp))
+    write_torch_checkpoint(out_path, state)
     return Path(out_path)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sharpdro.errors import TrainingError
+from sharpdro.io import atomic_save
 from sharpdro.rundir import unreadable_checkpoint_message
 
 
@@ -58,3 +59,25 @@ def read_checkpoint(path) -> dict:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign, or holding objects other than tensors
         raise TrainingError(unreadable_checkpoint_message(path, exc)) from None
+
+
+def write_checkpoint(path, state: dict) -> None:
+    """``torch.save`` through a Python file object into an atomic temp file: a full disk is a
+    DiskFullError naming the path and the size (``torch.save`` to a path says only "unexpected pos")."""
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    atomic_save(path, writer, need=state_bytes(state))
+
+
+def state_bytes(obj) -> int:
+    """The bytes of the tensors in a nested state (about the size of its checkpoint file)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0

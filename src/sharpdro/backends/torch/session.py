@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import TrainingError
-from sharpdro.io import atomic_save
 from sharpdro.metrics import train_epoch_stats
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
 from .amp import Precision
-from .checkpoints import numpy_rng_from_plain, numpy_rng_to_plain, read_checkpoint
+from .checkpoints import numpy_rng_from_plain, numpy_rng_to_plain, read_checkpoint, write_checkpoint
 from .distributed import Replicas, broadcast_state, is_distributed, rank_seed, wrap_ddp
 from .models import build_model
 
@@ -392,7 +391,7 @@ class TorchSession:
                      "config": self.cfg},
             "extra": extra,
         }
-        atomic_save(path, lambda tmp: torch.save(state, tmp))
+        write_checkpoint(path, state)
 
     def load_checkpoint(self, path, weights_only: bool = False) -> dict:
         if self.world_size > 1:  # rank 0 reads, every rank receives (no shared filesystem needed)

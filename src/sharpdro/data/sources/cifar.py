@@ -16,6 +16,7 @@ import numpy as np
 
 from sharpdro.data.types import ImageSet
 from sharpdro.errors import DataError
+from sharpdro.io import make_ordinary
 
 # Tables at module level so that tests can monkeypatch them.
 #: Where each official CIFAR tarball comes from, its MD5 and the folder it extracts to.
@@ -90,6 +91,7 @@ def _download(url: str, dest: Path, md5: str, help_text: str, progress: bool) ->
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        make_ordinary(tmp_name)  # not mkstemp's 0600: a shared data folder stays readable
     except OSError as exc:
         raise DataError(f"cannot write to {dest.parent} ({exc}); {help_text}") from None
     tmp = Path(tmp_name)
