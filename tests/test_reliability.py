@@ -456,3 +456,20 @@ def test_read_only_output_folder(tmp_path):
         target = ro / "run"
     line = _one_error_line(_cli("train", "-c", "quickstart", "--out", target, *[f"--set={o}" for o in TINY]))
     assert str(target) in line and "cannot write" in line
+
+
+# ------------------------------------------------------------------ 12. class folder name not UTF-8
+def test_class_folder_name_that_is_not_utf8(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in (b"caf\xe9", b"tea"):  # Latin-1 'café', as an old archive may carry it
+            d = os.path.join(os.fsencode(root / split), name)
+            os.makedirs(d, exist_ok=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    os.path.join(d, f"{i}.png".encode()).decode("utf-8", "surrogateescape"))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{dataset: folder, root: {root}, train_per_class: 2}}\n")
+    line = _one_error_line(_cli("info", "-c", cfg))
+    assert "caf\\xe9" in line and "not valid UTF-8" in line and "rename" in line

@@ -44,7 +44,22 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if not _hidden(e.name) and e.is_dir())
+    names = sorted(e.name for e in os.scandir(folder) if not _hidden(e.name) and e.is_dir())
+    for name in names:
+        _check_utf8_name(folder, name)
+    return names
+
+
+def _check_utf8_name(folder: Path, name: str) -> None:
+    """A folder name that is not valid UTF-8 cannot be a class name (it is stored and printed as text)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        guess = raw.decode("latin-1")
+        raise DataError(f"the folder name {raw!r} in {folder} is not valid UTF-8, so it cannot name a class; "
+                        f"rename it to UTF-8 (for example: convmv -f latin1 -t utf8 --notest -r {folder}, which "
+                        f"would call it {guess!r})") from None
 
 
 def _find_split(base: Path, names: Sequence[str]) -> Path | None:
