@@ -473,3 +473,70 @@ def test_class_folder_name_that_is_not_utf8(tmp_path):
     cfg.write_text(f"data: {{dataset: folder, root: {root}, train_per_class: 2}}\n")
     line = _one_error_line(_cli("info", "-c", cfg))
     assert "caf\\xe9" in line and "not valid UTF-8" in line and "rename" in line
+
+
+# ------------------------------------------------------------------ 1, 2. evaluate on other data
+def _class_folders(root: Path, classes, per_class=12, seed=0):
+    """<root>/{train,test}/<class>/<i>.png, 16x16, each class a different mean colour (learnable)."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for k, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.array([40 + 50 * k, 200 - 40 * k, 120], dtype=np.int64)
+                img = np.clip(base + rng.integers(-20, 21, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    from sharpdro.engine import train
+
+    base = tmp_path_factory.mktemp("folder-run")
+    root = _class_folders(base / "data", ["airplane", "automobile", "bird", "cat"])
+    cfg = load_config("quickstart", [*TINY, "data.dataset=folder", f"data.root={root}", "data.train_per_class=8",
+                                     "data.val_per_class=2", "data.test_per_class=5", "train.batch_size=16"])
+    train(cfg, out_dir=base / "run")
+    return base / "run"
+
+
+def test_evaluate_refuses_data_with_other_classes(tmp_path, folder_run):
+    other = _class_folders(tmp_path / "other", ["airplane", "cat", "ship"])
+    line = _one_error_line(_cli("evaluate", folder_run, "--set", f"data.root={other}"))
+    assert "lacks automobile, bird" in line and "does not know ship" in line
+    assert not list(folder_run.glob("evaluation-*"))  # nothing written that looks like a result
+
+
+def test_evaluate_refuses_cifar_c_files_of_another_dataset(tmp_path, erm_run):
+    from sharpdro.data.match import check_cifar_c_matches
+
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / "gaussian_noise.npy", rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "labels.npy", np.tile(np.arange(10), 5))
+    line = _one_error_line(_cli("evaluate", erm_run, "--cifar-c", folder))  # a digits model
+    assert "CIFAR-10-C" in line and "digits" in line
+    sets = {s: (np.zeros((10, 32, 32, 3), np.uint8), np.arange(10)) for s in range(1, 6)}
+    check_cifar_c_matches("cifar10", 10, (32, 32, 3), folder, sets)  # the files a cifar10 run fits
+    with pytest.raises(DataError, match="CIFAR-10-C"):
+        check_cifar_c_matches("cifar100", 100, (32, 32, 3), folder, sets)
+
+
+def test_evaluations_on_two_folders_are_both_kept(tmp_path, folder_run):
+    classes = ["airplane", "automobile", "bird", "cat"]
+    a = _class_folders(tmp_path / "a", classes, seed=1)
+    b = _class_folders(tmp_path / "b", classes, seed=2)
+    for root in (a, b):
+        res = _cli("evaluate", folder_run, "--set", f"data.root={root}")
+        assert res.returncode == 0, res.stderr
+    files = sorted(folder_run.glob("evaluation-*.json"))
+    assert len(files) == 2
+    roots = sorted(json.loads(f.read_text())["data"]["root"] for f in files)
+    assert roots == sorted([str(a.resolve()), str(b.resolve())])
+    for f in files:
+        data = json.loads(f.read_text())["data"]
+        assert data["dataset"] == "folder" and data["corruption"] == "gaussian_noise" and "table" in data
+        assert "severities" in data

@@ -426,15 +426,23 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         from sharpdro.data.sources import load_cifar_c
         from sharpdro.data.types import LabeledArrays
 
-        sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in
-                load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"]).items()}
+        from sharpdro.data.match import check_cifar_c_matches
+
+        raw = load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"])
+        check_cifar_c_matches(run_cfg["data"]["dataset"], session.num_classes, session.image_shape, cifar_c, raw)
+        sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in raw.items()}
         result.update(dataset=f"cifar-c:{cifar_c}", corruption=cfg["data"]["corruption"])
     else:
+        from sharpdro.data.match import check_classes_match
         from sharpdro.data.splits import build_splits
 
         splits = build_splits(cfg, progress=progress)
+        d = cfg["data"]
+        check_classes_match(getattr(session, "classes", None), session.num_classes, splits.classes,
+                            f"the data ({d['dataset']}{' at ' + str(d['root']) if d['root'] else ''})")
         sets = splits.test
         result.update(dataset=cfg["data"]["dataset"], corruption=cfg["data"]["corruption"])
+    result["data"] = evaluation_data(cfg, cifar_c, severities)
     if severities is not None:
         bad = [s for s in severities if s not in sets]
         if bad:
@@ -442,6 +450,29 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         sets = {s: sets[s] for s in severities}
     result["test"] = evaluate_sets(session, sets, bs)
     return result
+
+
+def evaluation_data(cfg: dict, cifar_c=None, severities=None) -> dict:
+    """Everything that defines an evaluation's data (recorded in its file and hashed into its name)."""
+    d = cfg["data"]
+    if cifar_c is not None:
+        data = {"cifar_c": str(Path(cifar_c).expanduser().resolve()), "corruption": d["corruption"],
+                "max_severity": d["max_severity"]}
+    else:
+        runtime = {k.split(".", 1)[1] for k in config_mod.RUNTIME_KEYS if k.startswith("data.")}
+        data = {k: v for k, v in d.items() if k not in runtime}
+        if data.get("root"):
+            data["root"] = str(Path(data["root"]).expanduser().resolve())
+        data["seed"] = cfg["seed"]  # the test subset and the corruption noise follow it
+    data["severities"] = sorted(int(s) for s in severities) if severities is not None else None
+    return data
+
+
+def evaluation_tag(result: dict) -> str:
+    """The name of an evaluation's file: the data it ran on, readable, plus a hash of all of it."""
+    data = result.get("data") or {}
+    where = Path(str(data["cifar_c"])).name if data.get("cifar_c") else str(result.get("dataset"))
+    return f"{where}-{result.get('corruption')}-{config_mod.config_hash(data, 8)}"
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

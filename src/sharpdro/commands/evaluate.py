@@ -18,9 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
 
-    from sharpdro.engine import evaluate_run, format_severity_table
+    from sharpdro.engine import evaluate_run, evaluation_tag, format_severity_table
     from sharpdro.io import atomic_write_json
     from sharpdro.rundir import run_of_checkpoint
 
@@ -31,7 +30,7 @@ def run(args) -> int:
                                 title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
     out = args.json_out
     if out is None:
-        out = run_of_checkpoint(res["checkpoint"]).evaluation(f"{Path(str(res['dataset'])).name}-{res['corruption']}")
+        out = run_of_checkpoint(res["checkpoint"]).evaluation(evaluation_tag(res))  # one file per data config
     atomic_write_json(out, res)
     print(f"-> {out}")
     return 0
