@@ -540,3 +540,84 @@ def test_evaluations_on_two_folders_are_both_kept(tmp_path, folder_run):
         data = json.loads(f.read_text())["data"]
         assert data["dataset"] == "folder" and data["corruption"] == "gaussian_noise" and "table" in data
         assert "severities" in data
+
+
+# ------------------------------------------------------------------ 14. the NaN guard says what is true
+@pytest.fixture
+def nan_after(monkeypatch):
+    """``nan_after(k)``: the training loss becomes NaN once ``k`` checkpoints have been written."""
+    import torch.nn.functional as F
+
+    import sharpdro.backends.torch.session as session_mod
+
+    real_ce, real_save = F.cross_entropy, session_mod.TorchSession.save_checkpoint
+    saved = []
+
+    def install(k):
+        def save(self, path, extra):
+            real_save(self, path, extra)
+            saved.append(extra["epoch"])
+
+        def ce(*a, **kw):
+            loss = real_ce(*a, **kw)
+            return loss * float("nan") if len(saved) >= k else loss
+
+        monkeypatch.setattr(session_mod.TorchSession, "save_checkpoint", save)
+        monkeypatch.setattr(F, "cross_entropy", ce)
+
+    return install
+
+
+def test_nan_in_the_first_epoch_does_not_mention_a_checkpoint(tmp_path, digits_splits, nan_after):
+    from sharpdro.engine import train
+    from sharpdro.errors import TrainingError
+
+    nan_after(0)
+    with pytest.raises(TrainingError) as err:
+        train(tiny("train.epochs=3"), out_dir=tmp_path / "run", splits=digits_splits)
+    msg = str(err.value)
+    assert "epoch 1 " in msg and "No checkpoint was written yet" in msg and "train.lr=0.005" in msg  # lr 0.05 / 10
+    assert "last.pt" not in msg and "--resume" not in msg
+
+
+def test_nan_later_advice_works_resume_with_a_lower_lr(tmp_path, digits_splits, nan_after, monkeypatch):
+    from sharpdro.engine import train
+    from sharpdro.errors import TrainingError
+    from sharpdro.rundir import RunDir
+
+    out = tmp_path / "run"
+    nan_after(1)
+    with pytest.raises(TrainingError) as err:
+        train(tiny("train.epochs=3"), out_dir=out, splits=digits_splits)
+    msg = str(err.value)
+    assert "epoch 2 " in msg and f"{out / 'checkpoints' / 'last.pt'} holds epoch 1" in msg
+    assert "--resume --allow-optimizer-changes --set train.lr=0.005" in msg
+    monkeypatch.undo()  # the cause of the NaN is gone
+
+    from sharpdro.schedule import lr_at
+
+    lower = tiny("train.epochs=3", "train.lr=0.005")
+    with pytest.raises(SharpDROError, match="--allow-optimizer-changes"):
+        train(lower, out_dir=out, resume=True, splits=digits_splits)
+    with pytest.raises(SharpDROError, match="model.width"):  # the model itself may never change
+        train(tiny("train.epochs=3", "train.lr=0.005", "model.width=16"), out_dir=out, resume=True,
+              splits=digits_splits, allow_changes=True)
+    summary = train(lower, out_dir=out, resume=True, splits=digits_splits, allow_changes=True)
+    records = RunDir(out).epoch_records()
+    assert [r["epoch"] for r in records] == [0, 1, 2] and records[1]["lr"] == pytest.approx(lr_at(1, lower))
+    assert summary["config_changes"][0]["changes"] == {"train.lr": [0.05, 0.005]}
+    assert summary["config_changes"][0]["from_epoch"] == 1
+    assert "train.lr 0.05 -> 0.005" in (out / "train.log").read_text()
+
+
+# ------------------------------------------------------------------ surprises: progress, epoch numbering
+def test_progress_false_hides_bars_not_epoch_lines_and_epochs_count_from_one(tmp_path):
+    out = tmp_path / "run"
+    sets = [f"--set={o}" for o in TINY] + ["--set=train.epochs=2"]  # TINY has train.progress=false
+    res = _cli("train", "-c", "quickstart", "--out", out, *sets)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 1/2 " in res.stdout and "epoch 2/2 " in res.stdout and "%|" not in res.stderr
+    res = _cli("train", "-c", "quickstart", "--out", out, "--resume", *sets)
+    assert f"resumed {out} after epoch 2" in res.stdout  # two epochs done: the same count as the lines above
+    log = (out / "train.log").read_text()
+    assert "epoch 2/2 " in log and "after epoch 2" in log

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpdro import config as config_mod
-from sharpdro.errors import SharpDROError
+from sharpdro.errors import NonFiniteLossError, SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.metrics import select_epoch, summarize
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
@@ -194,10 +194,13 @@ class _BatchFactory:
         return self._ordered.iterate(0)
 
 
-def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
+def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_changes: bool = False) -> dict:
     """Train one run from a resolved config; returns the summary (also written to the run's summary file).
 
-    Under torchrun every rank calls this; rank 0 alone writes the run directory.
+    ``allow_changes``: on ``resume``, accept a config whose optimisation keys (``RESUME_CHANGEABLE``:
+    the learning rate, its schedule, SAM's rho) differ from the run's; the change is recorded in the
+    run (``config-changes.jsonl``, ``train.log``, ``summary.json``). Under torchrun every rank calls
+    this; rank 0 alone writes the run directory.
     """
     cfg = config_mod.validate(cfg)
     from sharpdro.backends.base import get_backend
@@ -210,7 +213,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     last_ckpt, metrics_path = run.last, run.metrics
     handler = None
     try:
-        refusal = None
+        refusal, changes = None, {}
         if main:  # rank 0 decides; every rank raises the same refusal
             try:
                 _refuse_foreign_folder(run)
@@ -218,7 +221,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
                 if resume and run.config.exists():
-                    _check_same_config(run.config, cfg)
+                    changes = _check_same_config(run.config, cfg, allow_changes)
             except SharpDROError as exc:
                 refusal = str(exc)
         refusal = procs.broadcast(refusal)
@@ -254,21 +257,26 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                            if r["epoch"] < start_epoch]
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
             records = procs.broadcast(records)
-            _echo(f"resumed {run_dir} after epoch {start_epoch - 1}", show)
+            _echo(f"resumed {run_dir} after epoch {start_epoch}", main)
+            if main and changes:
+                _record_changes(run, changes, start_epoch)
         elif main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint starts over
 
         world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
               f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
-              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", show)
+              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", main)
         epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
         from sharpdro.schedule import lr_at
 
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
             lr = lr_at(epoch, cfg)
-            stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
+            try:
+                stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"{exc}. {_nonfinite_advice(run, epoch, cfg['train']['lr'])}") from None
             record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
             for key in ("q", "agnostic_selected_severity", "agnostic_batch_severity"):
                 if key in stats:
@@ -288,9 +296,11 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                     selected = select_epoch(records, rule)
                     if selected["epoch"] == epoch and cfg["output"]["save_best"]:
                         _copy_atomic(last_ckpt, run.best)
-            _echo(_epoch_line(record, epochs), show)
+            _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
         summary = build_summary(cfg, records, rule)
+        if main and run.changes.exists():
+            summary["config_changes"] = read_jsonl(run.changes)
         summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
         if procs.world_size > 1:
             summary["processes"] = procs.world_size
@@ -352,18 +362,46 @@ def _wall_seconds(previous: dict | None, records: list[dict], start_epoch: int, 
     return before + time.time() - t_start
 
 
-def _check_same_config(path: Path, cfg: dict) -> None:
-    import yaml
+# Keys --resume may change with allow_changes (--allow-optimizer-changes): read afresh every epoch or step,
+# never from the checkpoint, so the run continues exactly with the new values.
+RESUME_CHANGEABLE = ("train.lr", "train.schedule", "train.milestones", "train.gamma", "algorithm.rho")
 
-    with open(path, encoding="utf-8") as f:
-        old = config_mod.validate(yaml.safe_load(f) or {})  # fills keys added since the run started
+
+def _check_same_config(path: Path, cfg: dict, allow_changes: bool = False) -> dict:
+    """{key: [old, new]} of the allowed optimisation changes; any other difference is refused."""
+    old = config_mod.validate(config_mod.read_yaml(path) or {})  # fills keys added since the run started
     ignore = set(config_mod.RUNTIME_KEYS)
     diffs = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
              if f"{s}.{k}" not in ignore and old[s][k] != cfg[s][k]]
     diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old[k] != cfg[k]]
-    if diffs:
+    fixed = [k for k in diffs if k not in RESUME_CHANGEABLE]
+    if fixed or (diffs and not allow_changes):
+        hint = ""
+        if diffs and not fixed:
+            hint = " or add --allow-optimizer-changes to continue with the new values (recorded in the run)"
         raise SharpDROError(f"--resume with a config that differs from the run's {path.name} in: "
-                            f"{', '.join(diffs)}; resume with the same config or start a new run")
+                            f"{', '.join(diffs)}; resume with the same config{hint}, or start a new run"
+                            + (f" (--resume may change only {', '.join(RESUME_CHANGEABLE)})" if fixed else ""))
+    return {k: [config_mod.get(old, k), config_mod.get(cfg, k)] for k in diffs}
+
+
+def _record_changes(run: RunDir, changes: dict, start_epoch: int) -> None:
+    record = {"from_epoch": start_epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes}
+    append_jsonl(run.changes, record)
+    _echo("resumed with changed " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+          + f" from epoch {start_epoch + 1} on (recorded in {run.changes.name})")
+
+
+def _nonfinite_advice(run: RunDir, epoch: int, lr: float) -> str:
+    """What is true after a NaN in ``epoch`` (0-based) and what to do that works."""
+    lower = f"{lr / 10:g}"
+    if epoch == 0 or not run.last.exists():
+        return (f"No checkpoint was written yet (the loss diverged in the first epoch): run the same command "
+                f"again with a lower learning rate, e.g. --set train.lr={lower} (or a lower algorithm.rho, or "
+                f"train.precision=fp32)")
+    return (f"{run.last} holds epoch {epoch}, the last good one. Continue from it with a lower learning rate: "
+            f"add --resume --allow-optimizer-changes --set train.lr={lower} (or lower algorithm.rho) to the same "
+            f"command; or start a new run")
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

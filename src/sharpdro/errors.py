@@ -15,3 +15,7 @@ class CacheError(SharpDROError):
 
 class TrainingError(SharpDROError):
     """Training cannot go on (non-finite loss, config that cannot work)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite; the engine adds what the run directory holds and what to do."""

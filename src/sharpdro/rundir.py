@@ -9,6 +9,7 @@ A run directory holds::
     checkpoints/last.pt, checkpoints/best.pt
     evaluation-*.json  results of ``sharpdro evaluate``
     .sharpdro-run      marks the folder as a run directory of this project (written first)
+    config-changes.jsonl  optimisation keys changed on --resume --allow-optimizer-changes (when any)
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
 ``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
@@ -37,6 +38,7 @@ LOCK = ".lock"
 SLURM_MARKER = "slurm.json"
 EVALUATION_PREFIX = "evaluation-"
 MARKER = ".sharpdro-run"
+CHANGES = "config-changes.jsonl"
 
 # Files written by the sweep around a run, not by the trainer.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
@@ -73,6 +75,7 @@ class RunDir:
     lock = property(lambda self: self.path / LOCK)
     slurm_marker = property(lambda self: self.path / SLURM_MARKER)
     marker = property(lambda self: self.path / MARKER)
+    changes = property(lambda self: self.path / CHANGES)
 
     def evaluation(self, tag: str) -> Path:
         return self.path / f"{EVALUATION_PREFIX}{tag}.json"

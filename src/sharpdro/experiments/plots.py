@@ -138,7 +138,7 @@ def _series(runs, getter) -> tuple[list[int], list[float], list[float | None]]:
             except (KeyError, TypeError, IndexError, ValueError):
                 v = None
             if v is not None:
-                by_epoch.setdefault(int(rec["epoch"]), []).append(float(v))
+                by_epoch.setdefault(int(rec["epoch"]) + 1, []).append(float(v))  # epochs count from 1 on screen
     epochs = sorted(by_epoch)
     stats = [mean_std(by_epoch[e]) for e in epochs]
     return epochs, [m for m, _ in stats], [s for _, s in stats]
@@ -155,7 +155,7 @@ def _band(ax, x, mean, std, color, **kw):
 def _epoch_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.set_xlabel("epoch (0-based, as in metrics.jsonl)")
+    ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 

@@ -36,7 +36,7 @@ from mindspore import nn, ops
 
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
-from sharpdro.errors import TrainingError
+from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import train_epoch_stats
 
 from . import convert
@@ -205,7 +205,7 @@ class MindSporeSession:
         sel_sev_sum = sel_count = 0.0
         last: dict = {}
         steps = 0
-        for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
+        for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
             x, y, s = self.to_device(images, labels, sev)
             last = algo.update(x, y, s if algo.uses_groups else None, np.asarray(idx, dtype=np.int64))
             sev = np.asarray(sev, dtype=np.int64)
@@ -226,10 +226,9 @@ class MindSporeSession:
                                  selected_severity_sum=sel_sev_sum, selected_count=sel_count)
 
     def _raise_nonfinite(self, epoch: int, steps: int):
-        raise TrainingError(
-            f"non-finite training loss (NaN or inf) in epoch {epoch} at step {steps}; the run is stopped and "
-            f"checkpoints/last.pt still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
-            f"algorithm.rho, then resume with --resume or start a new run.")
+        raise NonFiniteLossError(
+            f"non-finite training loss (NaN or inf) in epoch {epoch + 1} at step {steps} (train.lr {self._lr:g}); "
+            f"the run is stopped")
 
     # --------------------------------------------------------------- evaluation
     def predict_logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
-from sharpdro.errors import TrainingError
+from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import train_epoch_stats
 
 from .algorithms import build_algorithm
@@ -296,7 +296,7 @@ class TorchSession:
         sel_count = torch.zeros((), device=dev, dtype=torch.float64)
         last = {}
         steps = 0
-        for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
+        for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
             x, y, s, i = self.to_device(images, labels, sev, idx)
             try:
                 last = algo.update(x, y, s if algo.uses_groups else None, i)
@@ -340,11 +340,9 @@ class TorchSession:
         return not bool(bad)
 
     def _raise_nonfinite(self, epoch: int, steps: int):
-        raise TrainingError(
-            f"non-finite training loss (NaN or inf) in epoch {epoch} within its first {steps} steps; the run is "
-            f"stopped and checkpoints/last.pt still holds the last good epoch. Lower train.lr (now "
-            f"{self.optimizer.param_groups[0]['lr']:g}) or algorithm.rho, or use train.precision=fp32, then "
-            f"resume with --resume or start a new run.")
+        raise NonFiniteLossError(
+            f"non-finite training loss (NaN or inf) in epoch {epoch + 1} within its first {steps} steps (train.lr "
+            f"{self.optimizer.param_groups[0]['lr']:g}); the run is stopped")
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
