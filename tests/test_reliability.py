@@ -621,3 +621,48 @@ def test_progress_false_hides_bars_not_epoch_lines_and_epochs_count_from_one(tmp
     assert f"resumed {out} after epoch 2" in res.stdout  # two epochs done: the same count as the lines above
     log = (out / "train.log").read_text()
     assert "epoch 2/2 " in log and "after epoch 2" in log
+
+
+# ------------------------------------------------------------------ surprises: quickstart, validation size
+def test_quickstart_with_other_settings_is_a_new_run(tmp_path):
+    out = tmp_path / "qs"
+    sets = [f"--set={o}" for o in TINY if not o.startswith("data.train_per_class")]
+    first = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets)
+    assert first.returncode == 0, first.stderr
+    second = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.epochs=2")
+    assert second.returncode == 0, second.stderr
+    assert len(list(out.iterdir())) == 2  # two runs, two folders
+    again = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.threads=2")
+    assert again.returncode == 0 and len(list(out.iterdir())) == 2  # runtime keys do not make a new run
+
+
+@pytest.mark.parametrize("name", ["quickstart", "cifar10", "cifar100", "imagenet30"])
+def test_every_severity_of_the_shipped_configs_has_training_images(name):
+    import warnings
+
+    from sharpdro.data.splits import per_class_floor_counts
+
+    cfg = load_config(name)
+    d = cfg["data"]
+    counts = per_class_floor_counts(d["train_per_class"], float(d["poisson_lambda"]), d["max_severity"])
+    assert counts.min() >= 1, counts
+    if name == "quickstart":  # the embedded data: build the real split, with no warning at all
+        from sharpdro.data.splits import load_source, plan_from_config
+
+        train, test = load_source(cfg, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plan = plan_from_config(cfg, train.labels, test.labels, len(train.classes))
+        assert np.bincount(plan.train_severity, minlength=6).min() >= 10
+
+
+def test_default_validation_is_a_small_fraction_of_an_epoch(tmp_path):
+    res = _cli("info", "-c", "quickstart")
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("validation:"))
+    assert "of an epoch's training time" in line
+    from sharpdro.data.splits import val_per_class
+
+    assert val_per_class({"train_per_class": 100, "val_per_class": None}) == 10
+    assert val_per_class({"train_per_class": 4000, "val_per_class": None}) == 200  # CIFAR-10: 12,000 evaluations
+    assert val_per_class({"train_per_class": 4000, "val_per_class": 7}) == 7

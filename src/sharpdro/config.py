@@ -84,7 +84,8 @@ SCHEMA: dict[str, Any] = {
         "poisson_lambda": Field(1.0, NUM, "lambda of the Poisson severity proportions", min=1e-6),
         "train_per_class": Field(4000, int, "training images per class (rest of the train split -> validation pool)",
                                  min=1),
-        "val_per_class": Field(None, int, "validation images per class per severity (null: all held out)",
+        "val_per_class": Field(None, int, "validation images per class per severity (null: train_per_class/20, "
+                               "at least 10: about a tenth of an epoch; a number above the pool takes it all)",
                                min=1, nullable=True),
         "test_per_class": Field(None, int, "test images per class (null: the whole test split)",
                                 min=1, nullable=True),

@@ -47,7 +47,19 @@ def run(args) -> int:
         print(f"{len(plan.dropped_index)} picked images dropped by per_class_floor (n - sum of floors per class)")
     for split, index in (("val", plan.val_index), ("test", plan.test_index)):
         print(f"{split}: {len(index)} images at each of {S + 1} severities ({len(index) * (S + 1)} in all)")
+    print(validation_cost_line(cfg, len(plan.val_index), len(plan.train_index)))
     key = cache_key_fields(cfg, train, test, table)
     path = cache_mod.entry_path(cache_mod.cache_root(d), key, prefix=f"{d['dataset']}-{d['corruption']}-")
     print(f"cache: {path} ({'present' if path.exists() else 'not built yet: run sharpdro prepare'})")
     return 0
+
+
+def validation_cost_line(cfg: dict, n_val: int, n_train: int) -> str:
+    """How long validation takes relative to training, from image counts: evaluating an image is one forward
+    pass, about a third of a training step (forward + backward), which the SAM family runs twice."""
+    S, every = cfg["data"]["max_severity"], cfg["eval"]["every"]
+    passes = 2 if cfg["algorithm"]["name"] in ("sam", "sharpdro", "sharpdro_agnostic") else 1
+    evals = n_val * (S + 1)
+    ratio = evals / max(1, 3 * passes * n_train)
+    return (f"validation: {evals} image evaluations every {every} epoch(s), about {100 * ratio:.0f}% of an epoch's "
+            f"training time ({cfg['algorithm']['name']}); set data.val_per_class to change it")

@@ -172,12 +172,19 @@ def make_plan(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: in
     return plan
 
 
+def val_per_class(data_cfg: dict) -> int:
+    """``data.val_per_class``, or its default: a twentieth of ``train_per_class`` (at least 10), so that
+    evaluating validation at every severity costs about a tenth of an epoch's training."""
+    v = data_cfg.get("val_per_class")
+    return int(v) if v is not None else max(10, math.ceil(int(data_cfg["train_per_class"]) / 20))
+
+
 def plan_from_config(cfg: dict, train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int,
                      warn: bool = True) -> SplitPlan:
     d = cfg["data"]
     plan = make_plan(train_labels, test_labels, num_classes, protocol=d["protocol"],
                      poisson_lambda=float(d["poisson_lambda"]), max_severity=d["max_severity"],
-                     train_per_class=d["train_per_class"], val_per_class=d["val_per_class"],
+                     train_per_class=d["train_per_class"], val_per_class=val_per_class(d),
                      test_per_class=d["test_per_class"], seed=cfg["seed"], warn=warn)
     return plan
 
@@ -218,7 +225,7 @@ def cache_key_fields(cfg: dict, train: ImageSet, test: ImageSet, table: str) -> 
         "protocol": d["protocol"],
         "poisson_lambda": float(d["poisson_lambda"]),
         "train_per_class": d["train_per_class"],
-        "val_per_class": d["val_per_class"],
+        "val_per_class": val_per_class(d),  # the value in effect (null means a default that has changed)
         "test_per_class": d["test_per_class"],
         "seed": cfg["seed"],
     }
