@@ -666,3 +666,47 @@ def test_default_validation_is_a_small_fraction_of_an_epoch(tmp_path):
     assert val_per_class({"train_per_class": 100, "val_per_class": None}) == 10
     assert val_per_class({"train_per_class": 4000, "val_per_class": None}) == 200  # CIFAR-10: 12,000 evaluations
     assert val_per_class({"train_per_class": 4000, "val_per_class": 7}) == 7
+
+
+# ------------------------------------------------------------------ surprises: plots of runs that differ in many keys
+def test_plot_of_runs_differing_in_many_keys(tmp_path, erm_run):
+    import shutil
+
+    import yaml
+
+    from sharpdro.experiments.plots import LEGEND_FILE, plot_dir
+
+    sweep = tmp_path / "sweep"
+    keys = {"train.lr": [0.0123456, 0.0234567], "train.momentum": [0.81234, 0.91234],
+            "train.weight_decay": [0.000123, 0.000456], "train.gamma": [0.1234, 0.2345],
+            "algorithm.rho": [0.051234, 0.061234], "algorithm.eta": [0.011234, 0.021234],
+            "algorithm.fraction": [0.21234, 0.31234], "algorithm.temperature": [1.1234, 2.1234],
+            "model.dropout": [0.11234, 0.21234], "data.poisson_lambda": [1.01234, 1.51234]}
+    for i in range(2):
+        run = sweep / f"job{i}"
+        shutil.copytree(erm_run, run)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        for k, vals in keys.items():
+            s, key = k.split(".")
+            cfg[s][key] = vals[i]
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    paths = plot_dir(sweep, formats=("png",))
+    assert paths and all(len(p.name) <= 90 for p in paths)
+    legend = (sweep / "plots" / LEGEND_FILE).read_text()
+    assert "lr=0.0123456" in legend and "lr=0.0234567" in legend
+    res = _cli("plot", sweep)
+    assert res.returncode == 0, res.stderr
+
+    from sharpdro.experiments import plots
+    from sharpdro.experiments.report import collect
+
+    table = collect(sweep, "worst")
+    titles = [plots._block_title(table, row) for row in table.rows]
+    assert titles and all(len(title) <= 80 and "settings" in title for title in titles)
+    plt = plots._plt()
+    fig, ax = plt.subplots()
+    ax.plot([0, 5], [71.2, 71.8])  # a 0.6-point spread
+    plots._readable_accuracy_axis(ax)
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 10 and lo <= 71.2 and hi >= 71.8
+    plt.close(fig)
