@@ -674,14 +674,17 @@ def test_plot_of_runs_differing_in_many_keys(tmp_path, erm_run):
 
     import yaml
 
-    from sharpdro.experiments.plots import LEGEND_FILE, plot_dir
+    from sharpdro.experiments.plots import plot_dir
 
     sweep = tmp_path / "sweep"
     keys = {"train.lr": [0.0123456, 0.0234567], "train.momentum": [0.81234, 0.91234],
             "train.weight_decay": [0.000123, 0.000456], "train.gamma": [0.1234, 0.2345],
             "algorithm.rho": [0.051234, 0.061234], "algorithm.eta": [0.011234, 0.021234],
             "algorithm.fraction": [0.21234, 0.31234], "algorithm.temperature": [1.1234, 2.1234],
-            "model.dropout": [0.11234, 0.21234], "data.poisson_lambda": [1.01234, 1.51234]}
+            "model.dropout": [0.11234, 0.21234], "data.poisson_lambda": [1.01234, 1.51234],
+            "algorithm.eiil_lr": [0.0012345, 0.0023456], "algorithm.jtt_lambda_up": [6.12345, 7.12345],
+            "algorithm.gen_adjustment": [0.12345, 0.23456], "algorithm.eiil_steps": [2001, 2002],
+            "train.batch_size": [41, 42], "model.width": [9, 10], "eval.every": [1, 2]}
     for i in range(2):
         run = sweep / f"job{i}"
         shutil.copytree(erm_run, run)
@@ -690,9 +693,9 @@ def test_plot_of_runs_differing_in_many_keys(tmp_path, erm_run):
             s, key = k.split(".")
             cfg[s][key] = vals[i]
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    paths = plot_dir(sweep, formats=("png",))
+    paths = plot_dir(sweep, formats=("png",))  # crashed with "OSError: File name too long"
     assert paths and all(len(p.name) <= 90 for p in paths)
-    legend = (sweep / "plots" / LEGEND_FILE).read_text()
+    legend = (sweep / "plots" / "legend.tsv").read_text()
     assert "lr=0.0123456" in legend and "lr=0.0234567" in legend
     res = _cli("plot", sweep)
     assert res.returncode == 0, res.stderr
