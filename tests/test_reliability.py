@@ -713,3 +713,57 @@ def test_plot_of_runs_differing_in_many_keys(tmp_path, erm_run):
     lo, hi = ax.get_ylim()
     assert hi - lo >= 10 and lo <= 71.2 and hi >= 71.8
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ faults of a shared GPU server (docs/reliability.md)
+def test_shared_cache_folder_that_is_not_writable(tmp_path):
+    if os.geteuid() == 0:
+        cache = Path("/sys/sharpdro-test-cache")  # root writes through permission bits: a real read-only place
+    else:
+        ro = tmp_path / "shared"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cache = ro / "cache"
+    res = _cli("prepare", "-c", "quickstart", "--set", "train.progress=false", env={"SHARPDRO_CACHE": str(cache)})
+    line = _one_error_line(res)
+    assert str(cache) in line and "SHARPDRO_CACHE" in line
+
+
+def test_cuda_requested_where_there_is_none(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = _one_error_line(_cli("train", "-c", "quickstart", "--out", tmp_path / "run",
+                                *[f"--set={o}" for o in TINY], "--set=train.device=cuda:1"))
+    assert "CUDA is not available" in line and "train.device=cpu" in line
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  lr: 0.1  # caf\u00e9\n".encode("latin-1"))
+    line = _one_error_line(_cli("info", "-c", path))
+    assert str(path) in line and "not UTF-8" in line
+
+
+def test_full_disk_while_appending_metrics_then_resume(tmp_path, capsys, full_disk, digits_splits, monkeypatch):
+    from sharpdro.engine import train
+    from sharpdro.io import read_jsonl
+
+    out = tmp_path / "run"
+    appends = []
+
+    def second_metrics_line(p: Path) -> bool:
+        if p.name == "metrics.jsonl":
+            appends.append(p)
+        return p.name == "metrics.jsonl" and len(appends) >= 2
+
+    full_disk(second_metrics_line)
+    code, err = _main(capsys, "train", "-c", "quickstart", "--out", out, *[f"--set={o}" for o in TINY],
+                      "--set=train.epochs=2")
+    assert code == 2 and "no space left" in err and str(out / "metrics.jsonl") in err and "Traceback" not in err
+    monkeypatch.undo()  # space freed
+    resumed = train(tiny("train.epochs=2"), out_dir=out, resume=True, splits=digits_splits)
+    full = train(tiny("train.epochs=2"), out_dir=tmp_path / "full", splits=digits_splits)
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]

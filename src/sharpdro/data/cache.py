@@ -207,6 +207,12 @@ def _raise_if_disk_full(exc: OSError, path: Path, need: int) -> None:
                                                f"to a disk with room)") from None
 
 
+def _raise_unwritable(exc: OSError, root: Path) -> None:
+    raise CacheError(f"cannot write the cache folder {root} ({exc.strerror or exc}); set data.cache_dir or "
+                     f"$SHARPDRO_CACHE to a folder you can write (a cache shared with labmates needs group write "
+                     f"permission: chmod g+ws)") from None
+
+
 def remove_entry(path: Path) -> None:
     """Move an entry out of the way atomically, then delete it (readers never see half a folder)."""
     if not path.exists():
@@ -229,7 +235,11 @@ def get_or_build(root: str | os.PathLike, key: Mapping, build: Callable[[], Mapp
         remove_entry(path)
     elif path.exists():
         return load_entry(path, key)  # raises CacheError when the entry is damaged
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _raise_if_disk_full(exc, path, 0)
+        _raise_unwritable(exc, root)
     clean_stale_tmp(root)
     arrays = dict(build())
     need = sum(np.asarray(a).nbytes for a in arrays.values())
@@ -237,7 +247,7 @@ def get_or_build(root: str | os.PathLike, key: Mapping, build: Callable[[], Mapp
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=root))
     except OSError as exc:
         _raise_if_disk_full(exc, path, need)
-        raise
+        _raise_unwritable(exc, root)
     try:
         make_ordinary(tmp, directory=True)  # mkdtemp's 0700 would hide a shared cache from labmates
         try:
