@@ -215,7 +215,8 @@ def test_stale_temp_folders_are_cleaned(tmp_path):
 def test_prepare_and_info_commands(capsys):
     from sharpdro.cli import main
 
-    args = ["-c", "quickstart", "--set", "train.progress=false", "--set", "data.train_per_class=60"]
+    args = ["-c", "quickstart", "--set", "train.progress=false", "--set", "data.train_per_class=60",
+            "--set", "data.poisson_lambda=1.0"]  # the counts below are those of lambda 1
     assert main(["prepare", *args]) == 0
     out = capsys.readouterr().out
     assert "cache entry (built)" in out and "train per severity: 0:220  1:220  2:110  3:30  4:0  5:0" in out

@@ -46,7 +46,8 @@ SCHEMA: dict[str, Any] = {
         "poisson_lambda": Field(1.0, NUM, "lambda of the Poisson severity proportions", min=1e-6),
         "train_per_class": Field(4000, int, "training images per class (rest of the train split -> validation pool)",
                                  min=1),
-        "val_per_class": Field(None, int, "validation images per class per severity (null: all held out)",
+        "val_per_class": Field(None, int, "validation images per class per severity (null: train_per_class/20, "
+                               "at least 10: about a tenth of an epoch; a number above the pool takes it all)",
                                min=1, nullable=True),
         "test_per_class": Field(None, int, "test images per class (null: the whole test split)",
                                 min=1, nullable=True),
@@ -175,8 +176,10 @@ def _check_value(path: str, field: Field, value):
     elif t is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str), v) for i, v in enumerate(value)]
+        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, finite=field.finite), v)
+                 for i, v in enumerate(value)]
         return value
+    _check_finite(path, field, value)
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
     if field.min is not None and value < field.min:
@@ -224,6 +227,14 @@ def coerce_value(dotted: str, value: Any) -> Any:
     if isinstance(value, str) and (f.type is int or f.type is float or f.type == NUM):
         return _number_from_text(value, f.type)
     return value
+
+
+def _check_finite(path: str, field: Field, value) -> None:
+    """NaN and infinity pass every range check (``nan < 0`` is False): refuse them unless the schema allows."""
+    import math
+
+    if field.finite and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{path}' = {value!r} is not a finite number; allowed: {field.describe()}")
 
 
 def validate(cfg: Mapping) -> dict:
@@ -316,6 +327,8 @@ def shipped_file(name: str | os.PathLike, folder: str = "") -> Path | None:
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the bare name of a shipped config (``quickstart``)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config path {str(path)!r} is a folder; give a YAML file (e.g. {p / 'config.yaml'})")
     if p.exists():
         return p
     shipped = shipped_file(p)
@@ -331,13 +344,42 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     cfg: dict = {}
     if path is not None:
         p = resolve_config_path(path)
-        with open(p, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
         cfg = loaded
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg)
+
+
+def read_yaml(path: str | os.PathLike):
+    """A YAML file's content (safe loader: never runs code); a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error_message(path, text, exc)) from None
+
+
+def _yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML ({problem})"
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    hint = ""
+    if "\t" in line[:max(mark.column, 0) + 1] or "\t" in problem or "tab" in problem:
+        hint = "; YAML indents with spaces, not tabs: replace the tab by spaces"
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{hint}"
+            + (f" (line {mark.line + 1}: {line.strip()!r})" if line.strip() else ""))
 
 
 def config_hash(cfg: Mapping, length: int = 10) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from sharpdro import config as config_mod
 from sharpdro import methods
-from sharpdro.errors import SharpDROError
+from sharpdro.errors import NonFiniteLossError, SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.metrics import select_epoch, severity_results
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
@@ -191,10 +191,13 @@ class _BatchFactory:
         return self._ordered.iterate(0)
 
 
-def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
+def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_changes: bool = False) -> dict:
     """Train one run from a resolved config; returns the summary (also written to the run's summary file).
 
-    Under torchrun every rank calls this; rank 0 alone writes the run directory.
+    ``allow_changes``: on ``resume``, accept a config whose optimisation keys (``RESUME_CHANGEABLE``:
+    the learning rate, its schedule, SAM's rho) differ from the run's; the change is recorded in the
+    run (``config-changes.jsonl``, ``train.log``, ``summary.json``). Under torchrun every rank calls
+    this; rank 0 alone writes the run directory.
     """
     cfg = config_mod.validate(cfg)
     from sharpdro.backends.base import get_backend
@@ -207,24 +210,23 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = None
     try:
-        refusal = None
+        refusal, changes = None, {}
         if main:  # rank 0 decides; every rank raises the same refusal
             try:
+                _refuse_foreign_folder(run)
                 if run_dir.exists() and not resume and run.holds_run():
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
                 if resume and run.config.exists():
-                    _check_same_config(run.config, cfg)
+                    changes = _check_same_config(run.config, cfg, allow_changes)
             except SharpDROError as exc:
                 refusal = str(exc)
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            run.checkpoints.mkdir(exist_ok=True)
-            config_mod.dump_config(cfg, run.config)
-            handler = _setup_log_file(run)
+            previous = _previous_summary(run) if resume else None
+            handler = _start_run_dir(run, cfg)
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -256,21 +258,26 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                            if r["epoch"] < start_epoch]
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
             records = procs.broadcast(records)
-            _echo(f"resumed {run_dir} after epoch {start_epoch - 1}", show)
+            _echo(f"resumed {run_dir} after epoch {start_epoch}", main)
+            if main and changes:
+                _record_changes(run, changes, start_epoch)
         elif main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint starts over
 
         world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
               f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
-              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", show)
+              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", main)
         epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
         from sharpdro.schedule import lr_at
 
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
             lr = lr_at(epoch, cfg)
-            stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
+            try:
+                stats = session.train_epoch(epoch, epoch_batches(epoch), lr, len(batches))
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"{exc}. {_nonfinite_advice(run, epoch, cfg['train']['lr'])}") from None
             record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
             for key in methods.get(cfg["algorithm"]["name"]).record_keys:
                 if key in stats:
@@ -290,11 +297,12 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
                     selected = select_epoch(records, rule)
                     if selected["epoch"] == epoch and cfg["output"]["save_best"]:
                         _copy_atomic(last_ckpt, run.checkpoint("best", cfg["backend"]))
-            _echo(_epoch_line(record, epochs), show)
+            _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
         summary = build_summary(cfg, records, rule)
-        summary["wall_seconds"] = time.time() - t_start
-        summary["run_dir"] = str(run_dir)
+        if main and run.changes.exists():
+            summary["config_changes"] = read_jsonl(run.changes)
+        summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
         if procs.world_size > 1:
             summary["processes"] = procs.world_size
         if main:
@@ -308,24 +316,101 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
         procs.close()
 
 
-def _check_same_config(path: Path, cfg: dict) -> None:
-    import yaml
+def _refuse_foreign_folder(run: RunDir) -> None:
+    """A non-empty folder that is not a run directory of this project is the user's: never write into it."""
+    foreign = run.foreign_files()
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SharpDROError(f"{run.path} is not empty ({shown}) and is not a sharpdro run directory; nothing was "
+                            f"written. Choose a new or empty folder with --out (or output.dir / output.name)")
 
-    with open(path, encoding="utf-8") as f:
-        old = config_mod.validate(yaml.safe_load(f) or {})  # fills keys added since the run started
+
+def _start_run_dir(run: RunDir, cfg: dict) -> logging.Handler:
+    """Create the run directory, its marker and config.yaml; a folder that cannot be written is one clear error."""
+    import errno
+
+    from sharpdro.io import DiskFullError, disk_full_error
+
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_marker(config_mod.config_hash(cfg))
+        run.checkpoints.mkdir(exist_ok=True)
+        config_mod.dump_config(cfg, run.config)
+        return _setup_log_file(run)
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full_error(run.path) from None
+        where = exc.filename or run.path
+        raise SharpDROError(f"cannot write the run directory {run.path} ({exc.strerror or exc}: {where}); choose a "
+                            f"folder you can write with --out (or output.dir)") from None
+
+
+def _previous_summary(run: RunDir) -> dict | None:
+    try:
+        return run.read_summary() if run.summary_finished() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _wall_seconds(previous: dict | None, records: list[dict], start_epoch: int, epochs: int, t_start: float) -> float:
+    """The run's total wall time: a finished run that is resumed keeps its own; an interrupted one adds this
+    session to the epochs it had already run (their ``seconds``)."""
+    if previous is not None and start_epoch >= epochs and "wall_seconds" in previous:
+        return float(previous["wall_seconds"])
+    before = sum(float(r.get("seconds", 0.0)) for r in records[:start_epoch])
+    return before + time.time() - t_start
+
+
+# Keys --resume may change with allow_changes (--allow-optimizer-changes): read afresh every epoch or step,
+# never from the checkpoint, so the run continues exactly with the new values.
+RESUME_CHANGEABLE = ("train.lr", "train.schedule", "train.milestones", "train.gamma", "algorithm.rho")
+
+
+def _check_same_config(path: Path, cfg: dict, allow_changes: bool = False) -> dict:
+    """{key: [old, new]} of the allowed optimisation changes; any other difference is refused."""
+    old = config_mod.validate(config_mod.read_yaml(path) or {})  # fills keys added since the run started
     ignore = set(config_mod.RUNTIME_KEYS)
     diffs = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
              if f"{s}.{k}" not in ignore and old[s][k] != cfg[s][k]]
     diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old[k] != cfg[k]]
-    if diffs:
+    fixed = [k for k in diffs if k not in RESUME_CHANGEABLE]
+    if fixed or (diffs and not allow_changes):
+        hint = ""
+        if diffs and not fixed:
+            hint = " or add --allow-optimizer-changes to continue with the new values (recorded in the run)"
         raise SharpDROError(f"--resume with a config that differs from the run's {path.name} in: "
-                            f"{', '.join(diffs)}; resume with the same config or start a new run")
+                            f"{', '.join(diffs)}; resume with the same config{hint}, or start a new run"
+                            + (f" (--resume may change only {', '.join(RESUME_CHANGEABLE)})" if fixed else ""))
+    return {k: [config_mod.get(old, k), config_mod.get(cfg, k)] for k in diffs}
+
+
+def _record_changes(run: RunDir, changes: dict, start_epoch: int) -> None:
+    record = {"from_epoch": start_epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes}
+    append_jsonl(run.changes, record)
+    _echo("resumed with changed " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+          + f" from epoch {start_epoch + 1} on (recorded in {run.changes.name})")
+
+
+def _nonfinite_advice(run: RunDir, epoch: int, lr: float) -> str:
+    """What is true after a NaN in ``epoch`` (0-based) and what to do that works."""
+    lower = f"{lr / 10:g}"
+    last = run.existing_checkpoint("last")
+    if epoch == 0 or last is None:
+        return (f"No checkpoint was written yet (the loss diverged in the first epoch): run the same command "
+                f"again with a lower learning rate, e.g. --set train.lr={lower} (or a lower algorithm.rho, or "
+                f"train.precision=fp32)")
+    return (f"{last} holds epoch {epoch}, the last good one. Continue from it with a lower learning rate: "
+            f"add --resume --allow-optimizer-changes --set train.lr={lower} (or lower algorithm.rho) to the same "
+            f"command; or start a new run")
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from sharpdro.io import atomic_path
+
+    with atomic_path(dst, need=src.stat().st_size) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
@@ -381,15 +466,23 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         from sharpdro.data.sources import load_cifar_c
         from sharpdro.data.types import LabeledArrays
 
-        sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in
-                load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"]).items()}
+        from sharpdro.data.match import check_cifar_c_matches
+
+        raw = load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"])
+        check_cifar_c_matches(run_cfg["data"]["dataset"], session.num_classes, session.image_shape, cifar_c, raw)
+        sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in raw.items()}
         result.update(dataset=f"cifar-c:{cifar_c}", corruption=cfg["data"]["corruption"])
     else:
+        from sharpdro.data.match import check_classes_match
         from sharpdro.data.splits import build_splits
 
         splits = build_splits(cfg, progress=progress)
+        d = cfg["data"]
+        check_classes_match(getattr(session, "classes", None), session.num_classes, splits.classes,
+                            f"the data ({d['dataset']}{' at ' + str(d['root']) if d['root'] else ''})")
         sets = splits.test
         result.update(dataset=cfg["data"]["dataset"], corruption=cfg["data"]["corruption"])
+    result["data"] = evaluation_data(cfg, cifar_c, severities)
     if severities is not None:
         bad = [s for s in severities if s not in sets]
         if bad:
@@ -401,14 +494,37 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
 
 def write_evaluation(result: dict, path=None) -> Path:
     """Write an :func:`evaluate_run` result to ``path``, by default to its run directory's evaluation file named
-    after the data (``evaluation-<dataset>-<corruption>.json``); returns the path."""
+    after the data and a hash of its whole config (:func:`evaluation_tag`: one file per data config); returns
+    the path."""
     from sharpdro.rundir import run_of_checkpoint
 
     if path is None:
-        tag = f"{Path(str(result['dataset'])).name}-{result['corruption']}"
-        path = run_of_checkpoint(result["checkpoint"]).evaluation(tag)
+        path = run_of_checkpoint(result["checkpoint"]).evaluation(evaluation_tag(result))
     atomic_write_json(path, result)
     return Path(path)
+
+
+def evaluation_data(cfg: dict, cifar_c=None, severities=None) -> dict:
+    """Everything that defines an evaluation's data (recorded in its file and hashed into its name)."""
+    d = cfg["data"]
+    if cifar_c is not None:
+        data = {"cifar_c": str(Path(cifar_c).expanduser().resolve()), "corruption": d["corruption"],
+                "max_severity": d["max_severity"]}
+    else:
+        runtime = {k.split(".", 1)[1] for k in config_mod.RUNTIME_KEYS if k.startswith("data.")}
+        data = {k: v for k, v in d.items() if k not in runtime}
+        if data.get("root"):
+            data["root"] = str(Path(data["root"]).expanduser().resolve())
+        data["seed"] = cfg["seed"]  # the test subset and the corruption noise follow it
+    data["severities"] = sorted(int(s) for s in severities) if severities is not None else None
+    return data
+
+
+def evaluation_tag(result: dict) -> str:
+    """The name of an evaluation's file: the data it ran on, readable, plus a hash of all of it."""
+    data = result.get("data") or {}
+    where = Path(str(data["cifar_c"])).name if data.get("cifar_c") else str(result.get("dataset"))
+    return f"{where}-{result.get('corruption')}-{config_mod.config_hash(data, 8)}"
 
 
 def format_severity_table(columns: dict[str, dict], title: str = "") -> str:

@@ -19,3 +19,7 @@ class TrainingError(SharpDROError):
 
 class ConfigError(SharpDROError, ValueError):
     """A config key, type or value is not allowed. The message says which and what is."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite; the engine adds what the run directory holds and what to do."""

@@ -20,6 +20,7 @@ class Field:
     # what a tuning sweep draws: ("log_uniform", lo, hi), ("uniform", lo, hi), ("int_uniform", lo, hi),
     # ("choice", (a, b, ...)); None: not tuned. Metadata only: not part of a config or its hash.
     search: tuple | None = None
+    finite: bool = True  # numbers must be finite (no NaN, no infinity)
 
     def describe(self) -> str:
         if self.choices is not None:

@@ -9,6 +9,8 @@ A run directory holds::
     checkpoints/last.pt, checkpoints/best.pt      (PyTorch backend; MindSpore: last.npz, best.npz,
                                                   or last.pt / best.pt in runs written before)
     evaluation-*.json  results of ``sharpdro evaluate``
+    .sharpdro-run      marks the folder as a run directory of this project (written first)
+    config-changes.jsonl  optimisation keys changed on --resume --allow-optimizer-changes (when any)
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
 ``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
@@ -37,11 +39,15 @@ ERROR = "error.txt"
 LOCK = ".lock"
 SLURM_MARKER = "slurm.json"
 EVALUATION_PREFIX = "evaluation-"
+MARKER = ".sharpdro-run"
+CHANGES = "config-changes.jsonl"
 
 # Files written by the sweep around a run, not by the trainer.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
 # Any of these marks a folder as (the beginning of) a run.
-RUN_MARKERS = (CONFIG, METRICS, SUMMARY, DONE, ERROR)
+RUN_MARKERS = (MARKER, CONFIG, METRICS, SUMMARY, DONE, ERROR)
+# The sections every run's config.yaml has (what tells a run of this project from a stranger's file).
+_CONFIG_SECTIONS = ("data", "model", "algorithm", "train")
 
 # The key a MindSpore-backend checkpoint (an .npz archive) stores its metadata under.
 MINDSPORE_META_KEY = "__meta__"
@@ -77,6 +83,8 @@ class RunDir:
     error = property(lambda self: self.path / ERROR)
     lock = property(lambda self: self.path / LOCK)
     slurm_marker = property(lambda self: self.path / SLURM_MARKER)
+    marker = property(lambda self: self.path / MARKER)
+    changes = property(lambda self: self.path / CHANGES)
 
     def checkpoint(self, kind: str, backend: str = "torch") -> Path:
         """Where ``backend`` writes its ``last`` / ``best`` checkpoint."""
@@ -104,6 +112,27 @@ class RunDir:
     def holds_run(self) -> bool:
         """The trainer has started here (metrics or a checkpoint exist)."""
         return self.metrics.exists() or any(self.checkpoint("last", b).exists() for b in CHECKPOINT_SUFFIXES)
+
+    def is_ours(self) -> bool:
+        """A run directory of this project: its marker file, or (runs written before the marker existed)
+        a ``config.yaml`` with this project's sections."""
+        if self.marker.is_file():
+            return True
+        cfg = self.read_config()
+        return cfg is not None and all(isinstance(cfg.get(s), dict) for s in _CONFIG_SECTIONS)
+
+    def foreign_files(self) -> list[str]:
+        """Names in a folder that is not a run directory of this project (empty when it is one, or holds
+        only a sweep's bookkeeping): writing a run there would overwrite or append to them."""
+        if not self.path.is_dir() or self.is_ours():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in SWEEP_FILES)
+
+    def write_marker(self, config_hash: str) -> None:
+        from sharpdro.io import atomic_write_text
+
+        if not self.marker.is_file():
+            atomic_write_text(self.marker, f"sharpdro run directory\nconfig_hash: {config_hash}\n")
 
     def looks_like_run(self) -> bool:
         return any((self.path / f).exists() for f in RUN_MARKERS)
@@ -204,3 +233,24 @@ def checkpoint_backend(ckpt: str | os.PathLike) -> str:
     if cfg is not None and isinstance(cfg.get("backend"), str):
         return cfg["backend"]
     return "torch"
+
+
+def unreadable_checkpoint_message(path: str | os.PathLike, exc: BaseException) -> str:
+    """What to tell a user whose checkpoint file could not be loaded, from what the file is."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"checkpoint {path} cannot be read ({err.strerror or err})"
+    if head != b"PK\x03\x04":  # every checkpoint of either backend is a zip archive
+        return (f"{path} cannot be read: it is not a sharpdro checkpoint (give a run directory, or its "
+                f"{CHECKPOINTS}/{BEST} or {CHECKPOINTS}/{LAST})")
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
+        return (f"checkpoint {path} holds Python objects other than tensors and plain values; sharpdro does not "
+                f"load it, because unpickling them could run code from the file. Use a checkpoint written by "
+                f"sharpdro")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (f"checkpoint {path} cannot be read ({first}): it is incomplete or damaged, for example an "
+            f"interrupted copy or write. Copy it again, or use the run's other checkpoint")

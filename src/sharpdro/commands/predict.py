@@ -12,32 +12,41 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     import numpy as np
-    from PIL import Image
 
     from sharpdro.backends.base import get_backend
-    from sharpdro.rundir import checkpoint_backend, find_checkpoint
+    from sharpdro.data.sources import decode_image
     from sharpdro.errors import DataError
+    from sharpdro.rundir import checkpoint_backend, find_checkpoint
 
     ckpt = find_checkpoint(args.checkpoint)
     session, cfg = get_backend(checkpoint_backend(ckpt)).load_for_inference(ckpt, device=args.device)
     h, w = session.image_shape[:2]
-    batch = []
+    paths, batch, failed = [], [], []
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.BICUBIC)
-                batch.append(np.asarray(im, dtype=np.uint8))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-    logits = session.predict_logits(np.stack(batch), cfg["eval"]["batch_size"])
+            batch.append(decode_image(path, (h, w)))  # the decoder training uses (16-bit, palette, alpha)
+            paths.append(path)
+        except DataError as exc:  # report it and go on with the others
+            failed.append(path)
+            print(f"sharpdro predict: error: {exc}", file=sys.stderr)
+    if batch:
+        _print_top(paths, session.predict_logits(np.stack(batch), cfg["eval"]["batch_size"]), session.classes,
+                   args.top)
+    if failed:
+        print(f"sharpdro predict: {len(failed)} of {len(args.images)} image(s) could not be read "
+              f"(listed above); the others are classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_top(paths, logits, classes, top: int) -> None:
+    import numpy as np
+
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    classes = session.classes
-    for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[: args.top]
-        names = [classes[i] for i in top]
-        print(f"{path}: " + ", ".join(f"{n} ({100 * p[i]:.1f}%)" for n, i in zip(names, top)))
-    return 0
+    for path, p in zip(paths, probs):
+        best = np.argsort(-p)[:top]
+        print(f"{path}: " + ", ".join(f"{classes[i]} ({100 * p[i]:.1f}%)" for i in best))

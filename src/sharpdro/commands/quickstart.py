@@ -27,8 +27,9 @@ def run(args) -> int:
     columns = {}
     for name in names:
         cfg = load_config(args.config or "quickstart", [*args.overrides, f"algorithm.name={name}"])
-        # resume=True: a finished run is read back instead of retrained, an interrupted one continues.
-        summary = train(cfg, out_dir=Path(args.out) / name, resume=True, splits=splits)
+        # resume=True: a finished run is read back instead of retrained, an interrupted one continues; other
+        # settings are another run, in their own folder (named by the hash of what the settings compute).
+        summary = train(cfg, out_dir=Path(args.out) / run_name(cfg), resume=True, splits=splits)
         columns[name] = {"accuracy": summary["test_accuracy"], "average": summary["test_average"],
                          "worst": summary["test_worst"]}
     d = base["data"]
@@ -36,5 +37,14 @@ def run(args) -> int:
     print(format_severity_table(columns, title=f"test accuracy (%) per severity: {d['dataset']}, {d['corruption']} "
                                                f"({d['table']} constants), model selected on the worst "
                                                f"validation severity"))
-    print(f"\nruns: {args.out}/<algorithm>  (metrics.jsonl, summary.json, checkpoints/)")
+    print(f"\nruns: {args.out}/<algorithm>-<hash of the settings>  (metrics.jsonl, summary.json, checkpoints/)")
     return 0
+
+
+def run_name(cfg: dict) -> str:
+    """``<algorithm>-<hash>``: the hash covers every key except the runtime ones (threads, progress, device...)."""
+    from sharpdro.config import RUNTIME_KEYS, config_hash
+
+    kept = {s: ({k: v for k, v in cfg[s].items() if f"{s}.{k}" not in RUNTIME_KEYS} if isinstance(cfg[s], dict)
+                else cfg[s]) for s in cfg}
+    return f"{cfg['algorithm']['name']}-{config_hash(kept, 8)}"

@@ -11,18 +11,22 @@ def add_parser(sub) -> None:
     add_config_args(p)
     p.add_argument("--out", help="run directory (default: output.dir/<dataset>-<corruption>-<algorithm>-...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--allow-optimizer-changes", action="store_true",
+                   help="with --resume: continue with a changed train.lr, train.schedule, train.milestones, "
+                        "train.gamma or algorithm.rho (e.g. a lower learning rate after a NaN); the change is "
+                        "recorded in the run")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from sharpdro.config import load_config
-    from sharpdro.engine import train
+    from sharpdro.engine import run_dir_for, train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, out_dir=args.out, resume=args.resume)
+    summary = train(cfg, out_dir=args.out, resume=args.resume, allow_changes=args.allow_optimizer_changes)
     acc = summary["test_accuracy"]
     print(f"selected epoch {summary['selected_epoch'] + 1} ({summary['selection']} validation severity); test "
           f"accuracy per severity: " + " ".join(f"{k}:{100 * v:.2f}" for k, v in acc.items()))
     print(f"test average {100 * summary['test_average']:.2f}  worst {100 * summary['test_worst']:.2f}  "
-          f"-> {summary['run_dir']}")
+          f"-> {run_dir_for(cfg, args.out)}")
     return 0

@@ -20,6 +20,7 @@ rebuilt, so a flipped bit on disk cannot go unnoticed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from sharpdro.errors import CacheError
+from sharpdro.io import disk_full_error, make_ordinary
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -199,6 +201,18 @@ def clean_stale_tmp(root: Path, max_age_s: float = _STALE_TMP_SECONDS) -> int:
     return n
 
 
+def _raise_if_disk_full(exc: OSError, path: Path, need: int) -> None:
+    if exc.errno == errno.ENOSPC:
+        raise disk_full_error(path, need, what=f"the cache entry {path} (set data.cache_dir or $SHARPDRO_CACHE "
+                                               f"to a disk with room)") from None
+
+
+def _raise_unwritable(exc: OSError, root: Path) -> None:
+    raise CacheError(f"cannot write the cache folder {root} ({exc.strerror or exc}); set data.cache_dir or "
+                     f"$SHARPDRO_CACHE to a folder you can write (a cache shared with labmates needs group write "
+                     f"permission: chmod g+ws)") from None
+
+
 def remove_entry(path: Path) -> None:
     """Move an entry out of the way atomically, then delete it (readers never see half a folder)."""
     if not path.exists():
@@ -221,12 +235,26 @@ def get_or_build(root: str | os.PathLike, key: Mapping, build: Callable[[], Mapp
         remove_entry(path)
     elif path.exists():
         return load_entry(path, key)  # raises CacheError when the entry is damaged
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _raise_if_disk_full(exc, path, 0)
+        _raise_unwritable(exc, root)
     clean_stale_tmp(root)
     arrays = dict(build())
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=root))
+    need = sum(np.asarray(a).nbytes for a in arrays.values())
     try:
-        manifest = _write_entry(tmp, key, arrays, info)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=root))
+    except OSError as exc:
+        _raise_if_disk_full(exc, path, need)
+        _raise_unwritable(exc, root)
+    try:
+        make_ordinary(tmp, directory=True)  # mkdtemp's 0700 would hide a shared cache from labmates
+        try:
+            manifest = _write_entry(tmp, key, arrays, info)
+        except OSError as exc:
+            _raise_if_disk_full(exc, path, need)
+            raise
         try:
             os.rename(tmp, path)
         except OSError:

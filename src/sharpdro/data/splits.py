@@ -172,12 +172,19 @@ def make_plan(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: in
     return plan
 
 
+def val_per_class(data_cfg: dict) -> int:
+    """``data.val_per_class``, or its default: a twentieth of ``train_per_class`` (at least 10), so that
+    evaluating validation at every severity costs about a tenth of an epoch's training."""
+    v = data_cfg.get("val_per_class")
+    return int(v) if v is not None else max(10, math.ceil(int(data_cfg["train_per_class"]) / 20))
+
+
 def plan_from_config(cfg: dict, train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int,
                      warn: bool = True) -> SplitPlan:
     d = cfg["data"]
     plan = make_plan(train_labels, test_labels, num_classes, protocol=d["protocol"],
                      poisson_lambda=float(d["poisson_lambda"]), max_severity=d["max_severity"],
-                     train_per_class=d["train_per_class"], val_per_class=d["val_per_class"],
+                     train_per_class=d["train_per_class"], val_per_class=val_per_class(d),
                      test_per_class=d["test_per_class"], seed=cfg["seed"], warn=warn)
     return plan
 
@@ -229,10 +236,23 @@ def describe_split(cfg: dict) -> list[str]:
         lines.append(f"{len(plan.dropped_index)} picked images dropped by per_class_floor (n - sum of floors per class)")
     for split, index in (("val", plan.val_index), ("test", plan.test_index)):
         lines.append(f"{split}: {len(index)} images at each of {S + 1} severities ({len(index) * (S + 1)} in all)")
+    lines.append(validation_cost_line(cfg, len(plan.val_index), len(plan.train_index)))
     key = cache_key_fields(cfg, train, test, table)
     path = cache_mod.entry_path(cache_mod.cache_root(d), key, prefix=f"{d['dataset']}-{d['corruption']}-")
     lines.append(f"cache: {path} ({'present' if path.exists() else 'not built yet: run sharpdro prepare'})")
     return lines
+
+
+def validation_cost_line(cfg: dict, n_val: int, n_train: int) -> str:
+    """How long validation takes relative to training, from image counts: evaluating an image is one forward
+    pass, about a third of a training pass (forward + backward); the SAM family makes two passes a step."""
+    from sharpdro import methods
+
+    S, every, name = cfg["data"]["max_severity"], cfg["eval"]["every"], cfg["algorithm"]["name"]
+    evals = n_val * (S + 1)
+    ratio = evals / max(1, 3 * methods.get(name).passes * n_train)
+    return (f"validation: {evals} image evaluations every {every} epoch(s), about {100 * ratio:.0f}% of an epoch's "
+            f"training time ({name}); set data.val_per_class to change it")
 
 
 # ------------------------------------------------------------------ cache key
@@ -256,7 +276,7 @@ def cache_key_fields(cfg: dict, train: ImageSet, test: ImageSet, table: str) -> 
         "protocol": d["protocol"],
         "poisson_lambda": float(d["poisson_lambda"]),
         "train_per_class": d["train_per_class"],
-        "val_per_class": d["val_per_class"],
+        "val_per_class": val_per_class(d),  # the value in effect (null means a default that has changed)
         "test_per_class": d["test_per_class"],
         "seed": cfg["seed"],
     }

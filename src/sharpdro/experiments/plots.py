@@ -14,6 +14,7 @@ Every function returns the paths it wrote.  Aggregation over seeds uses the rows
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -44,10 +45,56 @@ def _color(method_key: str, i: int = 0):
     return cmap(idx % 10)
 
 
+LEGEND_FILE = "legend.tsv"  # short file names -> the settings they stand for
+_MAX_NAME = 80  # file names stay far below the 255 bytes file systems allow
+_MAX_TITLE = 70
+
+
 def slug(*parts: Any) -> str:
     text = "_".join(str(p) for p in parts if p not in (None, ""))
     text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")
-    return text or "plot"
+    text = text or "plot"
+    if len(text) > _MAX_NAME:  # many differing keys: a readable head and a hash of the whole
+        text = text[:_MAX_NAME - 11].rstrip("_") + "_" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    return text
+
+
+def _settings_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _figure_path(out_dir, kind: str, table: Table, data, corruption, hp, *extra) -> Path:
+    """The figure's path; when its settings do not fit a file name, the legend file says what they are."""
+    parts = _hp_parts(table, hp)
+    name = slug(kind, data, corruption, *extra, *parts)
+    title_hp = ", ".join(parts)
+    if parts and (len(title_hp) > _MAX_TITLE or len(name) >= _MAX_NAME):
+        _add_legend(Path(out_dir), name, f"settings {_settings_id(_title_hp(table, hp))}: {title_hp}")
+    return Path(out_dir) / name
+
+
+def _add_legend(out_dir: Path, name: str, settings: str) -> None:
+    from sharpdro.io import atomic_write_text
+
+    path = out_dir / LEGEND_FILE
+    rows = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            k, _, v = line.partition("\t")
+            rows[k] = v
+    rows[name] = settings
+    atomic_write_text(path, "file\tsettings\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(rows.items())))
+
+
+def _readable_accuracy_axis(ax, min_span: float = 10.0) -> None:
+    """Show at least ``min_span`` points of accuracy, so that a 0.6-point spread does not fill the plot."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = max(0.0, mid - min_span / 2), min(100.0, mid + min_span / 2)
+        if hi - lo < min_span:
+            lo, hi = (0.0, min_span) if lo <= 0.0 else (100.0 - min_span, 100.0)
+        ax.set_ylim(lo, hi)
 
 
 def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -67,8 +114,14 @@ def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) 
     return out
 
 
+def _title_hp(table: Table, hp: tuple) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={_fmt_value(v)}" for k, v in zip(table.hparams, hp))
+
+
 def _block_title(table: Table, row: Row) -> str:
-    hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in zip(table.hparams, row.hparams))
+    hp = _title_hp(table, row.hparams)
+    if len(hp) > _MAX_TITLE:  # a list of many keys is not a title: name the settings, the legend lists them
+        hp = f"settings {_settings_id(hp)}, see {LEGEND_FILE}"
     return f"{row.data} / {row.type}" + (f" ({hp})" if hp else "")
 
 
@@ -117,8 +170,9 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike,
         ax.legend(fontsize=8)
         fig.text(0.01, -0.02, f"selection: {table.selection}; band: ± sample std (ddof=1) over seeds",
                  fontsize=7, color="0.4")
-        paths += save_figure(fig, Path(out_dir) / slug("accuracy_vs_severity", data, corruption, *_hp_parts(
-            table, hp)), formats)
+        _readable_accuracy_axis(ax)
+        paths += save_figure(fig, _figure_path(out_dir, "accuracy_vs_severity", table, data, corruption, hp),
+                             formats)
     return paths
 
 
@@ -139,7 +193,7 @@ def _series(runs, getter) -> tuple[list[int], list[float], list[float | None]]:
             except (KeyError, TypeError, IndexError, ValueError):
                 v = None
             if v is not None:
-                by_epoch.setdefault(int(rec["epoch"]), []).append(float(v))
+                by_epoch.setdefault(int(rec["epoch"]) + 1, []).append(float(v))  # epochs count from 1 on screen
     epochs = sorted(by_epoch)
     stats = [mean_std(by_epoch[e]) for e in epochs]
     return epochs, [m for m, _ in stats], [s for _, s in stats]
@@ -156,7 +210,7 @@ def _band(ax, x, mean, std, color, **kw):
 def _epoch_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.set_xlabel("epoch (0-based, as in metrics.jsonl)")
+    ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
@@ -196,7 +250,9 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
         fig.suptitle(_block_title(table, rows[0]) + "  (mean ± std over seeds; val dashed, test solid)",
                      fontsize=10)
         fig.tight_layout()
-        paths += save_figure(fig, Path(out_dir) / slug("curves", data, corruption, *_hp_parts(table, hp)), formats)
+        for ax in axes[1:]:
+            _readable_accuracy_axis(ax)
+        paths += save_figure(fig, _figure_path(out_dir, "curves", table, data, corruption, hp), formats)
     return paths
 
 
@@ -221,8 +277,8 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
         ax.set_title(f"{_block_title(table, row)}: {row.method} (n={len(runs)})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        paths += save_figure(fig, Path(out_dir) / slug("q", row.data, row.corruption, row.method_key,
-                                                       *_hp_parts(table, row.hparams)), formats)
+        paths += save_figure(fig, _figure_path(out_dir, "q", table, row.data, row.corruption, row.hparams,
+                                               row.method_key), formats)
     return paths
 
 

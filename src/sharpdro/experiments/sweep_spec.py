@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, \
+from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, read_yaml, \
     parse_override, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
@@ -213,10 +213,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         if shipped is None:
             raise SweepError(f"sweep file {str(path)!r} not found")
         p = shipped
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{p}: not valid YAML ({exc})") from None
+    raw = read_yaml(p) or {}  # a syntax error names the file, line and column
     if not isinstance(raw, dict):
         raise SweepError(f"{p}: a sweep file must be a mapping with keys {', '.join(_SWEEP_KEYS)}")
     unknown = sorted(set(raw) - set(_SWEEP_KEYS))

@@ -50,6 +50,7 @@ class MethodSpec:
     record_keys: tuple[str, ...] = ()
     prestage: Prestage | None = None
     order: int = 100
+    passes: int = 1  # forward-backward passes per step (the SAM family: 2), for cost estimates
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         if self.check is not None:

@@ -3,7 +3,7 @@ from sharpdro.methods.hparams import SAM_HPARAMS
 from sharpdro.methods.registry import MethodSpec, register
 
 SPEC = register(MethodSpec(
-    name="sam", label="SAM", order=1,
+    name="sam", label="SAM", order=1, passes=2,
     summary="gradient of the batch loss at w + eps, eps the (A)SAM ascent of radius rho",
     hparams=dict(SAM_HPARAMS),
 ))

@@ -13,7 +13,7 @@ SHARPDRO_HPARAMS = {
 }
 
 SPEC = register(MethodSpec(
-    name="sharpdro", label="SharpDRO", order=5, needs_groups=True,
+    name="sharpdro", label="SharpDRO", order=5, passes=2, needs_groups=True,
     summary="SAM ascent, then the q-weighted sharpness of the severity groups (q by exponentiated gradient)",
     hparams=SHARPDRO_HPARAMS,
     buffers=GROUP_BUFFERS,

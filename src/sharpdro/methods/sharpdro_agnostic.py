@@ -42,7 +42,7 @@ def unknown_score(kind: str) -> ConfigError:
 
 
 SPEC = register(MethodSpec(
-    name="sharpdro_agnostic", label="SharpDRO (agnostic)", order=6,
+    name="sharpdro_agnostic", label="SharpDRO (agnostic)", order=6, passes=2,
     summary="SharpDRO with per-sample weights of the samples an OOD score ranks worst",
     hparams=HPARAMS,
     check=check,

@@ -49,6 +49,7 @@ import numpy as np
 from sharpdro.errors import TrainingError
 from sharpdro.rundir import MINDSPORE_META_KEY as META_KEY
 from sharpdro.rundir import checkpoint_format as checkpoint_backend  # noqa: F401  (kept as this module's name)
+from sharpdro.rundir import unreadable_checkpoint_message
 
 FORMAT = 1
 
@@ -129,7 +130,7 @@ def write_checkpoint(path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         with open(tmp, "wb") as f:
             np.savez(f, **payload)
 
-    atomic_save(path, writer)
+    atomic_save(path, writer, need=sum(a.nbytes for a in payload.values()))
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -143,12 +144,12 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
                             f"python -c \"from sharpdro.backends.mindspore.convert import torch_to_mindspore; "
                             f"torch_to_mindspore('{path}', 'converted.pt')\" (or sharpdro convert)")
     if kind != "mindspore":
-        raise TrainingError(f"checkpoint {path} cannot be read (not a sharpdro checkpoint, or truncated)")
+        raise TrainingError(unreadable_checkpoint_message(path, ValueError("not a MindSpore-backend archive")))
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # truncated or foreign file
-        raise TrainingError(f"checkpoint {path} cannot be read ({exc}); it may be from an interrupted copy") from exc
+        raise TrainingError(unreadable_checkpoint_message(path, exc)) from None
     meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
     if meta.get("format", 0) > FORMAT:
         raise TrainingError(f"checkpoint {path} has format {meta['format']}; this sharpdro reads up to {FORMAT}: "
@@ -190,17 +191,14 @@ def python_rng_from_json(data) -> tuple:
 
 # --------------------------------------------------------------------------- whole checkpoints
 def _read_torch_checkpoint(path) -> dict:
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint {path} does not exist")
     if checkpoint_backend(path) == "mindspore":
         raise TrainingError(f"checkpoint {path} is already a MindSpore backend checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise TrainingError(f"checkpoint {path} cannot be read as a PyTorch checkpoint ({exc})") from exc
+    from sharpdro.backends.torch.checkpoints import read_checkpoint as read_torch_checkpoint
+
+    return read_torch_checkpoint(path)  # weights_only=True
 
 
 def algorithm_state_to_mindspore(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -243,7 +241,9 @@ def torch_to_mindspore(ckpt_path, out_path) -> Path:
     rng = state.get("rng") or {}
     rng_meta: dict[str, Any] = {}
     if rng.get("numpy") is not None:
-        info, keys = numpy_rng_to_json(rng["numpy"])
+        from sharpdro.backends.torch.checkpoints import numpy_rng_from_plain
+
+        info, keys = numpy_rng_to_json(numpy_rng_from_plain(rng["numpy"]))
         rng_meta["numpy"] = info
         arrays["rng/numpy_keys"] = keys
     if rng.get("python") is not None:
@@ -282,8 +282,10 @@ def mindspore_to_torch(ckpt_path, out_path) -> Path:
         "maximize": False, "foreach": None, "differentiable": False, "fused": None,
         "params": list(range(len(order)))}]}
     rng_meta = meta_all.get("rng", {})
-    np_state = (numpy_rng_from_json(rng_meta["numpy"], arrays["rng/numpy_keys"]) if "numpy" in rng_meta
-                else np.random.RandomState(cfg.get("seed", 0)).get_state())
+    from sharpdro.backends.torch.checkpoints import numpy_rng_to_plain
+
+    np_state = numpy_rng_to_plain(numpy_rng_from_json(rng_meta["numpy"], arrays["rng/numpy_keys"]) if "numpy"
+                                  in rng_meta else np.random.RandomState(cfg.get("seed", 0)).get_state())
     py_state = (python_rng_from_json(rng_meta["python"]) if "python" in rng_meta
                 else random.Random(cfg.get("seed", 0)).getstate())
     state = {
@@ -297,9 +299,9 @@ def mindspore_to_torch(ckpt_path, out_path) -> Path:
         "meta": meta,
         "extra": meta_all.get("extra", {}),
     }
-    from sharpdro.io import atomic_save
+    from sharpdro.backends.torch.checkpoints import write_checkpoint as write_torch_checkpoint
 
-    atomic_save(out_path, lambda tmp: torch.save(state, tmp))
+    write_torch_checkpoint(out_path, state)
     return Path(out_path)
 
 

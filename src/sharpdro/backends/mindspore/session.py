@@ -34,9 +34,8 @@ from mindspore import nn, ops
 
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
-from sharpdro.errors import TrainingError
+from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import TrainEpochSums
-from sharpdro.rundir import checkpoint_name
 
 from . import convert
 from sharpdro import methods
@@ -199,7 +198,7 @@ class MindSporeSession:
         algo.train()
         sums = TrainEpochSums.numpy(self.num_groups)
         last: dict = {}
-        for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
+        for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
             x, y, s = self.to_device(images, labels, sev)
             last = algo.update(x, y, s if algo.uses_groups else None, np.asarray(idx, dtype=np.int64))
             sums.add(np.asarray(sev, dtype=np.int64), last["per_sample_loss"], last["correct"], last.get("selected"))
@@ -210,10 +209,9 @@ class MindSporeSession:
         return sums.stats(q=last.get("q"))
 
     def _raise_nonfinite(self, epoch: int, steps: int):
-        raise TrainingError(
-            f"non-finite training loss (NaN or inf) in epoch {epoch} at step {steps}; the run is stopped and "
-            f"checkpoints/{checkpoint_name('last', 'mindspore')} still holds the last good epoch. Lower train.lr (now {self._lr:g}) or "
-            f"algorithm.rho, then resume with --resume or start a new run.")
+        raise NonFiniteLossError(
+            f"non-finite training loss (NaN or inf) in epoch {epoch + 1} at step {steps} (train.lr {self._lr:g}); "
+            f"the run is stopped")
 
     # --------------------------------------------------------------- evaluation
     def predict_logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:

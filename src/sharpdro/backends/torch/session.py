@@ -19,7 +19,6 @@ and handed to the algorithm by ``configure``.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -28,13 +27,13 @@ import torch.nn.functional as F
 
 from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
-from sharpdro.errors import TrainingError
-from sharpdro.io import atomic_save
+from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import TrainEpochSums
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
 from .amp import Precision
+from .checkpoints import numpy_rng_from_plain, numpy_rng_to_plain, read_checkpoint, write_checkpoint
 from .distributed import Replicas, broadcast_state, is_distributed, rank_seed, wrap_ddp
 from .models import build_model
 
@@ -292,7 +291,7 @@ class TorchSession:
         sums = TrainEpochSums(G, torch.zeros(3 * G + 2, device=self.device, dtype=torch.float64),
                               lambda t: t.double(), lambda target, i, v: target.index_add_(0, i, v))
         last = {}
-        for images, labels, sev, idx in _progress(batches, f"epoch {epoch}", num_batches, self.progress):
+        for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
             x, y, s, i = self.to_device(images, labels, sev, idx)
             try:
                 last = algo.update(x, y, s if algo.uses_groups else None, i)
@@ -323,11 +322,9 @@ class TorchSession:
         return not bool(bad)
 
     def _raise_nonfinite(self, epoch: int, steps: int):
-        raise TrainingError(
-            f"non-finite training loss (NaN or inf) in epoch {epoch} within its first {steps} steps; the run is "
-            f"stopped and checkpoints/last.pt still holds the last good epoch. Lower train.lr (now "
-            f"{self.optimizer.param_groups[0]['lr']:g}) or algorithm.rho, or use train.precision=fp32, then "
-            f"resume with --resume or start a new run.")
+        raise NonFiniteLossError(
+            f"non-finite training loss (NaN or inf) in epoch {epoch + 1} within its first {steps} steps (train.lr "
+            f"{self.optimizer.param_groups[0]['lr']:g}); the run is stopped")
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -366,7 +363,7 @@ class TorchSession:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_to_plain(np.random.get_state()),
                 "python": random.getstate(),
             },
             "meta": {"norm": self.norm, "num_classes": self.num_classes, "image_shape": list(self.image_shape),
@@ -374,7 +371,7 @@ class TorchSession:
                      "config": self.cfg},
             "extra": extra,
         }
-        atomic_save(path, lambda tmp: torch.save(state, tmp))
+        write_checkpoint(path, state)
 
     def load_checkpoint(self, path, weights_only: bool = False) -> dict:
         if self.world_size > 1:  # rank 0 reads, every rank receives (no shared filesystem needed)
@@ -392,7 +389,7 @@ class TorchSession:
                     torch.cuda.set_rng_state_all(rng["cuda"])
                 except (RuntimeError, IndexError):  # saved with another number of GPUs
                     pass
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(numpy_rng_from_plain(rng["numpy"]))
             random.setstate(rng["python"])
             if self.world_size > 1:
                 epoch = int(state.get("extra", {}).get("epoch", -1)) + 1
@@ -413,14 +410,7 @@ def _raise_compile_error(exc: Exception, cfg: dict) -> None:
                             f"backend / Triton for CUDA)") from exc
 
 
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise TrainingError(f"checkpoint {path} cannot be read ({exc}); it may be from an interrupted copy") from exc
+_read_checkpoint = read_checkpoint  # weights_only=True; see .checkpoints
 
 
 class TorchBackend:
