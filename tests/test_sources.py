@@ -168,12 +168,14 @@ def test_threaded_decoding_matches_serial(tmp_path, rng, monkeypatch):
         p = tmp_path / f"{i:04d}.png"
         _save(p, rng.integers(0, 256, (50, 60, 3), dtype=np.uint8))
         paths.append(p)
-    monkeypatch.setattr(S, "DECODE_THREADS", 4)
+    from sharpdro.data.sources import decode  # the knob lives beside the decoder
+
+    monkeypatch.setattr(decode, "DECODE_THREADS", 4)
     threaded = S.decode_images(paths, 24, progress=False)
-    monkeypatch.setattr(S, "DECODE_THREADS", 1)
+    monkeypatch.setattr(decode, "DECODE_THREADS", 1)
     serial = S.decode_images(paths, 24, progress=False)
     np.testing.assert_array_equal(threaded, serial)
-    monkeypatch.setattr(S, "DECODE_THREADS", 4)
+    monkeypatch.setattr(decode, "DECODE_THREADS", 4)
     _save(paths[-1], rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     with pytest.raises(DataError, match="0599.png"):
         S.decode_images(paths, None, progress=False)

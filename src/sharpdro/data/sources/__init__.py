@@ -57,12 +57,6 @@ __all__ = [
     "resize_images",
 ]
 
-#: Decoding threads (None: automatic). Pillow releases the GIL while it decodes and resizes,
-#: so threads pay off for images larger than ~48x48; for CIFAR-sized files the per-file Python
-#: work dominates and one thread is fastest.
-DECODE_THREADS: int | None = None
-
-
 def load_dataset(data_cfg: Mapping[str, Any], *, progress: bool = True) -> tuple[ImageSet, ImageSet]:
     """(train, test) of the source named by ``data_cfg["dataset"]`` (the ``data`` config section).
 

@@ -3,7 +3,7 @@
 Resizing always uses Pillow's BICUBIC filter to a square of the given size, without keeping the
 aspect ratio (antialiased when shrinking). JPEG files at least twice the target size are first
 decoded at a reduced DCT scale (``Image.draft``). The number of threads is
-``sharpdro.data.sources.DECODE_THREADS`` (None: automatic).
+:data:`DECODE_THREADS` (None: automatic).
 """
 from __future__ import annotations
 
@@ -76,11 +76,15 @@ def _source_pixels(path) -> int:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
-def _workers(source_pixels: int) -> int:
-    from sharpdro.data import sources  # the package holds the user-settable knob
+#: Decoding threads (None: automatic). Pillow releases the GIL while it decodes and resizes,
+#: so threads pay off for images larger than ~48x48; for CIFAR-sized files the per-file Python
+#: work dominates and one thread is fastest.
+DECODE_THREADS: int | None = None
 
-    if sources.DECODE_THREADS is not None:
-        return max(1, int(sources.DECODE_THREADS))
+
+def _workers(source_pixels: int) -> int:
+    if DECODE_THREADS is not None:
+        return max(1, int(DECODE_THREADS))
     if source_pixels <= _SMALL_IMAGE_PIXELS:
         return 1
     return max(1, min(8, os.cpu_count() or 1))
