@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from sharpdro import config as config_mod
+from sharpdro.calibration import summary_fields
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
-from sharpdro.metrics import select_epoch, summarize
+from sharpdro.metrics import select_epoch
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
 log = logging.getLogger("sharpdro")
@@ -99,31 +100,19 @@ def init_processes(backend, cfg: dict):
 
 # ------------------------------------------------------------------ evaluation
 def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
-    """Per-severity accuracy/loss on ``{severity: LabeledArrays}`` plus average and worst.
+    """Per-severity accuracy, loss and calibration (ECE, NLL, Brier) on ``{severity: LabeledArrays}``,
+    plus average and worst accuracy (:func:`sharpdro.calibration.severity_block`).
 
     With several processes each rank evaluates every ``world_size``-th image and the
-    correct counts and loss sums are summed over ranks (every rank gets the same result).
+    additive statistics are summed over ranks (every rank gets the same result).
     """
-    if processes is None or processes.world_size == 1:
-        acc, loss = {}, {}
-        for s in sorted(sets):
-            arr = sets[s]
-            res = session.evaluate(arr.images, arr.labels, batch_size)
-            acc[str(s)] = float(np.mean(res["correct"])) if len(arr) else float("nan")
-            loss[str(s)] = float(res["loss"])
-        return {"accuracy": acc, "loss": loss, **summarize(acc)}
-    rank, world = processes.rank, processes.world_size
+    from sharpdro.calibration import evaluate_arrays, severity_block
+
+    rank, world = (0, 1) if processes is None else (processes.rank, processes.world_size)
     sevs = sorted(sets)
-    local = np.zeros((len(sevs), 3), dtype=np.float64)  # correct, loss sum, count
-    for j, s in enumerate(sevs):
-        arr = sets[s]
-        res = session.evaluate(arr.images[rank::world], arr.labels[rank::world], batch_size)
-        n = len(res["correct"])
-        local[j] = (float(np.sum(res["correct"])), float(res["loss"]) * n, n)
-    total = processes.all_reduce_sum(local)
-    acc = {str(s): float(total[j, 0] / total[j, 2]) if total[j, 2] else float("nan") for j, s in enumerate(sevs)}
-    loss = {str(s): float(total[j, 1] / max(total[j, 2], 1.0)) for j, s in enumerate(sevs)}
-    return {"accuracy": acc, "loss": loss, **summarize(acc)}
+    local = np.stack([evaluate_arrays(lambda x: session.predict_logits(x, batch_size), sets[s].images[rank::world],
+                                      sets[s].labels[rank::world]) for s in sevs])
+    return severity_block(sevs, local if world == 1 else processes.all_reduce_sum(local))
 
 
 def _train_block(stats: dict) -> dict:
@@ -355,6 +344,7 @@ def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
         "val_accuracy": sel["val"]["accuracy"],
         "val_average": sel["val"]["average"],
         "val_worst": sel["val"]["worst"],
+        **summary_fields(sel["test"], "test"),
         "config_hash": config_mod.config_hash(cfg),
         "finished": True,
     }
