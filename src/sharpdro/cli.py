@@ -24,6 +24,9 @@ COMMANDS = (
     "sharpness",
     "bench",
     "convert",
+    "export",
+    "export_logs",
+    "config",
 )
 
 

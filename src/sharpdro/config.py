@@ -98,6 +98,8 @@ SCHEMA: dict[str, Any] = {
         "name": Field("cnn", str, "network", choices=MODELS),
         "width": Field(32, int, "base width of the small cnn", min=4),
         "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
+        "init_from": Field(None, str, "start from the weights of a `sharpdro export` folder (fine-tuning; "
+                           "same model.name and width, a new classifier when the classes differ)", nullable=True),
     },
     "algorithm": {
         "name": Field("erm", str, "training method", choices=ALGORITHMS),
