@@ -38,6 +38,8 @@ class Field:
     item_type: type | None = None  # for list fields
 
     def describe(self) -> str:
+        if self.choices is not None and self.item_type is not None:  # a list of choices
+            return "list, each one of " + ", ".join(repr(c) for c in self.choices)
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         parts = [_type_name(self.type)]
@@ -174,6 +176,8 @@ SCHEMA: dict[str, Any] = {
         "name": Field(None, str, "run directory name (null: <dataset>-<corruption>-<algorithm>-s<seed>-<hash>)",
                       nullable=True),
         "save_best": Field(True, bool, "keep checkpoints/best.pt of the selected epoch"),
+        "loggers": Field([], list, "mirror metrics.jsonl to these trackers (optional extras; offline by default)",
+                         choices=("tensorboard", "mlflow", "wandb"), item_type=str),
     },
 }
 
@@ -187,6 +191,7 @@ RUNTIME_KEYS = (
     "data.download",
     "output.dir",
     "output.name",
+    "output.loggers",
 )
 
 # Device strings are free-form (cuda:3), checked here rather than by choices.
@@ -239,7 +244,8 @@ def _check_value(path: str, field: Field, value):
     elif t is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str), v) for i, v in enumerate(value)]
+        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, choices=field.choices), v)
+                 for i, v in enumerate(value)]
         return value
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")

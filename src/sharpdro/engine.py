@@ -30,6 +30,7 @@ from sharpdro import config as config_mod
 from sharpdro.calibration import summary_fields
 from sharpdro.errors import SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
+from sharpdro.loggers import open_loggers
 from sharpdro.metrics import select_epoch
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
@@ -197,7 +198,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
     last_ckpt, metrics_path = run.last, run.metrics
-    handler = None
+    handler = tracker = None
     try:
         refusal = None
         if main:  # rank 0 decides; every rank raises the same refusal
@@ -217,6 +218,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             run.checkpoints.mkdir(exist_ok=True)
             config_mod.dump_config(cfg, run.config)
             handler = _setup_log_file(run)
+            tracker = open_loggers(cfg, run_dir)  # output.loggers (sharpdro.loggers); rank 0 only
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -273,6 +275,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
             records.append(record)
             if main:
                 append_jsonl(metrics_path, record)
+                tracker.log(record)
                 session.save_checkpoint(last_ckpt, {"epoch": epoch})
                 if "val" in record:
                     selected = select_epoch(records, rule)
@@ -290,6 +293,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None) -> dict:
         procs.barrier()  # every rank leaves together (and after rank 0 has written everything)
         return summary
     finally:
+        if tracker is not None:
+            tracker.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

@@ -8,6 +8,8 @@ A run directory holds::
     train.log          what was printed
     checkpoints/last.pt, checkpoints/best.pt
     evaluation-*.json  results of ``sharpdro evaluate``
+    tensorboard/       TensorBoard event files (``output.loggers: [tensorboard]``, ``sharpdro export-logs``)
+    tracking.json      the MLflow / W&B run ids of this run, so a resumed run logs into the same one
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
 ``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
@@ -35,6 +37,8 @@ ERROR = "error.txt"
 LOCK = ".lock"
 SLURM_MARKER = "slurm.json"
 EVALUATION_PREFIX = "evaluation-"
+TENSORBOARD = "tensorboard"
+TRACKING = "tracking.json"
 
 # Files written by the sweep around a run, not by the trainer.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
@@ -68,6 +72,8 @@ class RunDir:
     error = property(lambda self: self.path / ERROR)
     lock = property(lambda self: self.path / LOCK)
     slurm_marker = property(lambda self: self.path / SLURM_MARKER)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
+    tracking = property(lambda self: self.path / TRACKING)
 
     def evaluation(self, tag: str) -> Path:
         return self.path / f"{EVALUATION_PREFIX}{tag}.json"

@@ -69,7 +69,7 @@ N_NOTE = "n: finished runs; an incomplete group shows finished/expected and what
 _NOT_HYPERPARAMETERS = {
     "seed", "data.dataset", "data.corruption", "algorithm.name", "data.root", "data.name", "eval.selection",
     "train.threads", "train.progress", "train.device", "data.cache_dir", "data.download", "output.dir",
-    "output.name",
+    "output.name", "output.loggers",
 }
 
 
