@@ -349,15 +349,12 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults <- YAML file <- ``--set`` overrides, validated."""
+    """Defaults <- YAML file (over its ``base:`` chain) <- ``--set`` overrides, validated."""
     cfg: dict = {}
     if path is not None:
-        p = resolve_config_path(path)
-        with open(p, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
-        cfg = loaded
+        from sharpdro.configfile import read_config_file  # the file and its `base:` chain
+
+        cfg = read_config_file(resolve_config_path(path))
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg)
 
