@@ -97,6 +97,8 @@ def test_job_hash_stable_across_processes_and_key_order():
 
 
 def _other_value(path: str, f: Field, value):
+    if f.type is list and f.choices is not None:  # a list of choices (output.loggers)
+        return [[c] for c in f.choices]
     if f.choices is not None:
         return [c for c in f.choices if c != value]
     if f.type is bool:
