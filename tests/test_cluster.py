@@ -149,3 +149,23 @@ def test_two_slurm_tasks_train_one_ddp_run(tmp_path):
     summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in (0, 1)]
     assert summaries[0]["processes"] == 2 and summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone wrote
+
+
+def test_cache_arrays_are_memory_maps_shared_between_processes(tmp_path):
+    """Every rank maps the cache file (one copy in the page cache) instead of reading it into its own memory."""
+    import mmap
+
+    import numpy as np
+
+    from sharpdro.data import cache as cache_mod
+
+    data = {"img": np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)}
+    built = cache_mod.get_or_build(tmp_path, {"k": 1}, lambda: data)
+    arr = cache_mod.load_entry(built.path, key={"k": 1}).arrays["img"]
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    assert isinstance(base, mmap.mmap) and not arr.flags.owndata
+    arr[0, 0, 0, 0] = 255  # copy-on-write: this process's page only; the file is unchanged and still verifies
+    again = cache_mod.load_entry(built.path, key={"k": 1}).arrays["img"]
+    assert again[0, 0, 0, 0] == 0 and np.array_equal(again, data["img"])
