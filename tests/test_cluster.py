@@ -165,6 +165,8 @@ def test_cache_arrays_are_memory_maps_shared_between_processes(tmp_path):
     base = arr
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
     assert isinstance(base, mmap.mmap) and not arr.flags.owndata
     arr[0, 0, 0, 0] = 255  # copy-on-write: this process's page only; the file is unchanged and still verifies
     again = cache_mod.load_entry(built.path, key={"k": 1}).arrays["img"]
