@@ -84,3 +84,37 @@ def test_py_typed_is_shipped():
 
     assert (Path(sharpdro.__file__).parent / "py.typed").is_file()
     assert '"py.typed"' in (REPO / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("name,base,dataset", [("release_imagenet30", "imagenet30", "ImageNet30"),
+                                               ("release_cifar10", "cifar10", "CIFAR10")])
+def test_release_configs_read_the_release_layout(name, base, dataset):
+    cfg = load_config(name)
+    ref = load_config(base)
+    assert cfg["data"]["dataset"] == "labelfile" and cfg["data"]["name"] == dataset and cfg["data"]["root"] == "data"
+    for section in ("model", "algorithm", "train", "eval"):
+        assert cfg[section] == ref[section]  # the release's hyperparameters, from the shipped base
+
+
+def test_release_config_trains_on_the_release_layout(tmp_path):
+    """A tiny copy of the release's data folder: the _val list becomes the test split."""
+    import numpy as np
+    from PIL import Image
+
+    from sharpdro.data.splits import build_splits
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 3)):
+        lines = []
+        for c, cls in enumerate(("acorn", "airliner")):
+            (tmp_path / f"ImageNet30_{split}_img" / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                    tmp_path / f"ImageNet30_{split}_img" / cls / f"{i}.JPEG")
+                lines.append(f"{cls}/{i}.JPEG {c}")
+        (tmp_path / f"ImageNet30_{split}_label.txt").write_text("\n".join(lines) + "\n")
+    cfg = load_config("release_imagenet30", [f"data.root={tmp_path}", "data.train_per_class=8",
+                                             "data.image_size=16"])
+    splits = build_splits(cfg, progress=False)
+    assert len(splits.test[0]) == 6  # the _val list
+    assert len(splits.train) <= 16 and len(splits.val[0]) == 2 * (12 - 8)  # validation: rest of the train list
