@@ -87,11 +87,16 @@ def test_torch_backend_reads_slurm_ranks(monkeypatch):
     from sharpdro.backends.torch.distributed import env_world
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded, so that what env_world sets is removed after the test
+        monkeypatch.delenv(k)
     for k, v in SLURM.items():
         monkeypatch.setenv(k, v)
     assert env_world() == (5, 1, 8)
     assert os.environ["MASTER_ADDR"] == "gpu07"
+
+
+def test_slurm_test_leaves_no_ranks_behind():
+    assert "WORLD_SIZE" not in os.environ and "RANK" not in os.environ  # (tests after it run one process)
 
 
 def test_slurm_gpus_start_one_task_per_gpu():

@@ -43,6 +43,15 @@ class ExportError(SharpDROError):
     """An export folder is missing, incomplete or does not fit the network asked for."""
 
 
+def _safetensors_torch():
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise ExportError("exported models are safetensors files: pip install 'sharpdro[export]' "
+                          "(or pip install safetensors)") from None
+    return st
+
+
 # ------------------------------------------------------------------------------ writing
 def _torch_session(ckpt: Path):
     """A PyTorch inference session of a checkpoint of either backend (a MindSpore one is converted first)."""
@@ -71,8 +80,7 @@ def _selected_epoch(run, ckpt: Path, summary: Mapping) -> int | None:
 
 def export_run(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Export a run directory's selected model (its best checkpoint, else its last) or a checkpoint file."""
-    from safetensors.torch import save_file
-
+    save_file = _safetensors_torch().save_file
     from sharpdro import __version__
     from sharpdro.config import config_hash
     from sharpdro.io import atomic_path, atomic_write_json
@@ -131,9 +139,7 @@ def read_export_config(directory: str | os.PathLike) -> dict:
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(directory).expanduser() / MODEL_FILE), device="cpu")
+    return _safetensors_torch().load_file(str(Path(directory).expanduser() / MODEL_FILE), device="cpu")
 
 
 def _build(arch: Mapping, num_classes: int | None = None) -> nn.Module:
