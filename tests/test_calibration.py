@@ -140,3 +140,20 @@ def test_report_calibration_columns_are_optional(tmp_path):
     assert "| ECE (%) | NLL | Brier |" in md and "15.00 ± 7.07" in md
     assert "ECE (\\%)" in rp.to_latex(table)
     assert rp.to_dict(table)["rows"][0]["ece"]["mean"] == pytest.approx(15.0)
+
+
+def test_evaluate_command_prints_calibration(tmp_path, capsys):
+    from sharpdro.cli import main
+    from sharpdro.config import load_config
+    from sharpdro.engine import train
+
+    cfg = load_config("quickstart", ["data.train_per_class=30", "data.val_per_class=3", "data.test_per_class=5",
+                                     "model.width=8", "train.epochs=1", "train.batch_size=50",
+                                     "train.progress=false", "train.threads=1"])
+    train(cfg, out_dir=tmp_path / "r")
+    out_json = tmp_path / "e.json"
+    assert main(["evaluate", str(tmp_path / "r"), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "ECE (%)" in out and "Brier" in out
+    res = json.loads(out_json.read_text())
+    assert set(res["test"]["ece"]) == {str(s) for s in range(6)}

@@ -150,3 +150,15 @@ def summary_fields(block: Mapping, prefix: str = "test") -> dict:
             out[f"{prefix}_{key}"] = vals
             out[f"{prefix}_{key}_average"] = float(np.mean(list(vals.values()))) if vals else float("nan")
     return out
+
+
+def format_calibration(block: Mapping) -> str:
+    """ECE (%), NLL and Brier per severity of an evaluation block, one line each (empty when absent)."""
+    if not all(k in block for k in CALIBRATION_KEYS):
+        return ""
+    sevs = sorted(block["ece"], key=int)
+    head = "calibration".ljust(12) + "".join(f"s{s}".rjust(8) for s in sevs)
+    rows = [head]
+    for key, scale, label in (("ece", 100.0, "ECE (%)"), ("nll", 1.0, "NLL"), ("brier", 1.0, "Brier")):
+        rows.append(label.ljust(12) + "".join(f"{scale * float(block[key][s]):.3f}".rjust(8) for s in sevs))
+    return "\n".join(rows)

@@ -44,6 +44,9 @@ def run(args) -> int:
     label = f"{res['algorithm']} ({res['model']})"
     print(format_severity_table({label: res["test"]},
                                 title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
+    from sharpdro.calibration import format_calibration
+
+    print(format_calibration(res["test"]))
     out = args.json_out
     if out is None:
         out = run_of_checkpoint(res["checkpoint"]).evaluation(f"{Path(str(res['dataset'])).name}-{res['corruption']}")
