@@ -107,7 +107,8 @@ def test_cross_key_check_is_the_methods_own():
 METHOD_HOMES = (SRC / "methods", SRC / "backends" / "torch" / "algorithms", SRC / "backends" / "mindspore" / "algorithms")
 # "sharpdro" is also the package's (and the program's) name: these uses are not the method.
 PACKAGE_NAME_USES = ('resources.files("sharpdro")', 'getLogger("sharpdro")', 'prog="sharpdro"', '/ "sharpdro" /',
-                     '"sharpdro" in str(', 'hashsalt"] = "sharpdro"', 'name: str = "sharpdro"')
+                     '"sharpdro" in str(', 'hashsalt"] = "sharpdro"', 'name: str = "sharpdro"',
+                     'PACKAGE = "sharpdro"')
 
 
 def _sources():

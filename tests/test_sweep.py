@@ -97,6 +97,8 @@ def test_job_hash_stable_across_processes_and_key_order():
 
 
 def _other_value(path: str, f: Field, value):
+    if f.type is list and f.choices is not None:  # a list of choices (output.loggers)
+        return [[c] for c in f.choices]
     if f.choices is not None:
         return [c for c in f.choices if c != value]
     if f.type is bool:
@@ -295,7 +297,7 @@ def test_slurm_parameters_without_submitit(monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     p = sw.slurm_parameters(partition="gpu", time="1-02:30:00", gpus=2, cpus=8, mem_gb=32, account="lab",
                             array_parallelism=4, extra=["mail-type=END", "requeue"])
-    assert p == {"name": "sharpdro", "timeout_min": 1590, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 2,
+    assert p == {"name": "sharpdro", "timeout_min": 1590, "nodes": 1, "tasks_per_node": 2, "gpus_per_node": 2,
                  "cpus_per_task": 8, "mem_gb": 32.0, "slurm_partition": "gpu", "slurm_account": "lab",
                  "slurm_array_parallelism": 4,
                  "slurm_additional_parameters": {"mail_type": "END", "requeue": True}}

@@ -24,11 +24,14 @@ COMMANDS = (
     "sharpness",
     "bench",
     "convert",
+    "export",
+    "export_logs",
+    "config",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sharpdro import __version__
+    from sharpdro.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="sharpdro",

@@ -62,6 +62,8 @@ SCHEMA: dict[str, Any] = {
         "name": Field("cnn", str, "network", choices=MODELS),
         "width": Field(32, int, "base width of the small cnn", min=4),
         "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
+        "init_from": Field(None, str, "start from the weights of a `sharpdro export` folder (fine-tuning; "
+                           "same model.name and width, a new classifier when the classes differ)", nullable=True),
     },
     "algorithm": {},  # built from the method descriptions: _sync_algorithm_section
     "train": {
@@ -102,6 +104,8 @@ SCHEMA: dict[str, Any] = {
         "name": Field(None, str, "run directory name (null: <dataset>-<corruption>-<algorithm>-s<seed>-<hash>)",
                       nullable=True),
         "save_best": Field(True, bool, "keep checkpoints/best.pt (MindSpore: best.npz) of the selected epoch"),
+        "loggers": Field([], list, "mirror metrics.jsonl to these trackers (optional extras; offline by default)",
+                         choices=("tensorboard", "mlflow", "wandb"), item_type=str),
     },
 }
 
@@ -127,6 +131,7 @@ RUNTIME_KEYS = (
     "data.download",
     "output.dir",
     "output.name",
+    "output.loggers",
 )
 
 # Device strings are free-form (cuda:3), checked here rather than by choices.
@@ -176,7 +181,8 @@ def _check_value(path: str, field: Field, value):
     elif t is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, finite=field.finite), v)
+        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, choices=field.choices,
+                                                    finite=field.finite), v)
                  for i, v in enumerate(value)]
         return value
     _check_finite(path, field, value)
@@ -340,16 +346,56 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults <- YAML file <- ``--set`` overrides, validated."""
+    """Defaults <- YAML file (over its ``base:`` chain) <- ``--set`` overrides, validated."""
     cfg: dict = {}
     if path is not None:
-        p = resolve_config_path(path)
-        loaded = read_yaml(p) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
-        cfg = loaded
+        cfg = read_config_file(resolve_config_path(path))
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg)
+
+
+# ------------------------------------------------------------------ config files that build on others
+# ``base: NAME_OR_PATH`` names a base config (a path, relative to the file first, or a shipped config such
+# as ``cifar10``); the file's keys override the base's section by section (a list replaces the base's
+# list). A base may have its own base (a chain); a file that reaches itself again is a cycle, an error.
+BASE_KEY = "base"
+
+
+def deep_merge(base: Mapping, child: Mapping) -> dict:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in child.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _base_path(name, relative_to: Path) -> Path:
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise ConfigError(f"{relative_to}: 'base' must name a config file or a shipped config, got {name!r}")
+    for cand in (relative_to.parent / str(name), relative_to.parent / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    return resolve_config_path(name)
+
+
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its ``base`` chain applied (not validated)."""
+    p = Path(path)
+    key = p.resolve()
+    if key in _chain:
+        cycle = " -> ".join(str(x) for x in (*_chain[_chain.index(key):], key))
+        raise ConfigError(f"config 'base' cycle: {cycle}")
+    loaded = read_yaml(p) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
+    if BASE_KEY not in loaded:
+        return loaded
+    child = {k: v for k, v in loaded.items() if k != BASE_KEY}
+    parent = read_config_file(_base_path(loaded[BASE_KEY], p), (*_chain, key))
+    return deep_merge(parent, child)
 
 
 def read_yaml(path: str | os.PathLike):

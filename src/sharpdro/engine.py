@@ -28,9 +28,11 @@ import numpy as np
 
 from sharpdro import config as config_mod
 from sharpdro import methods
+from sharpdro.calibration import summary_fields
 from sharpdro.errors import NonFiniteLossError, SharpDROError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
-from sharpdro.metrics import select_epoch, severity_results
+from sharpdro.loggers import open_loggers
+from sharpdro.metrics import select_epoch
 from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
 
 log = logging.getLogger("sharpdro")
@@ -100,29 +102,19 @@ def init_processes(backend, cfg: dict):
 
 # ------------------------------------------------------------------ evaluation
 def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
-    """Per-severity accuracy/loss on ``{severity: LabeledArrays}`` plus average and worst.
+    """Per-severity accuracy, loss and calibration (ECE, NLL, Brier) on ``{severity: LabeledArrays}``,
+    plus average and worst accuracy (:func:`sharpdro.calibration.severity_block`).
 
     With several processes each rank evaluates every ``world_size``-th image and the
-    correct counts and loss sums are summed over ranks (every rank gets the same result).
+    additive statistics are summed over ranks (every rank gets the same result).
     """
-    if processes is None or processes.world_size == 1:
-        per_severity = {}
-        for s in sorted(sets):
-            arr = sets[s]
-            res = session.evaluate(arr.images, arr.labels, batch_size)
-            per_severity[s] = (int(np.sum(res["correct"])), len(res["correct"]), float(res["loss"]))
-        return severity_results(per_severity)
-    rank, world = processes.rank, processes.world_size
+    from sharpdro.calibration import evaluate_arrays, severity_block
+
+    rank, world = (0, 1) if processes is None else (processes.rank, processes.world_size)
     sevs = sorted(sets)
-    local = np.zeros((len(sevs), 3), dtype=np.float64)  # correct, loss sum, count
-    for j, s in enumerate(sevs):
-        arr = sets[s]
-        res = session.evaluate(arr.images[rank::world], arr.labels[rank::world], batch_size)
-        n = len(res["correct"])
-        local[j] = (float(np.sum(res["correct"])), float(res["loss"]) * n, n)
-    total = processes.all_reduce_sum(local)
-    return severity_results({s: (total[j, 0], total[j, 2], total[j, 1] / max(total[j, 2], 1.0))
-                             for j, s in enumerate(sevs)})
+    local = np.stack([evaluate_arrays(lambda x: session.predict_logits(x, batch_size), sets[s].images[rank::world],
+                                      sets[s].labels[rank::world]) for s in sevs])
+    return severity_block(sevs, local if world == 1 else processes.all_reduce_sum(local))
 
 
 def _train_block(stats: dict) -> dict:
@@ -208,7 +200,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
     last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
-    handler = None
+    handler = tracker = None
     try:
         refusal, changes = None, {}
         if main:  # rank 0 decides; every rank raises the same refusal
@@ -227,6 +219,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         if main:
             previous = _previous_summary(run) if resume else None
             handler = _start_run_dir(run, cfg)
+            tracker = open_loggers(cfg, run_dir)  # output.loggers (sharpdro.loggers); rank 0 only
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -292,6 +285,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             records.append(record)
             if main:
                 append_jsonl(metrics_path, record)
+                tracker.log(record)
                 session.save_checkpoint(last_ckpt, {"epoch": epoch})
                 if "val" in record:
                     selected = select_epoch(records, rule)
@@ -310,6 +304,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         procs.barrier()  # every rank leaves together (and after rank 0 has written everything)
         return summary
     finally:
+        if tracker is not None:
+            tracker.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -441,6 +437,7 @@ def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
         "val_accuracy": sel["val"]["accuracy"],
         "val_average": sel["val"]["average"],
         "val_worst": sel["val"]["worst"],
+        **summary_fields(sel["test"], "test"),
         "config_hash": config_mod.config_hash(cfg),
         "finished": True,
     }
@@ -469,7 +466,8 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
         from sharpdro.data.match import check_cifar_c_matches
 
         raw = load_cifar_c(cifar_c, cfg["data"]["corruption"], cfg["data"]["max_severity"])
-        check_cifar_c_matches(run_cfg["data"]["dataset"], session.num_classes, session.image_shape, cifar_c, raw)
+        check_cifar_c_matches(run_cfg["data"]["dataset"], session.num_classes, session.image_shape, cifar_c, raw,
+                              session.classes)
         sets = {s: LabeledArrays(x, y, np.full(len(y), s)) for s, (x, y) in raw.items()}
         result.update(dataset=f"cifar-c:{cifar_c}", corruption=cfg["data"]["corruption"])
     else:

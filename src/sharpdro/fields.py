@@ -23,6 +23,8 @@ class Field:
     finite: bool = True  # numbers must be finite (no NaN, no infinity)
 
     def describe(self) -> str:
+        if self.choices is not None and self.item_type is not None:  # a list of choices
+            return "list, each one of " + ", ".join(repr(c) for c in self.choices)
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         parts = [_type_name(self.type)]

@@ -28,15 +28,6 @@ def accuracy(correct, count) -> float:
     return float(correct) / float(count) if count else float("nan")
 
 
-def severity_results(per_severity: Mapping) -> dict:
-    """``{severity: (correct, count, mean loss)}`` -> ``{'accuracy': {'0': a0, ...}, 'loss': {...}}`` plus
-    :func:`summarize`'s average and worst (the block of every evaluation: validation, test, ``evaluate``)."""
-    keys = sorted(per_severity, key=int)
-    acc = {str(s): accuracy(per_severity[s][0], per_severity[s][1]) for s in keys}
-    loss = {str(s): float(per_severity[s][2]) for s in keys}
-    return {"accuracy": acc, "loss": loss, **summarize(acc)}
-
-
 class TrainEpochSums:
     """Per-severity sums of one training epoch, accumulated step by step in the backend's own arrays.
 

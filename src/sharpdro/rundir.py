@@ -11,6 +11,8 @@ A run directory holds::
     evaluation-*.json  results of ``sharpdro evaluate``
     .sharpdro-run      marks the folder as a run directory of this project (written first)
     config-changes.jsonl  optimisation keys changed on --resume --allow-optimizer-changes (when any)
+    tensorboard/       TensorBoard event files (``output.loggers: [tensorboard]``, ``sharpdro export-logs``)
+    tracking.json      the MLflow / W&B run ids of this run, so a resumed run logs into the same one
 
 A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
 ``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
@@ -41,6 +43,8 @@ SLURM_MARKER = "slurm.json"
 EVALUATION_PREFIX = "evaluation-"
 MARKER = ".sharpdro-run"
 CHANGES = "config-changes.jsonl"
+TENSORBOARD = "tensorboard"
+TRACKING = "tracking.json"
 
 # Files written by the sweep around a run, not by the trainer.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
@@ -101,6 +105,8 @@ class RunDir:
             if (self.checkpoints / name).is_file():
                 return self.checkpoints / name
         return None
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
+    tracking = property(lambda self: self.path / TRACKING)
 
     def evaluation(self, tag: str) -> Path:
         return self.path / f"{EVALUATION_PREFIX}{tag}.json"

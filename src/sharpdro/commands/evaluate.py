@@ -1,4 +1,4 @@
-"""sharpdro evaluate RUN_DIR_OR_CHECKPOINT [--set data.corruption=...] [--severity 0 3 5] [--cifar-c DIR]"""
+"""sharpdro evaluate RUN_DIR_OR_CHECKPOINT [--set data.corruption=...] [--severity 0 3 5] [--cifar-c DIR | --imagenet-c DIR]"""
 from __future__ import annotations
 
 
@@ -11,13 +11,29 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override the run's config for evaluation, e.g. --set data.corruption=jpeg_compression")
     p.add_argument("--severity", type=int, nargs="+", help="only these severities")
-    p.add_argument("--cifar-c", help="CIFAR-10-C style folder (<corruption>.npy + labels.npy)")
+    p.add_argument("--cifar-c", metavar="DIR",
+                   help="the standard benchmark on a CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy + labels.npy): "
+                        "every corruption found (15 standard + 4 extra types) at severities 1-5, clean accuracy, "
+                        "mean corruption accuracy")
+    p.add_argument("--imagenet-c", metavar="DIR",
+                   help="the same on an ImageNet-C folder (<corruption>/<severity>/<class>/<image>)")
+    p.add_argument("--reference", metavar="RUN_OR_JSON",
+                   help="with --cifar-c / --imagenet-c: a run (or an earlier result JSON) to compute mCE against")
+    p.add_argument("--corruptions", nargs="+", metavar="NAME",
+                   help="with --cifar-c / --imagenet-c: only these corruption types")
+    p.add_argument("--no-clean", action="store_true",
+                   help="with --cifar-c / --imagenet-c: skip the clean accuracy (the run's own test split, severity 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
     p.add_argument("--json", dest="json_out", help="write the result here (default: a file in the run directory named after the data)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.cifar_c or args.imagenet_c:  # the standard corruption benchmark: sharpdro.robustness
+        from sharpdro.robustness import run_command
+
+        return run_command(args)
+    from sharpdro.calibration import format_calibration
     from sharpdro.engine import evaluate_run, format_severity_table, write_evaluation
 
     res = evaluate_run(args.path, args.overrides, severities=args.severity, cifar_c=args.cifar_c,
@@ -25,5 +41,6 @@ def run(args) -> int:
     label = f"{res['algorithm']} ({res['model']})"
     print(format_severity_table({label: res["test"]},
                                 title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
+    print(format_calibration(res["test"]))
     print(f"-> {write_evaluation(res, args.json_out)}")
     return 0

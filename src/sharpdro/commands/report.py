@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
                    help="config keys that split rows besides dataset/corruption/method: 'auto' (every key that "
                         "differs between runs, seed excepted; the default), 'none', or a comma list such as train.lr")
     p.add_argument("--decimals", type=int, default=2, help="decimals of the percentages (default 2)")
+    p.add_argument("--calibration", action="store_true",
+                   help="add ECE (%%), NLL and Brier columns: each run's mean over severities at its selected "
+                        "epoch, mean ± std over seeds (runs trained before calibration was recorded show –)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,8 @@ def run(args) -> int:
     formats = rp.parse_formats(args.format) if args.format else (list(rp.FORMATS) if args.out else ["md"])
     if args.decimals < 0:
         raise rp.ReportError(f"--decimals must be >= 0, got {args.decimals}")
-    table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals)
+    table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals,
+                       calibration=args.calibration)
     if args.out:
         for path in rp.write_report(table, args.out, formats):
             print(path)

@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     g.add_argument("--slurm-partition", default=None)
     g.add_argument("--slurm-time", default="4:00:00",
                    help="time limit per job: minutes, HH:MM:SS, D-HH:MM:SS or 90m/4h/2d (default 4:00:00)")
-    g.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1)")
+    g.add_argument("--slurm-gpus", type=int, default=1,
+                   help="GPUs per job (default 1); N > 1 starts N tasks that train one data-parallel (DDP) run, "
+                        "ranks taken from Slurm's variables")
     g.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job (also train.threads when null)")
     g.add_argument("--slurm-mem", type=float, default=None, metavar="GB", help="memory per job in GB")
     g.add_argument("--slurm-account", default=None)

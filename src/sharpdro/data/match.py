@@ -10,6 +10,8 @@ from sharpdro.errors import DataError
 
 # The datasets Hendrycks' CIFAR-C files belong to, by number of classes.
 CIFAR_C_DATASETS = {10: "cifar10", 100: "cifar100"}
+# CIFAR-10's classes in label order: a model trained on CIFAR-10 images from class folders has these names
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _listing(names: Sequence[str], limit: int = 8) -> str:
@@ -43,13 +45,16 @@ def check_classes_match(model_classes: Sequence[str] | None, num_classes: int, d
                     "exactly the model's classes (" + _listing(model_classes) + ")")
 
 
-def check_cifar_c_matches(run_dataset: str, num_classes: int, image_shape, folder, sets: dict) -> None:
+def check_cifar_c_matches(run_dataset: str, num_classes: int, image_shape, folder, sets: dict,
+                          model_classes: Sequence[str] | None = None) -> None:
     """CIFAR-C files carry no class names: their label count and image size must be the model's, and the run
-    must have been trained on the dataset the files belong to (CIFAR-10-C: cifar10, CIFAR-100-C: cifar100)."""
+    must have been trained on the dataset the files belong to (CIFAR-10-C: cifar10, CIFAR-100-C: cifar100),
+    or, for CIFAR-10-C, on class folders named as CIFAR-10's classes in their order."""
     labels = np.concatenate([np.asarray(y) for _, y in sets.values()]) if sets else np.zeros(0, np.int64)
     n = int(labels.max()) + 1 if len(labels) else 0
     belongs = CIFAR_C_DATASETS.get(n)
-    if n != num_classes or belongs != run_dataset:
+    same_names = belongs == "cifar10" and model_classes is not None and tuple(model_classes) == CIFAR10_CLASSES
+    if n != num_classes or not (belongs == run_dataset or same_names):
         what = f"CIFAR-{n}-C" if belongs else f"CIFAR-C style files with {n} label values"
         raise DataError(f"--cifar-c {folder}: these are {what} (labels 0..{n - 1}), but the model was trained on "
                         f"{run_dataset} with {num_classes} classes; CIFAR-10-C fits cifar10 runs and CIFAR-100-C "

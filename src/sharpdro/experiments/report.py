@@ -67,7 +67,7 @@ N_NOTE = "n: finished runs; an incomplete group shows finished/expected and what
 _NOT_HYPERPARAMETERS = {
     "seed", "data.dataset", "data.corruption", "algorithm.name", "data.root", "data.name", "eval.selection",
     "train.threads", "train.progress", "train.device", "data.cache_dir", "data.download", "output.dir",
-    "output.name",
+    "output.name", "output.loggers",
 }
 
 
@@ -192,6 +192,23 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+# Optional columns (``sharpdro report --calibration``): key -> (header, scale).
+CALIBRATION_COLUMNS = {"ece": ("ECE (%)", 100.0), "nll": ("NLL", 1.0), "brier": ("Brier", 1.0)}
+
+
+def _calibration_mean(run: Run, key: str) -> float | None:
+    """The mean over severities of a calibration metric at the run's selected epoch (None if not recorded)."""
+    block = (run.selected or {}).get("test", {}).get(key)
+    if not block:
+        return None
+    return CALIBRATION_COLUMNS[key][1] * math.fsum(float(v) for v in block.values()) / len(block)
+
+
+def mean_std_n(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    m, s = mean_std(values)
+    return m, s, len(values)
+
+
 @dataclass
 class Row:
     dataset: str  # config key
@@ -227,7 +244,10 @@ class Row:
         return sorted(sev)
 
     def stat(self, what: str | int) -> tuple[float | None, float | None, int]:
-        """(mean, std, n) in percent of 'average', 'worst' or a severity."""
+        """(mean, std, n) in percent of 'average', 'worst', a severity, or a calibration column
+        ('ece' in percent, 'nll', 'brier': each run's mean over severities at its selected epoch)."""
+        if what in CALIBRATION_COLUMNS:
+            return mean_std_n([v for v in (_calibration_mean(r, what) for r in self.finished) if v is not None])
         vals = []
         for r in self.finished:
             v = getattr(r, what) if isinstance(what, str) else r.accuracy.get(what)
@@ -259,6 +279,7 @@ class Table:
     rows: list
     severities: list
     decimals: int = 2
+    calibration: bool = False  # ECE / NLL / Brier columns after n (off by default)
 
     @property
     def oracle(self) -> bool:
@@ -329,7 +350,7 @@ def detect_hyperparameters(runs: Iterable[Run]) -> list[str]:
 
 
 def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequence[str] | None = None,
-                decimals: int = 2) -> Table:
+                decimals: int = 2, calibration: bool = False) -> Table:
     """Group runs into rows. ``group_by``: None detects swept keys; a list names them ([] for none)."""
     if not runs:
         raise ReportError("no runs found: give a sweep folder (with sweep.json or run subfolders) or a run folder")
@@ -351,13 +372,13 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
         _order(_DATASET_ORDER, row.dataset), row.data, _order(CORRUPTIONS, row.corruption), row.corruption,
         methods.rank(row.method_key), row.method_key, tuple(_value_sort_key(v) for v in row.hparams)))
     severities = sorted({s for row in rows for s in row.severities})
-    return Table(selection, hparams, rows, severities, decimals)
+    return Table(selection, hparams, rows, severities, decimals, calibration)
 
 
 def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequence[str] | None = None,
-            decimals: int = 2) -> Table:
+            decimals: int = 2, calibration: bool = False) -> Table:
     """Load the runs under ``path`` and build the table."""
-    return build_table(load_runs(path, selection), selection, group_by, decimals)
+    return build_table(load_runs(path, selection), selection, group_by, decimals, calibration)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -373,7 +394,8 @@ def _cell(m: float | None, s: float | None, d: int, pm: str = "±", empty: str =
 
 def _header(table: Table, sev_label: str = "Sev. ") -> list[str]:
     return (["Data", "Type", "Method"] + list(table.hparams) + ["Averaged accuracy (%)", "Worst severity (%)"]
-            + [f"{sev_label}{s}" for s in table.severities] + ["n"])
+            + [f"{sev_label}{s}" for s in table.severities] + ["n"]
+            + ([h for h, _ in CALIBRATION_COLUMNS.values()] if table.calibration else []))
 
 
 def _cells(table: Table, row: Row, pm: str = "±", empty: str = "–", na: str = "n/a") -> list[str]:
@@ -390,6 +412,10 @@ def _cells(table: Table, row: Row, pm: str = "±", empty: str = "–", na: str =
         m, s, _ = row.stat(sev)
         out.append(_cell(m, s, d, pm, empty))
     out.append(row.n_text())
+    if table.calibration:
+        for key in CALIBRATION_COLUMNS:
+            m, s, _ = row.stat(key)
+            out.append(_cell(m, s, d if key == "ece" else d + 1, pm, empty))
     return out
 
 
@@ -424,6 +450,9 @@ def to_csv(table: Table) -> str:
                "average_mean", "average_std", "worst_mean", "worst_std"])
     for s in table.severities:
         head += [f"sev{s}_mean", f"sev{s}_std"]
+    if table.calibration:
+        for key in CALIBRATION_COLUMNS:
+            head += [f"{key}_mean", f"{key}_std"]
     w.writerow(head)
     for row in table.rows:
         line = [row.data, row.type, row.method, row.dataset, row.corruption, row.method_key]
@@ -437,6 +466,10 @@ def to_csv(table: Table) -> str:
         for sev in table.severities:
             m, s, _ = row.stat(sev) if sev in have else (None, None, 0)
             line += [_num(m, d), _num(s, d)]
+        if table.calibration:
+            for key in CALIBRATION_COLUMNS:
+                m, s, _ = row.stat(key)
+                line += [_num(m, d), _num(s, d)]
         w.writerow(line)
     return buf.getvalue()
 
@@ -456,7 +489,7 @@ def to_latex(table: Table) -> str:
     nleft = 3 + len(table.hparams)
     spec = "l" * nleft + "r" * (ncols - nleft)
     tex_head = [_tex(h) for h in head[:nleft]] + ["Avg. (\\%)", "Worst (\\%)"] + \
-        [str(s) for s in table.severities] + ["$n$"]
+        [str(s) for s in table.severities] + ["$n$"] + [_tex(h) for h in head[nleft + 3 + len(table.severities):]]
     lines = [
         f"% Generated by `sharpdro report --selection {table.selection}`; needs \\usepackage{{booktabs}}.",
         "\\begin{table}[t]",
@@ -504,6 +537,10 @@ def to_dict(table: Table) -> dict:
         for what in ("average", "worst"):
             m, s, _ = row.stat(what)
             entry[what] = {"mean": _r(m), "std": _r(s)}
+        if table.calibration:
+            for key in CALIBRATION_COLUMNS:
+                m, s, _ = row.stat(key)
+                entry[key] = {"mean": _r(m), "std": _r(s)}
         entry["severity"] = {}
         have = set(row.severities)
         for sev in table.severities:

@@ -190,9 +190,28 @@ def _run_local(pending, out, train, outcome, progress, say) -> None:
             _after(result, job, outcome, bar, say)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, gpu_slots=None) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+    global _GPU_SLOTS
+    _GPU_SLOTS = gpu_slots
+
+
+_GPU_SLOTS = None  # in a parallel worker on a GPU machine: a queue of free GPU ids (sharpdro.cluster)
+
+
+def run_job_on_own_gpu(cfg: dict, job_dir: str, h: str | None = None, train: Callable | str | None = None) -> dict:
+    """:func:`run_job` in a parallel worker, on one GPU of its own: a free id from the launcher's queue becomes
+    this process's ``CUDA_VISIBLE_DEVICES`` (before CUDA starts: each worker process runs one job) and goes
+    back to the queue when the job ends.  Without GPUs it is :func:`run_job`."""
+    if _GPU_SLOTS is None:
+        return run_job(cfg, job_dir, h, train)
+    gpu = _GPU_SLOTS.get()
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        return run_job(cfg, job_dir, h, train)
+    finally:
+        _GPU_SLOTS.put(gpu)
 
 
 def _run_parallel(pending, out, train, workers, outcome, progress, say) -> None:
@@ -200,19 +219,26 @@ def _run_parallel(pending, out, train, workers, outcome, progress, say) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    from sharpdro.cluster import parallel_devices
+
     threads = max(1, available_cores() // workers)
+    gpus = parallel_devices(workers)  # one GPU per worker slot; [] without GPUs
     queue = list(pending)
     restarts = 0
     with _bar(len(pending), progress) as bar:
         while queue:
             broken: list[Job] = []
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=mp.get_context("spawn"),
-                                       max_tasks_per_child=1, initializer=_init_worker, initargs=(threads,))
+            ctx = mp.get_context("spawn")
+            slots = ctx.Queue() if gpus else None
+            for g in gpus:
+                slots.put(g)
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx,
+                                       max_tasks_per_child=1, initializer=_init_worker, initargs=(threads, slots))
             try:
                 futures = {}
                 for job in queue:
                     cfg = _runtime_config(job.config, threads=threads, progress=False)
-                    futures[pool.submit(run_job, cfg, str(out / job.hash), job.hash, train)] = job
+                    futures[pool.submit(run_job_on_own_gpu, cfg, str(out / job.hash), job.hash, train)] = job
                 for fut in as_completed(futures):
                     job = futures[fut]
                     try:

@@ -10,7 +10,7 @@ import re
 import shutil
 from typing import Any, Callable, Mapping, Sequence
 
-from sharpdro.experiments.sweep_jobs import run_job
+from sharpdro.experiments.sweep_jobs import resolve_train, run_job
 from sharpdro.experiments.sweep_spec import SweepError
 
 
@@ -70,7 +70,7 @@ def slurm_parameters(partition: str | None = None, time: str | int = "4:00:00", 
         "name": name,
         "timeout_min": parse_slurm_time(time),
         "nodes": 1,
-        "tasks_per_node": 1,
+        "tasks_per_node": max(1, int(gpus or 0)),  # one task per GPU: the tasks are the ranks of one DDP run
         "gpus_per_node": int(gpus or 0),
     }
     if cpus is not None:
@@ -111,6 +111,11 @@ class SlurmJobFunction:
     :meth:`checkpoint`, which requeues the same job; it resumes from its last checkpoint."""
 
     def __call__(self, cfg: dict, job_dir: str, h: str, train: Callable | str | None = None) -> dict:
+        from sharpdro.cluster import slurm_rank
+
+        if slurm_rank() > 0:  # --slurm-gpus N > 1: tasks 1..N-1 are DDP ranks of task 0's run (ranks from Slurm)
+            resolve_train(train)(cfg, out_dir=job_dir, resume=True)  # rank 0 decides resume; only it writes
+            return {"hash": h, "status": "rank", "seconds": 0.0, "error": None}
         return run_job(cfg, job_dir, h, train)
 
     def checkpoint(self, *args, **kwargs):

@@ -98,6 +98,11 @@ class MindSporeSession:
         self._dropout_rng = np.random.default_rng(seed)  # dropout masks (models.Dropout); checkpointed
 
         model = self._make_model()
+        if splits is not None and cfg["model"].get("init_from"):  # a training run from exported weights
+            from sharpdro.export import pretrained_state
+
+            state = pretrained_state(cfg["model"]["init_from"], cfg["model"], num_classes, self.image_shape[0])
+            load_parameters(model, convert.torch_state_to_mindspore(state), strict=False)
         self.algorithm = build_algorithm(cfg["algorithm"]["name"], model, num_classes, num_groups,
                                          cfg["algorithm"], train_size)
         self.optimizer = self._make_optimizer(model.trainable_params())

@@ -36,7 +36,13 @@ from sharpdro.errors import SharpDROError
 
 
 def env_world() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 when absent)."""
+    """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 when absent).
+
+    Under ``srun`` with several tasks and no torchrun, Slurm's variables give them (sharpdro.cluster).
+    """
+    from sharpdro.cluster import apply_slurm_env
+
+    apply_slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rank = int(os.environ.get("RANK", "0") or 0)
     local = int(os.environ.get("LOCAL_RANK", str(rank)) or 0)

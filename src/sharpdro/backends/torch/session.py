@@ -116,6 +116,10 @@ class TorchSession:
 
         self.precision = Precision(t["precision"], self.device)
         model = self._make_model()
+        if splits is not None and cfg["model"].get("init_from"):  # a training run from exported weights
+            from sharpdro.export import init_from_pretrained
+
+            init_from_pretrained(model, cfg["model"]["init_from"], cfg["model"], num_classes, self.image_shape[0])
         if self.world_size > 1 and t["sync_bn"]:
             if self.device.type != "cuda":
                 raise TrainingError("train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
