@@ -43,12 +43,35 @@ def _batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _recording_forward(mod: nn.Module, into: dict, x: torch.Tensor) -> torch.Tensor:
+    """``_BatchNorm.forward`` in training mode (exponential average), through the kernel call that
+    ``F.batch_norm`` makes, which also returns the batch mean and 1 / sqrt(var + eps) it normalised with:
+    the same output, and the statistics for free."""
+    mod._check_input_dim(x)
+    track = mod.track_running_stats
+    if track and mod.num_batches_tracked is not None:
+        mod.num_batches_tracked.add_(1)
+    out, mean, invstd, _, _ = torch._batch_norm_impl_index(
+        x, mod.weight, mod.bias, mod.running_mean if track else None, mod.running_var if track else None,
+        True, mod.momentum, mod.eps, torch.backends.cudnn.enabled)
+    into[mod] = (mean.detach(), (invstd.detach().double().pow(-2) - mod.eps).to(invstd.dtype))
+    return out
+
+
+def _recordable(mod: nn.Module) -> bool:
+    return (type(mod).forward is nn.modules.batchnorm._BatchNorm.forward and mod.training
+            and mod.momentum is not None)
+
+
 @contextlib.contextmanager
 def capture_bn_stats(model: nn.Module, into: dict) -> Iterator[None]:
-    """Record ``into[module] = (mean, biased var)`` of every BatchNorm layer's input in training mode.
+    """Record ``into[module] = (mean, biased var)`` of every training-mode BatchNorm layer's batch.
 
-    These are the statistics the layer normalises with in this (first, full-batch) pass
-    (SyncBatchNorm: the replica's own shard's, not the global ones).  float32 or wider.
+    These are the statistics the layer normalises with in this (first, full-batch) pass.
+    A plain BatchNorm layer returns them from its own kernel (no extra work); another
+    kind (SyncBatchNorm, cumulative-average momentum) is measured by a forward pre-hook
+    (``var_mean`` of its input: for SyncBatchNorm the replica's own shard's statistics,
+    not the global ones).  float32 or wider.
     """
     def hook(mod, inputs):
         if not mod.training:
@@ -59,12 +82,20 @@ def capture_bn_stats(model: nn.Module, into: dict) -> Iterator[None]:
         var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
         into[mod] = (mean, var)
 
-    handles = [m.register_forward_pre_hook(hook) for m in _batchnorms(model)]
+    handles, patched = [], []
     try:
+        for m in _batchnorms(model):
+            if _recordable(m):
+                m.forward = functools.partial(_recording_forward, m, into)
+                patched.append(m)
+            else:
+                handles.append(m.register_forward_pre_hook(hook))
         yield
     finally:
         for h in handles:
             h.remove()
+        for m in patched:
+            del m.forward
 
 
 def _frozen_forward(mod: nn.Module, mean: torch.Tensor, var: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
