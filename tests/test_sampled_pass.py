@@ -331,3 +331,12 @@ def test_sampled_pass_leaves_batchnorm_running_statistics_as_the_first_pass_left
     for a, b in zip(algo.model.buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     assert "forward" not in vars(algo.model.bn)  # the frozen forward is removed after the pass
+
+
+def test_compiled_forward_is_refused_with_first_pass_statistics():
+    from sharpdro.backends.torch.distributed import Replicas
+
+    algo = build_algorithm("sharpdro", tiny(), C, G, {"second_pass_fraction": 0.5}, B)
+    with pytest.raises(ConfigError, match="train.compile"):
+        algo.configure(torch.optim.SGD(algo.model.parameters(), lr=0.1), None,
+                       Replicas(net=torch.compile(algo.model)))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpdro.backends.torch.algorithms.functional import bn_second_pass
+from sharpdro.errors import ConfigError
 from sharpdro.methods.sampling import sample_count, step_seed
 
 MASK63 = (1 << 63) - 1
@@ -141,6 +142,16 @@ class SampledSecondPass:
             self._draws = 0
             self._new_buffer("sample_seed", torch.tensor(self._sample_seed, dtype=torch.long))
             self._new_buffer("sample_draws", torch.zeros((), dtype=torch.long))
+
+    def configure(self, optimizer, amp=None, replicas=None) -> None:
+        super().configure(optimizer, amp, replicas)
+        net = getattr(replicas, "net", None)
+        compiled = net is not None and any(type(m).__name__ == "OptimizedModule" or hasattr(m, "_orig_mod")
+                                           for m in (net, getattr(net, "module", None)) if m is not None)
+        if self.sampled and self.sampled_bn == "first_pass" and compiled:
+            # a compiled graph would not see the BatchNorm layers' patched forward
+            raise ConfigError("algorithm.second_pass_fraction < 1 with sampled_bn_stats='first_pass' does not "
+                              "run under train.compile=true; set train.compile=false")
 
     def _after_load(self) -> None:
         super()._after_load()
