@@ -300,8 +300,8 @@ SAMPLED = {
     "sharpdro-f0.25": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.25}),
     "sharpdro-f0.5-worst-asam": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.5,
                                               "perturb_on": "worst", "adaptive": True}),
-    "sharpdro-f0.25-sample-bn": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.25,
-                                              "sampled_bn_stats": "sample"}),
+    "sharpdro-f0.25-first-pass-bn": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.25,
+                                                  "sampled_bn_stats": "first_pass"}),
     "sam-f0.25": ("sam", {"rho": 0.3, "second_pass_fraction": 0.25}),
 }
 

@@ -27,9 +27,10 @@ SAMPLED_PASS_HPARAMS = {
     "second_pass_sampling": Field("systematic", str, "draw of the sampled second pass: systematic "
                                   "(one uniform, stratified by weight) or multinomial (i.i.d.)",
                                   choices=("systematic", "multinomial")),
-    "sampled_bn_stats": Field("first_pass", str, "BatchNorm in a sampled second pass: normalise with the "
-                              "first pass's full-batch statistics (unbiased) or the subsample's own (biased)",
-                              choices=("first_pass", "sample")),
+    "sampled_bn_stats": Field("sample", str, "BatchNorm in a sampled second pass: the subsample's own "
+                              "statistics (biased, near the exact step) or the first pass's full-batch ones "
+                              "(unbiased for a frozen-statistics step far from the exact one; trains badly)",
+                              choices=("sample", "first_pass")),
 }
 
 ADD_BACK_FIRST_GRAD = Field(True, bool, "SharpDRO: add the first-pass gradient to the second (official code)")

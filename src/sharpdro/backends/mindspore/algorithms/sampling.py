@@ -5,9 +5,10 @@ made on the host with NumPy (:func:`~sharpdro.methods.sampling.draw_numpy`, gene
 seeded with ``step_seed(sample_seed, 0, sample_draws)``): the same law as the PyTorch
 device draw, not the same indices, since the two libraries' generators differ.  Parity
 between the backends is therefore checked for the same draw: ``draw_fn`` (both backends)
-imposes the indices.  BatchNorm: the first pass records each layer's full-batch mean and
-biased variance, and the sampled pass normalises with them (``ops.batch_norm`` in
-inference form, no gradient through the statistics), as in PyTorch.
+imposes the indices.  BatchNorm, as in PyTorch: ``sampled_bn_stats='sample'`` (default)
+normalises with the subsample's statistics; ``'first_pass'`` records each layer's
+full-batch mean and biased variance in the first pass and normalises the sampled pass
+with them (``ops.batch_norm`` in inference form, no gradient through the statistics).
 """
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
 The estimator, the draws and the seeding are described in :mod:`sharpdro.methods.sampling`.
 Here: the device draw (:func:`draw_indices`: ``torch.multinomial`` or a systematic draw,
-no host sync), the BatchNorm handling (:func:`capture_bn_stats` records each BatchNorm
-layer's full-batch mean and biased variance in the first pass; :func:`frozen_bn_stats`
-makes the sampled pass normalise with them, so a sample's loss at w + eps does not
-depend on the other samples drawn) and the mixin :class:`SampledSecondPass` the SAM and
-SharpDRO steps call.
+no host sync); the BatchNorm handling of ``sampled_bn_stats='first_pass'``
+(:func:`capture_bn_stats` records each BatchNorm layer's full-batch mean and biased
+variance in the first pass; :func:`frozen_bn_stats` makes the sampled pass normalise with
+them, so a sample's loss at w + eps does not depend on the other samples drawn; the
+default ``'sample'`` normalises with the subsample's statistics); and the mixin
+:class:`SampledSecondPass` the SAM and SharpDRO steps call.
 
 With f = 1 (the default) nothing here runs: the steps take their exact path.
 """
