@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from sharpdro.backends.torch.algorithms import build_algorithm
@@ -33,6 +34,9 @@ CASES = [
     ("jtt", "jtt", {}, False, True),
     ("sharpdro_m_sharpness", "sharpdro", {}, True, False),
     ("agnostic_threshold", "sharpdro_agnostic", {"select": "threshold"}, False, False),
+    # the sampled second pass: each replica draws from its shard (checked against its own reference below)
+    ("sharpdro_sampled", "sharpdro", {"second_pass_fraction": 0.5, "rho": 0.5, "eta": 0.5}, False, False),
+    ("sam_sampled", "sam", {"second_pass_fraction": 0.5, "rho": 0.5}, False, False),
 ]
 
 
@@ -108,9 +112,12 @@ def _worker(rank, port, out_dir, engine_cfg):
             algo.configure(torch.optim.SGD(algo.model.parameters(), lr=LR, momentum=MOM, weight_decay=WD),
                            None, Replicas(world_size=W, rank=rank, net=ddp, ddp=ddp,
                                           per_replica_perturbation=m_sharp))
+            draws = []
             for x, y, g, idx in _batches():
                 algo.update(x[half], y[half], g[half] if algo.uses_groups else None, idx[half])
-            results[label] = _result(algo)
+                if getattr(algo, "sampled", False):
+                    draws.append(algo.last_draw.clone())
+            results[label] = {**_result(algo), "draws": draws}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
         # the engine end to end: rank 0 alone writes the run directory
         from sharpdro.data.splits import build_splits
@@ -195,3 +202,52 @@ def test_engine_under_two_processes_writes_once_and_resumes_on_one(spawned, tmp_
     assert result["test"]["accuracy"] == summaries[0]["test_accuracy"]
     resumed = train(cfg, out_dir=run, resume=True)
     assert resumed["test_accuracy"] == summaries[0]["test_accuracy"]
+
+
+@pytest.mark.parametrize("label", ["sharpdro_sampled", "sam_sampled"])
+def test_sampled_step_is_the_sum_of_the_replicas_estimates(spawned, label):
+    """Each replica r draws m_r = ceil(f B/W) of its own samples with the GLOBAL weights a_i
+    (q and the group counts of the global batch) and contributes (A_r / m_r) sum_j grad l_{i_j}(w + eps),
+    A_r = sum of its a_i; DDP's average of W x these is their sum: the estimate of the global sharpness
+    gradient.  Reference written out here from the draws the replicas made."""
+    from torch.func import functional_call
+
+    ranks, _, _, _ = spawned
+    name, hp = {c[0]: (c[1], c[2]) for c in CASES}[label]
+    rho, eta = hp["rho"], hp.get("eta", 0.0)
+    model = _model()
+    names = [n for n, _ in model.named_parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM, weight_decay=WD)
+    q = torch.full((G,), 1.0 / G, dtype=torch.float64)
+    for step, (x, y, g, _idx) in enumerate(_batches()):
+        ws = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+        per = F.cross_entropy(functional_call(model, dict(zip(names, ws)), (x,)), y, reduction="none")
+        g1 = torch.autograd.grad(per.mean(), ws)
+        n = torch.stack([(g == k).sum() for k in range(G)]).double()
+        if name == "sharpdro":
+            L = torch.stack([per[g == k].mean() if n[k] > 0 else per.sum() * 0 for k in range(G)]).detach()
+            q = q * torch.exp(eta * (L - L.max()))
+            q = q / q.sum()
+            a = (q / n.clamp(min=1))[g]
+        else:
+            a = torch.full((B,), 1.0 / B, dtype=torch.float64)
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g1))
+        w_adv = [(w + rho * t / (norm + 1e-12)).detach().requires_grad_(True) for w, t in zip(ws, g1)]
+        per_adv = F.cross_entropy(functional_call(model, dict(zip(names, w_adv)), (x,)), y, reduction="none")
+        loss = 0.0
+        for r in range(W):
+            local = torch.arange(r * B // W, (r + 1) * B // W)
+            d = local[ranks[r][label]["draws"][step]]
+            assert len(d) == 3  # ceil(0.5 * 6)
+            loss = loss + a[local].sum() / len(d) * per_adv[d].sum()
+        g2 = torch.autograd.grad(loss, w_adv)
+        for p, u, v in zip(model.parameters(), g1, g2):
+            p.grad = u + v if name == "sharpdro" else v.clone()
+        opt.step()
+    for r in range(W):
+        for a_, b_ in zip(ranks[r][label]["params"], model.parameters()):
+            torch.testing.assert_close(a_, b_.detach(), atol=ATOL, rtol=0)
+        if name == "sharpdro":
+            torch.testing.assert_close(ranks[r][label]["q"], q, atol=ATOL, rtol=0)
+    # the replicas drew different subsamples (own seeds), at least once
+    assert any(not torch.equal(d0, d1) for d0, d1 in zip(ranks[0][label]["draws"], ranks[1][label]["draws"]))

@@ -45,7 +45,8 @@ def test_builtin_methods_and_their_order():
 # The algorithm section before it was built from the descriptions: keys, order and defaults
 # (any change renames every sweep job folder).
 ALGORITHM_DEFAULTS = {
-    "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze", "eta": 0.01, "gen_adjustment": 0.0,
+    "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze",
+    "second_pass_fraction": 1.0, "second_pass_sampling": "systematic", "sampled_bn_stats": "sample", "eta": 0.01, "gen_adjustment": 0.0,
     "perturb_on": "batch", "add_back_first_grad": True, "score": "msp", "select": "top_fraction", "fraction": 0.2,
     "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False, "jtt_epochs": 1,
     "jtt_lambda_up": 6.0, "eiil_epochs": 1, "eiil_steps": 2000, "eiil_lr": 0.001, "eiil_robust": "groupdro",
@@ -88,6 +89,8 @@ def test_descriptions_match_the_torch_steps():
         spec = methods.get(name)
         assert cls.spec is spec and cls.uses_groups == spec.needs_groups
         hp = {"select": "threshold"} if name == "sharpdro_agnostic" else {}
+        if "second_pass_fraction" in spec.hparams:  # the sampler's buffers exist only when it samples
+            hp = {"second_pass_fraction": 0.5}
         algo = build_algorithm(name, torch.nn.Linear(4, 3), 3, 4, hp, train_size=10)
         extra = {k for k in algo.state_dict() if not k.startswith("model.")} - {"prepared_flag"}
         assert extra == set(spec.buffers), name

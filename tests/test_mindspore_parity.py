@@ -293,3 +293,65 @@ def test_eiil_environment_inference_matches_torch():
     env_m, pen_m = ms_infer(logits.numpy(), labels.numpy(), 200, 0.01, init=init.numpy())
     assert np.array_equal(env_m, env_t.numpy())
     assert pen_m == pytest.approx(float(pen_t), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the sampled second pass
+SAMPLED = {
+    "sharpdro-f0.25": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.25}),
+    "sharpdro-f0.5-worst-asam": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.5,
+                                              "perturb_on": "worst", "adaptive": True}),
+    "sharpdro-f0.25-first-pass-bn": ("sharpdro", {"rho": 0.3, "eta": 0.5, "second_pass_fraction": 0.25,
+                                                  "sampled_bn_stats": "first_pass"}),
+    "sam-f0.25": ("sam", {"rho": 0.3, "second_pass_fraction": 0.25}),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLED))
+def test_sampled_second_pass_matches_torch_for_the_same_draw(case):
+    """The same indices imposed in both backends (their generators differ): the same three steps.
+
+    Each backend hands its own weights a_i to the shared NumPy draw (multinomial, seeded per
+    step), so the draws agree only if the weights do.
+    """
+    from sharpdro.methods.sampling import draw_numpy
+
+    algorithm, hp = SAMPLED[case]
+    cfg = make_cfg(algorithm, hp)
+    ts, ms_s = sessions(cfg)
+
+    def shared(to_numpy):
+        count = [0]
+
+        def draw(weights, m):
+            count[0] += 1
+            return draw_numpy(to_numpy(weights), m, np.random.default_rng(1000 + count[0]), "multinomial")
+
+        return draw
+
+    ts.algorithm.draw_fn = shared(lambda w: w.detach().cpu().numpy())
+    ms_s.algorithm.draw_fn = shared(np.asarray)
+    data = make_data(0)
+    factory = Factory(data)
+    ts.set_batch_factory(factory)
+    ms_s.set_batch_factory(factory)
+    batches = list(factory(7))
+    ts.train_epoch(0, iter(batches), 0.1, len(batches))
+    ms_s.train_epoch(0, iter(batches), 0.1, len(batches))
+    assert np.array_equal(ts.algorithm.last_draw.numpy(), ms_s.algorithm.last_draw)
+    assert len(ms_s.algorithm.last_draw) == -(-B * hp["second_pass_fraction"] // 1)
+    assert int(ts.algorithm.sample_draws) == int(ms_s.algorithm.buffers["sample_draws"]) == 3
+    RESULTS[case] = compare_sessions(ts, ms_s)  # sample_seed and sample_draws included
+
+
+def test_mindspore_sampled_draw_is_seeded_and_resumable():
+    cfg = make_cfg("sharpdro", {"second_pass_fraction": 0.25})
+    _, ms_s = sessions(cfg)
+    algo = ms_s.algorithm
+    w = np.linspace(0.0, 1.0, B, dtype=np.float32)
+    first = [algo.draw(w) for _ in range(3)]
+    state = algo.state_dict()
+    again = [algo.draw(w) for _ in range(2)]
+    state["sample_draws"] = np.array(3, dtype=np.int64)
+    algo.load_state_dict(state)
+    assert all(np.array_equal(a, b) for a, b in zip(again, [algo.draw(w) for _ in range(2)]))
+    assert not all(np.array_equal(first[0], f) for f in first[1:])  # the draws vary from step to step

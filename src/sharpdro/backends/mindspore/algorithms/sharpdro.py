@@ -1,14 +1,16 @@
 """SharpDRO (Huang et al., CVPR 2023), distribution-aware: group DRO on the sharpness of each severity group."""
 from __future__ import annotations
 
+import numpy as np
 from mindspore import ops
 
 from sharpdro.backends.mindspore.algorithms.base import (BNSecondPass, GroupWeighted, add_grads, group_mean,
                                                          per_sample_losses, register_step, restore, sam_perturb)
+from sharpdro.backends.mindspore.algorithms.sampling import SampledSecondPass
 
 
 @register_step("sharpdro")
-class SharpDRO(GroupWeighted):
+class SharpDRO(SampledSecondPass, GroupWeighted):
     """The step of the PyTorch ``SharpDRO`` (official semantics by default), written for MindSpore:
 
     1. first pass at w: per-sample losses, group means; with ``perturb_on='batch'`` the
@@ -18,6 +20,9 @@ class SharpDRO(GroupWeighted):
     3. second pass at w + eps: gradient of sum_g q'_g mean_{i in g}(l_i(w+eps) - l_i(w))
        (l_i(w) detached); BatchNorm statistics follow ``bn_second_pass``;
     4. restore w; step with the second gradient, plus the first with ``add_back_first_grad``.
+
+    ``second_pass_fraction`` < 1: step 3 on ceil(f B) samples drawn with probabilities
+    proportional to q'_g(i) / n_g(i) (see :mod:`.sampling`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -28,6 +33,7 @@ class SharpDRO(GroupWeighted):
         self.perturb_on = self.hparams["perturb_on"]
         self.add_back = bool(self.hparams["add_back_first_grad"])
         BNSecondPass(self.model, self.bn_policy)
+        self._init_sampler()
 
     def _first(self):
         model, G, worst = self.model, self.num_groups, self.perturb_on != "batch"
@@ -53,12 +59,19 @@ class SharpDRO(GroupWeighted):
 
     def update(self, x, y, groups, idx):
         self.check_ready()
-        (_, (logits, per, q)), grads1 = self._grad("first", self._first())(
-            x, y, groups, self.q_tensor(), self.adjustment_tensor())
+        with self._capture_first_pass():
+            (_, (logits, per, q)), grads1 = self._grad("first", self._first())(
+                x, y, groups, self.q_tensor(), self.adjustment_tensor())
         params = self._params()
         saved = sam_perturb(params, grads1, self.rho, self.adaptive)
-        with BNSecondPass(self.model, self.bn_policy):
-            _, grads2 = self._grad("second", self._second())(x, y, groups, q, ops.stop_gradient(per))
+        if self.sampled:  # a_i = q'_g(i) / n_g(i), float32 as in PyTorch
+            g_np = groups.asnumpy().astype(np.int64)
+            counts = np.bincount(g_np, minlength=self.num_groups)[: self.num_groups].astype(np.float32)
+            weights = (q.asnumpy().astype(np.float32) / np.maximum(counts, np.float32(1.0)))[g_np]
+            grads2 = self._sampled_grads(x, y, per, weights)
+        else:
+            with BNSecondPass(self.model, self.bn_policy):
+                _, grads2 = self._grad("second", self._second())(x, y, groups, q, ops.stop_gradient(per))
         restore(params, saved)
         self._opt()(add_grads(grads1, grads2) if self.add_back else grads2)
         q_np = self.store_q(q)

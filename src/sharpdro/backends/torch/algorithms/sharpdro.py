@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from sharpdro.backends.torch.algorithms.base import GroupWeighted, bn_second_pass, register_step
+from sharpdro.backends.torch.algorithms.sampling import SampledSecondPass
 
 
 @register_step("sharpdro")
-class SharpDRO(GroupWeighted):
+class SharpDRO(SampledSecondPass, GroupWeighted):
     """One step, official semantics by default (``perturb_on='batch'``, ``add_back_first_grad``):
 
     1. first pass at w: per-sample losses l_i(w); backward of their mean; SAM/ASAM
@@ -21,6 +22,10 @@ class SharpDRO(GroupWeighted):
     follows the gradient of the q-weighted group loss sum_g q_g L_g(w); with the
     add-back it is that gradient which is added to the second.
     BatchNorm running statistics in the second pass follow ``bn_second_pass``.
+
+    ``second_pass_fraction`` f < 1: the second pass runs on ceil(f B) samples drawn with
+    probabilities proportional to a_i = q_g(i) / n_g(i) (n_g the global batch's group count),
+    the unbiased estimate of step 3's gradient (see :mod:`.sampling`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -30,11 +35,12 @@ class SharpDRO(GroupWeighted):
         self.bn_policy = self.hparams["bn_second_pass"]
         self.perturb_on = self.hparams["perturb_on"]
         self.add_back = bool(self.hparams["add_back_first_grad"])
+        self._init_sampler()
 
     def update(self, x, y, groups, idx):
         self.check_ready()
         opt = self._begin_step()
-        with self._first_pass():
+        with self._first_pass(), self._capture_first_pass():
             logits, per = self._forward(x, y)
             group_loss, counts = self._group_mean(per, groups)  # global batch when data-parallel: same q everywhere
             if self.perturb_on == "batch":
@@ -44,6 +50,11 @@ class SharpDRO(GroupWeighted):
                 q = self.update_q(group_loss.detach())
                 self._backward((q * group_loss).sum())
         params, saved = self._perturb(self.rho, self.adaptive)
+        if self.sampled:  # a_i = q_g(i) / n_g(i): the weight of sample i in the sharpness
+            self._sampled_second_pass(x, y, per, (q / counts.clamp(min=1.0)).index_select(0, groups), params,
+                                      self.add_back)
+            self._finish_step(opt, params, saved)
+            return self._stats(logits, per, y, q=q.clone())
         with bn_second_pass(self.model, self.bn_policy):
             _, per_adv = self._forward(x, y)
             # only the sharpness's gradient is used: data-parallel, its value is never all-reduced
