@@ -631,7 +631,7 @@ def test_global_selection_statistics_match_the_numpy_reference():
 
 
 def test_global_warmup_is_erm_then_the_step_uses_the_memory_threshold():
-    """Warm-up epochs: ERM's step (memory written); then the hand step with w_i = [z_i >= thr] / (f B)."""
+    """Warm-up epochs: ERM's step (memory written); then the hand step with w_i = [z_i >= thr] / max(k, f B)."""
     n, frac = 2 * B, 0.25
     x, y, _, _ = data(n=n, seed=4)
     model = tiny(bn=False)
@@ -652,7 +652,8 @@ def test_global_warmup_is_erm_then_the_step_uses_the_memory_threshold():
         assert torch.equal(a, b)
     assert torch.equal(algo.score_memory, torch.cat([first[0], first[B]]))
     assert torch.equal(algo.memory_labels, y)
-    algo.begin_epoch(1)  # statistics from the memory
+    algo.begin_epoch(1)
+    algo.refresh_selection()  # what the epoch's first step does: the statistics from the memory
     st, sgd = HandState(algo.model), HandSGD()
     sgd.buf = [algo.optimizer.state[p]["momentum_buffer"].clone() for p in algo.model.parameters()]
     i = halves[0]
@@ -662,7 +663,7 @@ def test_global_warmup_is_erm_then_the_step_uses_the_memory_threshold():
     z = (m - algo.class_stats[0][y[i]]) / algo.class_stats[1][y[i]]
     sel = z >= algo.threshold
     assert 0 < int(sel.sum()) < B
-    wts = sel.double() / (frac * B)
+    wts = sel.double() / max(int(sel.sum()), frac * B)
     hand_two_pass(st, sgd, x[i], y[i], lambda per: per.mean(), lambda pa, pr: (wts * (pa - pr)).sum(), 0.4)
     s = algo.update(x[i], y[i], None, i)
     assert torch.equal(s["selected"], sel)
@@ -721,3 +722,24 @@ def test_auroc_matches_a_direct_computation():
     # severities 1-2 are left out; positives 0.5, 0.6, 0.15 against 0.1, 0.2, 0.3
     assert severity_auroc(score, sev) == pytest.approx((3 + 3 + 1) / 9)
     assert np.isnan(auroc([1.0, 2.0], [True, True]))
+
+
+def test_global_weights_never_exceed_one_when_the_scores_drift():
+    """A drift of every score above the threshold selects the whole batch: the weights stay 1/k each (sum 1)."""
+    n = 4 * B
+    algo = make("sharpdro_agnostic", tiny(), {"select": "global", "fraction": 0.1, "warmup_epochs": 0,
+                                              "class_normalize": False, "memory_decay": 0.0,
+                                              "refresh_steps": 0}, train_size=n)
+    y = torch.arange(n) % C
+    algo.begin_epoch(0)
+    for s in range(0, n, B):  # fill the memory
+        i = torch.arange(s, s + B)
+        algo._select_global(torch.rand(B, dtype=torch.float64), y[i], i)
+    algo.begin_epoch(1)
+    i = torch.arange(B)
+    w, sel, _ = algo._select_global(torch.rand(B, dtype=torch.float64) + 10.0, y[i], i)
+    assert sel.all() and torch.allclose(w, torch.full((B,), 1.0 / B, dtype=torch.float64))
+    i = torch.arange(B, 2 * B)
+    w, sel, _ = algo._select_global(torch.full((B,), -10.0, dtype=torch.float64).index_fill_(0, torch.tensor([0]), 10.0),
+                                    y[i], i)
+    assert int(sel.sum()) == 1 and float(w[0]) == pytest.approx(1.0 / (0.1 * B))  # one selected: 1 / (f B)

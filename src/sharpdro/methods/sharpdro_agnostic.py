@@ -8,9 +8,12 @@ The selection (``select``):
   the memory's entries of class c); a sample is selected when its z is at or above the
   (1 - ``fraction``) quantile of z over the whole training set (the top fraction f of the
   training set, not of the batch).  The class statistics and the threshold are refreshed from
-  the memory once per epoch, at its start (:func:`selection_statistics`); the memory is
-  written at every step, including the ``warmup_epochs`` first epochs, during which nothing
-  is selected (the step is then ERM's).
+  the memory at the start of each epoch and then every ``refresh_steps`` steps
+  (:func:`selection_statistics`), so a drift of the scores within an epoch does not leave the
+  threshold behind; the memory is written at every step, including the ``warmup_epochs``
+  first epochs, during which nothing is selected (the step is then ERM's).  Hard weights are
+  1 / max(k, f B) for the k selected samples of a batch of B: the expected count, so a batch
+  with few selected samples does not weigh them up, and never more than 1 in all.
 - ``top_fraction``: the ceil(f B) highest current scores of the batch (the first reading);
 - ``threshold``: the current scores above the (1 - f) quantile of the latest scores of the
   training set (the first reading's running variant).
@@ -62,6 +65,9 @@ HPARAMS = {
     "memory_decay": Field(0.5, NUM, "select=global: the score memory's moving average, "
                           "m <- decay m + (1 - decay) score", min=0.0, max=0.999,
                           search=("uniform", 0.0, 0.9)),
+    "refresh_steps": Field(10, int, "select=global: refresh the class statistics and the threshold from the "
+                           "memory every this many steps (on the device, no host sync; 0: at the start of "
+                           "each epoch only)", min=0),
     "class_normalize": Field(True, bool, "select=global: normalise the memory within each class "
                              "(z = (m - mean_class) / std_class) before the global quantile"),
 }
@@ -117,6 +123,18 @@ def selection_statistics(memory: np.ndarray, labels: np.ndarray, num_classes: in
     z = z[np.isfinite(z)]
     thr = float(np.quantile(z.astype(np.float64), 1.0 - fraction)) if len(z) else float("nan")
     return stats, thr
+
+
+def global_weights(selected: np.ndarray, z: np.ndarray, threshold: float, fraction: float, weighting: str,
+                   temperature: float) -> np.ndarray:
+    """The per-sample weights of the global selection in a batch (float64): ``hard`` [selected] / max(k, f B),
+    ``soft`` sigmoid((z - threshold) / T) / max(sum of them, f B)."""
+    floor = fraction * len(z)
+    if weighting == "hard":
+        w = selected.astype(np.float64)
+    else:
+        w = 1.0 / (1.0 + np.exp(-(z - threshold) / temperature))
+    return w / max(float(w.sum()), floor)
 
 
 def memory_update(old: np.ndarray, score: np.ndarray, decay: float) -> np.ndarray:

@@ -18,8 +18,8 @@ from mindspore import ops
 from sharpdro.backends.mindspore.algorithms.base import (Algorithm, BNSecondPass, add_grads, per_sample_losses,
                                                          register_step, restore, sam_perturb)
 from sharpdro.errors import ConfigError
-from sharpdro.methods.sharpdro_agnostic import (FEATURE_SCORES, MEMORY_SELECTIONS, memory_update, normalised, selection_statistics,
-                                                top_k_count, unknown_score)
+from sharpdro.methods.sharpdro_agnostic import (FEATURE_SCORES, MEMORY_SELECTIONS, global_weights, memory_update,
+                                                normalised, selection_statistics, top_k_count, unknown_score)
 
 
 def input_high_frequency(x):
@@ -69,6 +69,8 @@ class SharpDROAgnostic(Algorithm):
         self.warmup, self.decay = int(h["warmup_epochs"]), float(h["memory_decay"])
         self.normalize = bool(h["class_normalize"])
         self._selecting = True
+        self.refresh_steps = int(h["refresh_steps"])
+        self._steps = 0
         self._features = None
         BNSecondPass(self.model, self.bn_policy)
         if self.score_kind in FEATURE_SCORES:
@@ -117,7 +119,7 @@ class SharpDROAgnostic(Algorithm):
         if self.select_rule != "global":
             return
         self._selecting = epoch >= self.warmup
-        self.refresh_selection()
+        self._steps = 0
 
     def refresh_selection(self) -> None:
         stats, thr = selection_statistics(self.buffers["score_memory"], self.buffers["memory_labels"],
@@ -126,6 +128,9 @@ class SharpDROAgnostic(Algorithm):
         self.buffers["threshold"] = np.array(thr, dtype=np.float32)
 
     def _select_global(self, score, y, idx):
+        if self._steps == 0 or (self.refresh_steps > 0 and self._steps % self.refresh_steps == 0):
+            self.refresh_selection()
+        self._steps += 1
         mem, lab = self.buffers["score_memory"], self.buffers["memory_labels"]
         idx = np.asarray(idx, dtype=np.int64)
         yn = y.asnumpy().astype(np.int64)
@@ -136,11 +141,7 @@ class SharpDROAgnostic(Algorithm):
         if np.isnan(thr):
             thr = float(np.quantile(z, 1.0 - self.fraction))
         selected = (z >= thr) & self._selecting
-        scale = np.float32(1.0 / (self.fraction * len(z)))
-        if self.weighting == "hard":
-            weights = selected.astype(np.float32) * scale
-        else:
-            weights = (1.0 / (1.0 + np.exp(-(z - thr) / self.temperature)) * scale).astype(np.float32)
+        weights = global_weights(selected, z, thr, self.fraction, self.weighting, self.temperature).astype(np.float32)
         top = None
         if self.selected_only and self._selecting:
             pick = np.flatnonzero(selected)

@@ -15,19 +15,21 @@ reading of the paper (see the method notes / README, and ``sharpdro.methods.shar
   across epochs (``memory_decay``), indexed by the sample and written for every replica's
   batch (all-gathered, so every replica holds the same memory); it is normalised within each
   class and a sample is selected when its z reaches the (1 - f) quantile of z over the whole
-  training set.  The class statistics and that threshold are refreshed from the memory once
-  per epoch (:meth:`begin_epoch`, on the device; every replica computes the same from the
-  same memory, so no collective), so the step itself makes no host sync and no collective
-  besides the all-gather of (index, score, label).  Before the first refresh (a bare
-  ``update`` outside the trainer) the batch's own quantile of z stands in.  During the
+  training set.  The class statistics and that threshold are refreshed from the memory at
+  the first step of each epoch and every ``refresh_steps`` steps after it (on the device,
+  masks instead of boolean indexing: no host sync; every replica computes the same from the
+  same memory, so no collective either), so the step makes no host sync and no collective
+  besides the all-gather of (index, score, label).  While the memory is empty the batch's
+  own quantile of z stands in.  During the
   first ``warmup_epochs`` epochs the memory fills but nothing is selected: the step is
   ERM's (one pass).  ``top_fraction`` keeps the k = ceil(f B) highest scores of the batch;
   ``threshold`` keeps the scores >= the (1 - f) quantile of a memory holding each training
   point's most recent score (the first reading, kept as they were).
 - ``weighting``: ``hard`` gives each selected sample 1/k (top_fraction, threshold) or
-  1/(f B) (global: the expected count, so a batch with few selected samples does not weigh
-  them up); ``soft`` gives softmax(score / temperature) over the selection (top_fraction,
-  threshold) or sigmoid((z - threshold) / temperature) / (f B) to every sample (global).
+  1/max(k, f B) (global: at least the expected count, so a batch with few selected samples
+  does not weigh them up, and at most 1 in all); ``soft`` gives softmax(score / temperature)
+  over the selection (top_fraction, threshold) or s_i / max(sum s, f B) with
+  s_i = sigmoid((z_i - threshold) / temperature) to every sample (global).
 - step: as the aware default with the group weights replaced by these weights:
   eps from the batch mean loss; second pass sum_i w_i (l_i(w+eps) - l_i(w));
   first-pass gradient added back (``add_back_first_grad``).
@@ -105,6 +107,8 @@ class SharpDROAgnostic(Algorithm):
         self.warmup, self.decay = int(h["warmup_epochs"]), float(h["memory_decay"])
         self.normalize = bool(h["class_normalize"])
         self._selecting = True  # select=global: False during the warm-up epochs (set by begin_epoch)
+        self.refresh_steps = int(h["refresh_steps"])
+        self._steps = 0  # steps since the epoch began (the statistics are refreshed every refresh_steps)
         self._features = None
         if self.score_kind in FEATURE_SCORES:
             linear = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
@@ -156,7 +160,7 @@ class SharpDROAgnostic(Algorithm):
         if self.select_rule != "global":
             return
         self._selecting = epoch >= self.warmup
-        self.refresh_selection()
+        self._steps = 0  # the first step of the epoch refreshes the statistics
 
     def _normalised(self, memory: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         lab = labels.clamp(min=0)
@@ -165,24 +169,25 @@ class SharpDROAgnostic(Algorithm):
 
     @torch.no_grad()
     def refresh_selection(self) -> None:
-        """Class statistics [2, C] and the global threshold from the memory (``selection_statistics`` on device)."""
+        """Class statistics [2, C] and the global threshold from the memory (``selection_statistics``), on the
+        device without a host sync (masks, no boolean indexing)."""
         mem, lab, C = self.score_memory, self.memory_labels, self.num_classes
-        stats = torch.stack([torch.zeros(C), torch.ones(C)]).to(device=mem.device, dtype=torch.float64)
+        dev, f64 = mem.device, torch.float64
+        stats = torch.stack([torch.zeros(C), torch.ones(C)]).to(device=dev, dtype=f64)
         ok = torch.isfinite(mem) & (lab >= 0)
         if self.normalize:
-            v, lv = mem[ok].double(), lab[ok]
-            cnt = torch.bincount(lv, minlength=C)[:C].double()
-            mean = torch.zeros(C, dtype=torch.float64, device=mem.device).index_add_(0, lv, v) / cnt.clamp(min=1)
-            var = torch.zeros(C, dtype=torch.float64, device=mem.device).index_add_(
-                0, lv, (v - mean[lv]).square()) / cnt.clamp(min=1)
-            std = var.sqrt()
+            lv = lab.clamp(min=0)
+            v = torch.where(ok, mem.double(), torch.zeros((), dtype=f64, device=dev))
+            cnt = torch.zeros(C, dtype=f64, device=dev).index_add_(0, lv, ok.double())
+            mean = torch.zeros(C, dtype=f64, device=dev).index_add_(0, lv, v) / cnt.clamp(min=1)
+            dev2 = torch.where(ok, (v - mean[lv]).square(), torch.zeros((), dtype=f64, device=dev))
+            std = (torch.zeros(C, dtype=f64, device=dev).index_add_(0, lv, dev2) / cnt.clamp(min=1)).sqrt()
             present = cnt > 0
             stats[0] = torch.where(present, mean, stats[0])
             stats[1] = torch.where(present & (std > 0), std, stats[1])
         self.class_stats.copy_(stats.to(self.class_stats.dtype))
-        z = self._normalised(mem, lab)
-        z = z[torch.isfinite(z)].double()
-        self.threshold.fill_(torch.quantile(z, 1.0 - self.fraction) if z.numel() else float("nan"))
+        z = self._normalised(mem, lab).double()  # nan where not seen
+        self.threshold.copy_(torch.nanquantile(z, 1.0 - self.fraction).to(self.threshold.dtype))
 
     # -- the step ----------------------------------------------------------------------------
     def select(self, score: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
@@ -212,6 +217,9 @@ class SharpDROAgnostic(Algorithm):
     @torch.no_grad()
     def _select_global(self, score: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         mem = self.score_memory
+        if self._steps == 0 or (self.refresh_steps > 0 and self._steps % self.refresh_steps == 0):
+            self.refresh_selection()
+        self._steps += 1
         gi, gs, gy = self._gather(idx, score.to(mem.dtype), y)  # every replica's batch: the same memory
         old = mem[gi]
         mem[gi] = torch.where(torch.isnan(old), gs, self.decay * old + (1.0 - self.decay) * gs)
@@ -220,11 +228,8 @@ class SharpDROAgnostic(Algorithm):
         thr = self.threshold.double()
         thr = torch.where(torch.isnan(thr), torch.quantile(z, 1.0 - self.fraction), thr)
         selected = (z >= thr) & self._selecting
-        scale = 1.0 / (self.fraction * score.shape[0])
-        if self.weighting == "hard":
-            weights = selected.to(score.dtype) * scale
-        else:
-            weights = (torch.sigmoid((z - thr) / self.temperature) * scale).to(score.dtype)
+        w = selected.double() if self.weighting == "hard" else torch.sigmoid((z - thr) / self.temperature)
+        weights = (w / w.sum().clamp(min=self.fraction * score.shape[0])).to(score.dtype)
         top = None
         if self.selected_only and self._selecting:
             top = torch.nonzero(selected).flatten()  # the count sizes the pass: one host sync
