@@ -46,7 +46,7 @@ def test_builtin_methods_and_their_order():
 # (any change renames every sweep job folder).
 ALGORITHM_DEFAULTS = {
     "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze", "eta": 0.01, "gen_adjustment": 0.0,
-    "perturb_on": "batch", "add_back_first_grad": True, "score": "feature_norm", "select": "global",
+    "perturb_on": "batch", "add_back_first_grad": True, "score": "input_hf", "select": "global",
     "fraction": 0.05, "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False,
     "warmup_epochs": 2, "memory_decay": 0.5, "refresh_steps": 10, "class_normalize": True, "jtt_epochs": 1,
     "jtt_lambda_up": 6.0, "eiil_epochs": 1, "eiil_steps": 2000, "eiil_lr": 0.001, "eiil_robust": "groupdro",

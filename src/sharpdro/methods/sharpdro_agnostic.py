@@ -47,8 +47,9 @@ MEMORY_SELECTIONS = ("threshold", "global")  # the rules that keep a per-sample 
 HPARAMS = {
     **SAM_HPARAMS,
     "add_back_first_grad": ADD_BACK_FIRST_GRAD,
-    "score": Field("feature_norm", str, "out-of-distribution score picking worst-case samples (input_hf: "
-                   "model-free)",
+    "score": Field("input_hf", str, "out-of-distribution score picking worst-case samples (input_hf, the "
+                   "default: model-free, the image's high-frequency energy; the model scores did not find the "
+                   "worst case in docs/results/agnostic)",
                    choices=SCORES, identity_default="msp"),
     "select": Field("global", str, "worst-case selection rule (global: top fraction of the training set by "
                     "a per-sample score memory)", choices=SELECTIONS, identity_default="top_fraction"),
