@@ -83,6 +83,16 @@ def test_committed_sweep_folders_keep_their_hashes():
         assert job_hash(cfg) == d.name
 
 
+def test_agnostic_evidence_folders_keep_their_hashes():
+    root = ROOT / "docs" / "results" / "agnostic" / "runs"
+    folders = sorted(d for d in root.iterdir() if (d / "config.yaml").is_file())
+    assert len(folders) == 7
+    for d in folders:
+        cfg = validate(yaml.safe_load((d / "config.yaml").read_text()))
+        assert job_hash(cfg) == d.name
+        assert not (d / "checkpoints").exists()
+
+
 def test_descriptions_match_the_torch_steps():
     assert tuple(ALGORITHMS) == NAMES
     for name, cls in ALGORITHMS.items():
