@@ -261,7 +261,8 @@ def test_groupdro_prepare_counts_groups():
 def test_agnostic_top_fraction_picks_k_highest_and_matches_hand_step():
     model = tiny()
     frac = 0.25
-    algo = make("sharpdro_agnostic", copy.deepcopy(model), {"rho": 0.4, "fraction": frac, "score": "msp"})
+    algo = make("sharpdro_agnostic", copy.deepcopy(model), {"rho": 0.4, "fraction": frac, "score": "msp",
+                                                                  "select": "top_fraction"})
     st, sgd = HandState(model), HandSGD()
     for step in range(2):
         x, y, g, idx = data(seed=step)
@@ -289,7 +290,8 @@ def test_agnostic_soft_weighting_matches_hand_step():
     model = tiny()
     T = 0.5
     algo = make("sharpdro_agnostic", copy.deepcopy(model),
-                {"rho": 0.4, "fraction": 0.5, "weighting": "soft", "temperature": T, "score": "entropy"})
+                {"rho": 0.4, "fraction": 0.5, "weighting": "soft", "temperature": T, "score": "entropy",
+                 "select": "top_fraction"})
     st, sgd = HandState(model), HandSGD()
     x, y, g, idx = data()
     with torch.no_grad():
@@ -308,7 +310,7 @@ def test_agnostic_soft_weighting_matches_hand_step():
 def test_agnostic_selected_only_equals_full_batch_hard_step():
     """Without BatchNorm (whose batch statistics would differ on the subset) the two are the same step."""
     model = tiny(bn=False)
-    hp = {"rho": 0.4, "fraction": 0.3, "score": "energy"}
+    hp = {"rho": 0.4, "fraction": 0.3, "score": "energy", "select": "top_fraction"}
     full = make("sharpdro_agnostic", copy.deepcopy(model), hp)
     sub = make("sharpdro_agnostic", copy.deepcopy(model), {**hp, "second_pass_selected_only": True})
     for step in range(3):
@@ -548,3 +550,196 @@ def test_update_makes_no_host_sync_on_cuda(algo_name):
         algo.update(x, y, groups if algo.uses_groups else None, idx)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ----------------------------------------------------------------------------- agnostic: the global selection
+def _class_stream(n, classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    worst = torch.zeros(n, dtype=torch.bool)
+    worst[torch.randperm(n, generator=g)[: n // 10]] = True
+    return y, worst, g
+
+
+def _recall_of_global_selection(decay, normalize, offset, noise, epochs=8, n=1000, batch=50, seed=0):
+    """The worst 10% of a synthetic stream (known), each visit's score = planted gap + per-class offset + noise."""
+    classes = 4
+    y, worst, g = _class_stream(n, classes, seed)
+    algo = make("sharpdro_agnostic", tiny(), {"select": "global", "fraction": 0.1, "memory_decay": decay,
+                                              "class_normalize": normalize, "warmup_epochs": 1}, train_size=n)
+    algo.num_classes = classes
+    algo.class_stats = torch.stack([torch.zeros(classes), torch.ones(classes)]).double()
+    chosen = torch.zeros(n, dtype=torch.bool)
+    for epoch in range(epochs):
+        algo.begin_epoch(epoch)
+        chosen.zero_()
+        order = torch.randperm(n, generator=g)
+        for s in range(0, n, batch):
+            idx = order[s:s + batch]
+            score = 2.0 * worst[idx] + offset * y[idx] + noise * torch.randn(len(idx), generator=g,
+                                                                                dtype=torch.float64)
+            _, selected, _ = algo._select_global(score, y[idx], idx)
+            if epoch == 0:
+                assert not selected.any()  # warm-up: the memory fills, nothing is selected
+            chosen[idx] = selected
+    return float((chosen & worst).sum() / worst.sum()), int(chosen.sum())
+
+
+def test_global_selection_memory_recovers_the_known_worst_samples():
+    # one visit's score is too noisy (gap 2 against noise 1): without memory much is missed
+    single, _ = _recall_of_global_selection(decay=0.0, normalize=True, offset=0.0, noise=1.0)
+    remembered, count = _recall_of_global_selection(decay=0.8, normalize=True, offset=0.0, noise=1.0)
+    assert single < 0.7
+    assert remembered >= 0.9
+    assert 70 <= count <= 130  # the top 10% of the training set (1000 points), give or take the drift
+
+
+def test_class_normalisation_removes_a_planted_per_class_offset():
+    raw, _ = _recall_of_global_selection(decay=0.8, normalize=False, offset=3.0, noise=0.3)
+    normalised, _ = _recall_of_global_selection(decay=0.8, normalize=True, offset=3.0, noise=0.3)
+    assert raw < 0.5  # the highest class's ordinary samples crowd out the others' worst
+    assert normalised >= 0.9
+
+
+def test_global_selection_statistics_match_the_numpy_reference():
+    import numpy as np
+
+    from sharpdro.methods.sharpdro_agnostic import selection_statistics
+
+    n = 60
+    algo = make("sharpdro_agnostic", tiny(), {"select": "global", "fraction": 0.15}, train_size=n)
+    g = torch.Generator().manual_seed(3)
+    algo.score_memory.copy_(torch.randn(n, generator=g, dtype=torch.float64) * 2 + 1)
+    algo.score_memory[:5] = float("nan")  # not seen yet
+    algo.memory_labels.copy_(torch.randint(0, C, (n,), generator=g))
+    algo.memory_labels[:5] = -1
+    for normalize in (True, False):
+        algo.normalize = normalize
+        algo.refresh_selection()
+        stats, thr = selection_statistics(algo.score_memory.numpy(), algo.memory_labels.numpy(), C, 0.15, normalize)
+        assert np.allclose(algo.class_stats.numpy(), stats, rtol=1e-12, atol=0)
+        assert float(algo.threshold) == pytest.approx(thr, rel=1e-12)
+    algo.normalize = True
+    algo.refresh_selection()
+    z = (algo.score_memory - algo.class_stats[0][algo.memory_labels.clamp(min=0)]) / \
+        algo.class_stats[1][algo.memory_labels.clamp(min=0)]
+    z = z[5:]
+    assert (z >= algo.threshold).float().mean().item() == pytest.approx(0.15, abs=1.5 / (n - 5))
+    for c in range(C):  # each class normalised to mean 0, std 1
+        zc = z[algo.memory_labels[5:] == c]
+        assert abs(float(zc.mean())) < 1e-9 and float(zc.std(unbiased=False)) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_global_warmup_is_erm_then_the_step_uses_the_memory_threshold():
+    """Warm-up epochs: ERM's step (memory written); then the hand step with w_i = [z_i >= thr] / max(k, f B)."""
+    n, frac = 2 * B, 0.25
+    x, y, _, _ = data(n=n, seed=4)
+    model = tiny(bn=False)
+    algo = make("sharpdro_agnostic", copy.deepcopy(model), {"rho": 0.4, "fraction": frac, "score": "loss",
+                                                            "warmup_epochs": 1, "memory_decay": 0.5},
+                train_size=n)
+    erm = make("erm", copy.deepcopy(model))
+    halves = (torch.arange(B), torch.arange(B, n))
+    algo.begin_epoch(0)
+    first = {}
+    for i in halves:
+        with torch.no_grad():
+            first[int(i[0])] = F.cross_entropy(algo.model(x[i]), y[i], reduction="none")
+        s = algo.update(x[i], y[i], None, i)
+        erm.update(x[i], y[i], None, i)
+        assert not s["selected"].any()
+    for a, b in zip(algo.model.parameters(), erm.model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(algo.score_memory, torch.cat([first[0], first[B]]))
+    assert torch.equal(algo.memory_labels, y)
+    algo.begin_epoch(1)
+    algo.refresh_selection()  # what the epoch's first step does: the statistics from the memory
+    st, sgd = HandState(algo.model), HandSGD()
+    sgd.buf = [algo.optimizer.state[p]["momentum_buffer"].clone() for p in algo.model.parameters()]
+    i = halves[0]
+    with torch.no_grad():
+        loss_now = F.cross_entropy(algo.model(x[i]), y[i], reduction="none")
+    m = 0.5 * algo.score_memory[i] + 0.5 * loss_now
+    z = (m - algo.class_stats[0][y[i]]) / algo.class_stats[1][y[i]]
+    sel = z >= algo.threshold
+    assert 0 < int(sel.sum()) < B
+    wts = sel.double() / max(int(sel.sum()), frac * B)
+    hand_two_pass(st, sgd, x[i], y[i], lambda per: per.mean(), lambda pa, pr: (wts * (pa - pr)).sum(), 0.4)
+    s = algo.update(x[i], y[i], None, i)
+    assert torch.equal(s["selected"], sel)
+    assert torch.allclose(algo.score_memory[i], m, atol=1e-15, rtol=0)
+    st.check(algo.model)
+
+
+def test_global_selected_only_equals_full_batch_hard_step():
+    n = 3 * B
+    x, y, _, _ = data(n=n, seed=6)
+    model = tiny(bn=False)
+    hp = {"rho": 0.4, "fraction": 0.3, "score": "input_hf", "warmup_epochs": 0}
+    full = make("sharpdro_agnostic", copy.deepcopy(model), hp, train_size=n)
+    sub = make("sharpdro_agnostic", copy.deepcopy(model), {**hp, "second_pass_selected_only": True}, train_size=n)
+    for epoch in range(2):
+        full.begin_epoch(epoch), sub.begin_epoch(epoch)
+        for s in range(0, n, B):
+            i = torch.arange(s, s + B)
+            a, b = full.update(x[i], y[i], None, i), sub.update(x[i], y[i], None, i)
+            assert torch.equal(a["selected"], b["selected"])
+    for a, b in zip(full.model.parameters(), sub.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+def test_feature_and_input_scores():
+    x, y, _, _ = data(n=6, seed=2)
+    x[3:] += 2.0 * torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for kind in ("feature_norm", "gradnorm", "input_hf"):
+        algo = make("sharpdro_agnostic", tiny(), {"score": kind}, train_size=6)
+        algo.eval()
+        s = algo.ood_scores(x, y)
+        with torch.no_grad():
+            h = algo.model.pool(torch.relu(algo.model.bn(algo.model.conv(x)))).flatten(1)
+            p = torch.softmax(algo.model.fc(h), 1)
+        lap = 4 * x[:, :, 1:-1, 1:-1] - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1] - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:]
+        want = {"feature_norm": -h.norm(dim=1), "gradnorm": -((p - 1 / C).abs().sum(1) * h.abs().sum(1)),
+                "input_hf": lap.pow(2).mean((1, 2, 3))}[kind]
+        assert torch.allclose(s.double(), want, rtol=1e-6, atol=0), kind
+    assert (want[3:].min() > want[:3].max())  # the noisy images have the higher high-frequency energy
+
+
+def test_auroc_matches_a_direct_computation():
+    import numpy as np
+
+    from sharpdro.metrics import auroc, severity_auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s = rng.integers(0, 6, 80).astype(float)  # many ties
+        pos = rng.random(80) < 0.3
+        diff = s[pos][:, None] - s[~pos][None, :]
+        direct = ((diff > 0) + 0.5 * (diff == 0)).mean()
+        assert auroc(s, pos) == pytest.approx(direct, rel=1e-12)
+    sev = np.array([0, 0, 1, 2, 3, 4, 5, 0])
+    score = np.array([0.1, 0.2, 9.0, 9.0, 0.5, 0.6, 0.15, 0.3])
+    # severities 1-2 are left out; positives 0.5, 0.6, 0.15 against 0.1, 0.2, 0.3
+    assert severity_auroc(score, sev) == pytest.approx((3 + 3 + 1) / 9)
+    assert np.isnan(auroc([1.0, 2.0], [True, True]))
+
+
+def test_global_weights_never_exceed_one_when_the_scores_drift():
+    """A drift of every score above the threshold selects the whole batch: the weights stay 1/k each (sum 1)."""
+    n = 4 * B
+    algo = make("sharpdro_agnostic", tiny(), {"select": "global", "fraction": 0.1, "warmup_epochs": 0,
+                                              "class_normalize": False, "memory_decay": 0.0,
+                                              "refresh_steps": 0}, train_size=n)
+    y = torch.arange(n) % C
+    algo.begin_epoch(0)
+    for s in range(0, n, B):  # fill the memory
+        i = torch.arange(s, s + B)
+        algo._select_global(torch.rand(B, dtype=torch.float64), y[i], i)
+    algo.begin_epoch(1)
+    i = torch.arange(B)
+    w, sel, _ = algo._select_global(torch.rand(B, dtype=torch.float64) + 10.0, y[i], i)
+    assert sel.all() and torch.allclose(w, torch.full((B,), 1.0 / B, dtype=torch.float64))
+    i = torch.arange(B, 2 * B)
+    w, sel, _ = algo._select_global(torch.full((B,), -10.0, dtype=torch.float64).index_fill_(0, torch.tensor([0]), 10.0),
+                                    y[i], i)
+    assert int(sel.sum()) == 1 and float(w[0]) == pytest.approx(1.0 / (0.1 * B))  # one selected: 1 / (f B)

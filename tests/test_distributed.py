@@ -37,6 +37,9 @@ CASES = [
     # the sampled second pass: each replica draws from its shard (checked against its own reference below)
     ("sharpdro_sampled", "sharpdro", {"second_pass_fraction": 0.5, "rho": 0.5, "eta": 0.5}, False, False),
     ("sam_sampled", "sam", {"second_pass_fraction": 0.5, "rho": 0.5}, False, False),
+    ("agnostic_global", "sharpdro_agnostic", {"select": "global", "score": "loss", "warmup_epochs": 0,
+                                               "fraction": 0.25, "refresh_steps": 1,
+                                               "second_pass_selected_only": True}, False, False),
 ]
 
 
@@ -85,8 +88,9 @@ def _result(algo):
     out = {"params": [p.detach().clone() for p in algo.model.parameters()]}
     if hasattr(algo, "q"):
         out["q"] = algo.q.detach().clone()
-    if hasattr(algo, "score_memory"):
-        out["score_memory"] = algo.score_memory.detach().clone()
+    for key in ("score_memory", "memory_labels", "class_stats", "threshold"):
+        if hasattr(algo, key):
+            out[key] = getattr(algo, key).detach().clone()
     return out
 
 
@@ -173,7 +177,7 @@ def test_replicas_agree_where_the_step_is_per_replica(spawned, label):
     a, b = ranks[0][label], ranks[1][label]
     for x, y in zip(a["params"], b["params"]):
         torch.testing.assert_close(x, y, atol=ATOL, rtol=0)
-    for key in ("q", "score_memory"):
+    for key in ("q", "score_memory", "memory_labels", "class_stats", "threshold"):
         if key in a:
             torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, equal_nan=True)
     if "score_memory" in a:  # both ranks' scores were written on both ranks

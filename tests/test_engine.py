@@ -51,9 +51,12 @@ def test_run_directory_contents(tmp_path, splits):
     assert summary["test_accuracy"] == sel["test"]["accuracy"]
 
 
-@pytest.mark.parametrize("algorithm", ["sharpdro", "jtt"])
+@pytest.mark.parametrize("algorithm", ["sharpdro", "jtt", "sharpdro_agnostic"])
 def test_resume_equals_uninterrupted(tmp_path, splits, algorithm):
-    cfg = tiny(f"algorithm.name={algorithm}", "algorithm.jtt_epochs=1", "model.dropout=0.2")
+    """Killed after epoch 1 and resumed == uninterrupted (agnostic: the score memory, its labels and the
+    selection statistics too, with the selection running from epoch 1)."""
+    cfg = tiny(f"algorithm.name={algorithm}", "algorithm.jtt_epochs=1", "model.dropout=0.2",
+               "algorithm.warmup_epochs=1", "algorithm.fraction=0.2", "algorithm.refresh_steps=2")
     full = train(cfg, out_dir=tmp_path / "full", splits=splits)
     stop = tmp_path / "stopped"  # the same run, killed right after epoch 1 was checkpointed
     _train_until(cfg, stop, splits, stop_after=1)
@@ -69,6 +72,43 @@ def test_resume_equals_uninterrupted(tmp_path, splits, algorithm):
     sb = torch.load(stop / "checkpoints" / "last.pt", weights_only=False)["algorithm"]
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+    if algorithm == "sharpdro_agnostic":
+        assert torch.isfinite(sa["score_memory"]).all() and (sa["memory_labels"] >= 0).all()
+        assert all("agnostic_selected_severity" in r for r in a[1:])
+
+
+def test_agnostic_step_never_sees_severity_and_diagnostics_are_recorded(tmp_path, splits, monkeypatch):
+    from sharpdro.backends.torch.algorithms.agnostic import SharpDROAgnostic
+    from sharpdro.metrics import severity_auroc
+
+    seen = []
+    real = SharpDROAgnostic.update
+
+    def spy(self, x, y, groups, idx):
+        seen.append(groups)
+        return real(self, x, y, groups, idx)
+
+    monkeypatch.setattr(SharpDROAgnostic, "update", spy)
+    cfg = tiny("algorithm.name=sharpdro_agnostic", "algorithm.warmup_epochs=1", "algorithm.score=input_hf",
+               "algorithm.fraction=0.1")
+    train(cfg, out_dir=tmp_path / "run", splits=splits)
+    assert seen and all(g is None for g in seen)  # the step's inputs hold no severity label
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    for r in records:
+        assert 0.0 <= r["agnostic_auroc_train"] <= 1.0 and 0.0 <= r["agnostic_auroc_val"] <= 1.0
+    for r in records[1:]:  # after the warm-up epoch
+        assert len(r["agnostic_selected_fraction"]) == 6
+        assert r["agnostic_selected_severity"] >= 0 and r["agnostic_batch_severity"] >= 0
+    assert "agnostic_selected_severity" not in records[0]  # warm-up: nothing selected
+    # the memory's AUROC is the one recorded: recompute it from the checkpoint and the split's severities
+    from sharpdro.methods.sharpdro_agnostic import class_statistics, normalised
+
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["algorithm"]
+    mem, lab = state["score_memory"].double().numpy(), state["memory_labels"].numpy()
+    z = normalised(mem, lab, class_statistics(mem, lab, 10))
+    assert records[-1]["agnostic_auroc_train"] == pytest.approx(severity_auroc(z, splits.train.severity), abs=1e-12)
+    # the model-free score separates the noisy digits (severities >= 3 against 0)
+    assert records[-1]["agnostic_auroc_train"] > 0.9 and records[-1]["agnostic_auroc_val"] > 0.9
 
 
 def _train_until(cfg, out, splits, stop_after):

@@ -47,8 +47,9 @@ def test_builtin_methods_and_their_order():
 ALGORITHM_DEFAULTS = {
     "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze",
     "second_pass_fraction": 1.0, "second_pass_sampling": "systematic", "sampled_bn_stats": "sample", "eta": 0.01, "gen_adjustment": 0.0,
-    "perturb_on": "batch", "add_back_first_grad": True, "score": "msp", "select": "top_fraction", "fraction": 0.2,
-    "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False, "jtt_epochs": 1,
+    "perturb_on": "batch", "add_back_first_grad": True, "score": "input_hf", "select": "global",
+    "fraction": 0.05, "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False,
+    "warmup_epochs": 2, "memory_decay": 0.5, "refresh_steps": 10, "class_normalize": True, "jtt_epochs": 1,
     "jtt_lambda_up": 6.0, "eiil_epochs": 1, "eiil_steps": 2000, "eiil_lr": 0.001, "eiil_robust": "groupdro",
 }
 
@@ -81,6 +82,16 @@ def test_committed_sweep_folders_keep_their_hashes():
     for d in folders:
         cfg = validate(yaml.safe_load((d / "config.yaml").read_text()))
         assert job_hash(cfg) == d.name
+
+
+def test_agnostic_evidence_folders_keep_their_hashes():
+    root = ROOT / "docs" / "results" / "agnostic" / "runs"
+    folders = sorted(d for d in root.iterdir() if (d / "config.yaml").is_file())
+    assert len(folders) == 7
+    for d in folders:
+        cfg = validate(yaml.safe_load((d / "config.yaml").read_text()))
+        assert job_hash(cfg) == d.name
+        assert not (d / "checkpoints").exists()
 
 
 def test_descriptions_match_the_torch_steps():

@@ -165,13 +165,21 @@ CASES = {
     "sharpdro-no-add-back": ("sharpdro", {"rho": 0.3, "eta": 0.5, "add_back_first_grad": False}),
     "sharpdro-asam-bn-update": ("sharpdro", {"rho": 0.3, "eta": 0.5, "adaptive": True,
                                              "bn_second_pass": "update"}),
-    "agnostic-msp": ("sharpdro_agnostic", {"rho": 0.3, "score": "msp", "fraction": 0.25}),
+    "agnostic-msp": ("sharpdro_agnostic", {"rho": 0.3, "score": "msp", "fraction": 0.25, "select": "top_fraction"}),
     "agnostic-entropy-soft": ("sharpdro_agnostic", {"rho": 0.3, "score": "entropy", "fraction": 0.5,
+                                                    "select": "top_fraction",
                                                     "weighting": "soft", "temperature": 0.5}),
     "agnostic-energy-selected-only": ("sharpdro_agnostic", {"rho": 0.3, "score": "energy", "fraction": 0.3,
+                                                            "select": "top_fraction",
                                                             "second_pass_selected_only": True}),
     "agnostic-loss-threshold": ("sharpdro_agnostic", {"rho": 0.3, "score": "loss", "select": "threshold",
                                                       "fraction": 0.25}),
+    "agnostic-global-input-hf": ("sharpdro_agnostic", {"rho": 0.3, "score": "input_hf", "fraction": 0.3,
+                                                       "warmup_epochs": 0}),
+    "agnostic-global-feature-norm-selected-only": ("sharpdro_agnostic", {
+        "rho": 0.3, "score": "feature_norm", "fraction": 0.3, "warmup_epochs": 0, "second_pass_selected_only": True}),
+    "agnostic-global-gradnorm-soft": ("sharpdro_agnostic", {"rho": 0.3, "score": "gradnorm", "fraction": 0.3,
+                                                            "warmup_epochs": 0, "weighting": "soft"}),
     "jtt": ("jtt", {"jtt_epochs": 1, "jtt_lambda_up": 5.0}),
     "eiil-groupdro": ("eiil", {"eiil_epochs": 1, "eiil_steps": 50, "eiil_lr": 0.01, "eta": 0.5}),
     "eiil-sharpdro": ("eiil", {"eiil_epochs": 1, "eiil_steps": 50, "eiil_lr": 0.01, "eta": 0.5,
@@ -193,6 +201,36 @@ def test_three_steps_match_torch(case):
         env = ts.algorithm.env.numpy()
         assert 0 < env.sum() < len(env)
         assert np.array_equal(ms_s.algorithm.buffers["env"], env)
+
+
+@pytest.mark.parametrize("hp", [
+    {"score": "feature_norm", "memory_decay": 0.5},
+    {"score": "gradnorm", "memory_decay": 0.3, "class_normalize": False, "second_pass_selected_only": True},
+    {"score": "input_hf", "memory_decay": 0.8, "weighting": "soft", "temperature": 0.5},
+], ids=["feature-norm", "gradnorm-raw-selected-only", "input-hf-soft"])
+def test_global_selection_over_epochs_matches_torch(hp):
+    """The global selection through a warm-up epoch and a selecting epoch (its threshold and class statistics from
+    the memory): the same memory, labels, class statistics, threshold and selections in both backends."""
+    cfg = make_cfg("sharpdro_agnostic", {"rho": 0.3, "fraction": 0.25, "warmup_epochs": 1, **hp},
+                   extra=["train.epochs=2"])
+    ts, ms_s = sessions(cfg)
+    factory = Factory(make_data(2))
+    ts.set_batch_factory(factory)
+    ms_s.set_batch_factory(factory)
+    for epoch in range(2):
+        batches = list(factory(epoch))
+        st = ts.train_epoch(epoch, iter(batches), 0.1, len(batches))
+        sm = ms_s.train_epoch(epoch, iter(batches), 0.1, len(batches))
+        assert ("agnostic_selected_severity" in st) == ("agnostic_selected_severity" in sm) == (epoch > 0)
+        if epoch > 0:
+            assert sm["agnostic_selected_fraction"] == st["agnostic_selected_fraction"]  # the same selections
+            assert np.isfinite(float(ts.algorithm.threshold))
+        assert np.array_equal(ms_s.algorithm.buffers["memory_labels"], ts.algorithm.memory_labels.numpy())
+        assert np.isfinite(ts.algorithm.score_memory.numpy()).all()
+    RESULTS[f"agnostic-global-2-epochs-{hp['score']}"] = compare_sessions(ts, ms_s)
+    # the diagnostics' hook: the same eval-mode scores
+    images, labels, _ = make_data(5)
+    assert rel_err(ms_s.ood_scores(images, labels, 16), ts.ood_scores(images, labels, 16)) <= 10 * RTOL
 
 
 DEEP = {  # model: (algorithm, hyperparameters, image size, data seed, lr)

@@ -93,3 +93,29 @@ def test_accuracy_plot_labels_oracle(sweep_dir, tmp_path):
     table = collect(sweep_dir, selection="oracle_average")
     paths = plots.plot_accuracy_vs_severity(table, tmp_path, formats=("svg",))
     assert len(paths) == 1 and b"ORACLE" in paths[0].read_bytes()
+
+
+def test_plot_agnostic_selection(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        cfg = load_config(None, ["data.max_severity=3", "data.dataset=cifar10", "algorithm.name=sharpdro_agnostic",
+                                 f"seed={seed}"])
+        d = root / job_hash(cfg)
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        lines = []
+        for e in range(4):
+            acc = {str(s): 0.5 - 0.08 * s for s in range(4)}
+            block = {"accuracy": acc, **summarize(acc)}
+            rec = {"epoch": e, "lr": 0.1, "train": {"loss": 1.0}, "val": block, "test": block,
+                   "agnostic_auroc_train": 0.5 + 0.1 * e, "agnostic_auroc_val": 0.6 + 0.05 * e}
+            if e > 0:  # after the warm-up
+                rec.update(agnostic_selected_severity=1.0 + 0.3 * e, agnostic_batch_severity=1.0,
+                           agnostic_selected_fraction=[0.02, 0.05, 0.1 * e, 0.2 * e])
+            lines.append(json.dumps(rec) + "\n")
+        (d / "metrics.jsonl").write_text("".join(lines))
+        (d / "summary.json").write_text(json.dumps({"finished": True}))
+        (d / "done").write_text("{}")
+    paths = plots.plot_agnostic_selection(collect(root), tmp_path / "out", formats=("png", "svg"))
+    _check(paths, ["agnostic_CIFAR10_gaussian_noise_sharpdro_agnostic"])
+    assert any(p.stem.startswith("agnostic") for p in plots.plot_dir(root))

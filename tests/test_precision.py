@@ -71,9 +71,12 @@ def _flat(module):
 def test_mixed_precision_step_is_finite_and_close_to_fp32(setup, name, mode, tol):
     model, batch = setup
     w0 = _flat(model)
-    ref = _make(setup, name, "fp32")
+    # agnostic: 20% of this 24-image batch (the default 5% selects 1-2 images whose weight ~0.5 each overflows
+    # fp16's initial loss scale, so the first fp16 step is skipped by design and the comparison is moot)
+    hp = {"fraction": 0.2} if name == "sharpdro_agnostic" else None
+    ref = _make(setup, name, "fp32", hp)
     _run(ref, batch)
-    algo = _make(setup, name, mode)
+    algo = _make(setup, name, mode, hp)
     stats = _run(algo, batch)
     w, wf = _flat(algo.model), _flat(ref.model)
     assert torch.isfinite(w).all() and torch.isfinite(stats["loss"])

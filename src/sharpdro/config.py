@@ -153,6 +153,17 @@ def default_config() -> dict:
     return build(SCHEMA)
 
 
+def identity_reference() -> dict:
+    """:func:`default_config` with each key's ``identity_default`` (what a sweep job's identity is relative to)."""
+
+    def build(node):
+        if _is_field(node):
+            return copy.deepcopy(node.identity_value)
+        return {k: build(v) for k, v in node.items()}
+
+    return build(SCHEMA)
+
+
 def _check_value(path: str, field: Field, value):
     if value is None:
         if field.nullable:

@@ -272,9 +272,15 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(f"{exc}. {_nonfinite_advice(run, epoch, cfg['train']['lr'])}") from None
             record = {"epoch": epoch, "lr": lr, "train": _train_block(stats)}
-            for key in methods.get(cfg["algorithm"]["name"]).record_keys:
+            spec = methods.get(cfg["algorithm"]["name"])
+            for key in spec.record_keys:
                 if key in stats:
                     record[key] = stats[key]
+            if "agnostic_auroc_val" in spec.record_keys and main:  # severity labels: here, never in the step
+                from sharpdro.metrics import agnostic_diagnostics
+
+                record.update(agnostic_diagnostics(session, cfg["algorithm"], splits.train, splits.val,
+                                                   cfg["eval"]["batch_size"]))
             if (epoch + 1) % cfg["eval"]["every"] == 0 or epoch == epochs - 1:
                 bs = cfg["eval"]["batch_size"]
                 record["val"] = evaluate_sets(session, splits.val, bs, procs)

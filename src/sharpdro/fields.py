@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NUM = (int, float)
+DEFAULT = "<default>"  # ``Field.identity_default``: the field's own default
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,14 @@ class Field:
     # ("choice", (a, b, ...)); None: not tuned. Metadata only: not part of a config or its hash.
     search: tuple | None = None
     finite: bool = True  # numbers must be finite (no NaN, no infinity)
+    # the value a sweep job's identity (its folder hash) compares against: the default the key had when
+    # finished sweeps were written, so that changing a default later renames no finished job (a job that
+    # relied on the old default keeps its name; one on the new default gets a new one)
+    identity_default: Any = DEFAULT
+
+    @property
+    def identity_value(self) -> Any:
+        return self.default if self.identity_default == DEFAULT else self.identity_default
 
     def describe(self) -> str:
         if self.choices is not None and self.item_type is not None:  # a list of choices

@@ -282,6 +282,57 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
     return paths
 
 
+def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
+                            formats: Sequence[str] = FORMATS) -> list[Path]:
+    """The agnostic selection's diagnostics against the epoch, one figure per row that logged them: the mean
+    severity of the selected samples against the batch's, the AUROC of the score (severity >= 3 against 0) on
+    the training memory and on the validation set, and the share of each severity's samples selected."""
+    plt = _plt()
+    paths = []
+    for row in table.rows:
+        runs = [r for r in _runs_with_records(row) if any("agnostic_auroc_val" in rec or
+                                                          "agnostic_selected_severity" in rec for rec in r.records)]
+        if not runs:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        for key, label, style in (("agnostic_selected_severity", "selected", "-"),
+                                  ("agnostic_batch_severity", "batch", "--")):
+            x, m, s = _series(runs, lambda r, k=key: r[k])
+            if x:
+                _band(axes[0], x, m, s, "C3" if label == "selected" else "C7", linestyle=style, marker=".",
+                      label=label)
+        axes[0].set_ylabel("mean severity")
+        for key, label, color in (("agnostic_auroc_train", "train (memory)", "C0"),
+                                  ("agnostic_auroc_val", "validation", "C1")):
+            x, m, s = _series(runs, lambda r, k=key: r[k])
+            if x:
+                _band(axes[1], x, m, s, color, marker=".", label=label)
+        axes[1].axhline(0.5, color="0.6", linewidth=0.8)
+        axes[1].set_ylabel("AUROC, severity >= 3 vs 0")
+        axes[1].set_ylim(0, 1)
+        fractions = [rec["agnostic_selected_fraction"] for r in runs for rec in r.records
+                     if isinstance(rec.get("agnostic_selected_fraction"), list)]
+        if fractions:
+            groups = max(len(f) for f in fractions)
+            cmap = plt.get_cmap("viridis")
+            for g in range(groups):
+                x, m, s = _series(runs, lambda r, g=g: r["agnostic_selected_fraction"][g])
+                if x:
+                    _band(axes[2], x, m, s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
+        axes[2].set_ylabel("share of the severity's samples selected")
+        axes[2].set_ylim(bottom=0)
+        for ax in axes:
+            _epoch_axis(ax)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{_block_title(table, row)}: {row.method} (n={len(runs)}, mean ± std over seeds)",
+                     fontsize=10)
+        fig.tight_layout()
+        paths += save_figure(fig, Path(out_dir) / slug("agnostic", row.data, row.corruption, row.method_key,
+                                                       *_hp_parts(table, row.hparams)), formats)
+    return paths
+
+
 # --------------------------------------------------------------------------- sharpness
 
 
@@ -365,6 +416,7 @@ def plot_dir(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
     out = Path(out_dir) if out_dir is not None else Path(path) / "plots"
     paths = plot_accuracy_vs_severity(table, out, formats)
     paths += plot_group_weights(table, out, formats)
+    paths += plot_agnostic_selection(table, out, formats)
     paths += plot_training_curves(table, out, formats)
     return paths
 

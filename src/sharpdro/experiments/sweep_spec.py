@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, read_yaml, \
+from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, identity_reference, load_config, read_yaml, \
     parse_override, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
@@ -37,9 +37,10 @@ def job_identity(cfg: Mapping) -> dict:
 
     Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, and so are keys at their
     default, so that adding a config key (with a default) to a later version does not
-    rename every finished job of a long sweep.
+    rename every finished job of a long sweep.  A key whose default changed compares against its
+    former default (``Field.identity_default``), so finished jobs keep their names too.
     """
-    return _non_default(_runtime_reset(cfg), default_config())
+    return _non_default(_runtime_reset(cfg), identity_reference())
 
 
 def _non_default(node, default) -> dict:

@@ -201,6 +201,7 @@ class MindSporeSession:
         set_lr(self.optimizer, lr)
         self._lr = float(lr)
         algo.train()
+        algo.begin_epoch(epoch)
         sums = TrainEpochSums.numpy(self.num_groups)
         last: dict = {}
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
@@ -228,6 +229,19 @@ class MindSporeSession:
         if not out:
             return np.zeros((0, self.num_classes), np.float32)
         return np.concatenate(out)
+
+    def ood_scores(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
+        """The agnostic method's score of each image in eval mode (its diagnostics' hook), float64."""
+        self.algorithm.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            x, y = self.to_device(images[start:start + batch_size], labels[start:start + batch_size])
+            out.append(self.algorithm.ood_scores(x, y).asnumpy().astype(np.float64))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def algorithm_buffer(self, name: str) -> np.ndarray:
+        """A buffer of the algorithm state (e.g. the agnostic score memory) as a NumPy array."""
+        return np.array(self.algorithm.buffers[name], copy=True)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
         self.algorithm.eval()

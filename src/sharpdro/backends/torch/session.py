@@ -291,8 +291,9 @@ class TorchSession:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         algo.train()
+        algo.begin_epoch(epoch)
         G = self.num_groups
-        sums = TrainEpochSums(G, torch.zeros(3 * G + 2, device=self.device, dtype=torch.float64),
+        sums = TrainEpochSums(G, torch.zeros(TrainEpochSums.size(G), device=self.device, dtype=torch.float64),
                               lambda t: t.double(), lambda target, i, v: target.index_add_(0, i, v))
         last = {}
         for images, labels, sev, idx in _progress(batches, f"epoch {epoch + 1}", num_batches, self.progress):
@@ -355,6 +356,20 @@ class TorchSession:
         pred = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
         labels = np.asarray(labels)
         return {"loss": float(loss_sum) / max(len(labels), 1), "correct": pred == labels, "pred": pred}
+
+    @torch.no_grad()
+    def ood_scores(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
+        """The agnostic method's score of each image in eval mode (its diagnostics' hook), float64."""
+        self.algorithm.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            x, y = self.to_device(images[start:start + batch_size], labels[start:start + batch_size])
+            out.append(self.algorithm.ood_scores(x, y).double().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def algorithm_buffer(self, name: str) -> np.ndarray:
+        """A buffer of the algorithm state (e.g. the agnostic score memory) as a NumPy array."""
+        return getattr(self.algorithm, name).detach().cpu().numpy()
 
     # -------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path, extra: dict) -> None:

@@ -257,6 +257,10 @@ class Algorithm:
     def mark_prepared(self) -> None:
         self.buffers["prepared_flag"] = np.ones((), dtype=np.bool_)
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the session before the first step of each training epoch (after a resume too); default
+        nothing."""
+
     def apply_prestage(self, record) -> None:
         """Install what the pre-stage records (``spec.prestage.records``) without running it."""
         raise NotImplementedError(f"{self.name} has no pre-stage")

@@ -175,6 +175,10 @@ class Algorithm(StepProtocol, nn.Module):
         """Pre-stage before the first training epoch (default: nothing)."""
         self.mark_prepared()
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the session before the first step of each training epoch (after a resume too); default
+        nothing.  Outside ``update``, so a host sync here costs once per epoch."""
+
     def apply_prestage(self, record: torch.Tensor) -> None:
         """Install what the pre-stage records (``spec.prestage.records``) without running it."""
         raise NotImplementedError(f"{self.name} has no pre-stage")

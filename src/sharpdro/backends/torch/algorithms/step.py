@@ -3,7 +3,7 @@
 ``configure`` hands over the optimizer, an ``amp.Precision`` and a ``distributed.Replicas``;
 a method's ``update`` is written with the hooks below only (``_begin_step``, ``_forward``,
 ``_backward``, ``_perturb``, ``_second_backward``, ``_finish_step``, and the global-batch
-reductions ``_group_mean``, ``_group_mean_grad``, ``_weighted_mean``, ``_write_global_``),
+reductions ``_group_mean``, ``_group_mean_grad``, ``_weighted_mean``, ``_write_global_``, ``_gather``),
 so no method file mentions replicas or fp16.  In a single fp32 process the hooks reduce
 to the plain calls (zero_grad, forward, backward, optimizer step).
 
@@ -174,6 +174,12 @@ class StepProtocol:
             return (weights * values).sum() / weights.sum()
         total = self.replicas.all_reduce_sum_(weights.sum().detach().clone())
         return (weights * values).sum() * (self.replicas.world_size / total)
+
+    def _gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor concatenated over the replicas' batches (rank order); itself in one process."""
+        if self.replicas is None:
+            return tensors
+        return tuple(self.replicas.all_gather(t) for t in tensors)
 
     @torch.no_grad()
     def _write_global_(self, memory: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
