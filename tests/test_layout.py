@@ -89,3 +89,20 @@ def test_the_graph_sees_deferred_and_relative_imports():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_run_directory_file_names_only_in_rundir():
+    """Code names a run directory's files through sharpdro.rundir; a string constant that IS such a name (not
+    prose mentioning it: help texts and docstrings may) anywhere else is a second owner of the layout."""
+    from sharpdro import rundir
+
+    names = {rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.LOG, rundir.CHECKPOINTS, rundir.LAST,
+             rundir.BEST, rundir.DONE, rundir.ERROR, rundir.LOCK, rundir.SLURM_MARKER}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "rundir.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names - {"done"}:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
+    assert not found, "run-directory file names spelled outside rundir.py:\n" + "\n".join(found)

@@ -345,7 +345,9 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the bare name of a shipped config (``quickstart``)."""
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"config path {str(path)!r} is a folder; give a YAML file (e.g. {p / 'config.yaml'})")
+        from sharpdro.rundir import RunDir  # a run directory's config file, the likeliest meaning
+
+        raise ConfigError(f"config path {str(path)!r} is a folder; give a YAML file (e.g. {RunDir(p).config})")
     if p.exists():
         return p
     shipped = shipped_file(p)
