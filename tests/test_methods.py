@@ -52,11 +52,23 @@ ALGORITHM_DEFAULTS = {
 }
 
 
+# Keys added since, with their defaults (a new key at its default does not rename a job).
+ADDED_DEFAULTS = {"q_absent": "skip", "jtt_mode": "upsample", "jtt_lr": None, "eiil_reference": "val_loss",
+                  "eiil_tol": 1e-4, "eiil_early_stop": True}
+
+
 def test_algorithm_section_is_the_flat_one_of_before():
     section = config.default_config()["algorithm"]
-    assert list(section) == list(ALGORITHM_DEFAULTS)
-    assert section == ALGORITHM_DEFAULTS
-    assert {k: type(v) for k, v in section.items()} == {k: type(v) for k, v in ALGORITHM_DEFAULTS.items()}
+    assert set(section) == set(ALGORITHM_DEFAULTS) | set(ADDED_DEFAULTS)
+    assert [k for k in section if k in ALGORITHM_DEFAULTS] == list(ALGORITHM_DEFAULTS)
+    changed = {k.split(".")[1]: v for k, v in config.FORMER_DEFAULTS.items()}
+    assert changed == {"eiil_steps": 2000, "eiil_epochs": 1}  # the documented default changes
+    for key, value in ALGORITHM_DEFAULTS.items():
+        if key in changed:
+            assert changed[key] == value and section[key] != value, key
+        else:
+            assert section[key] == value and type(section[key]) is type(value), key
+    assert {k: section[k] for k in ADDED_DEFAULTS} == ADDED_DEFAULTS
     assert config.SCHEMA["algorithm"]["name"].choices == NAMES
     assert config.SCHEMA["algorithm"]["eiil_robust"].choices == ("groupdro", "sharpdro")
 

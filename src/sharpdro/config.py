@@ -19,6 +19,7 @@ import yaml
 
 
 from sharpdro import methods
+from sharpdro.methods.hparams import resolve_rho
 from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigError lives in errors; re-exported)
 from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
 
@@ -52,6 +53,10 @@ SCHEMA: dict[str, Any] = {
                                 min=1, nullable=True),
         "cache_dir": Field(None, str, "cache of corrupted arrays (null: $SHARPDRO_CACHE or ~/.cache/sharpdro)",
                            nullable=True),
+        "sampler": Field("uniform", str, "training batches of the group-weighted methods (groupdro, sharpdro, eiil): "
+                         "a uniform shuffle, or group_balanced (group_DRO's weighted sampling with replacement, "
+                         "every group equally likely)", choices=("uniform", "group_balanced"),
+                         search=("choice", ("uniform", "group_balanced"))),
         "flip": Field(True, bool, "random horizontal flip in training"),
         "crop_padding": Field(0, int, "random crop after zero padding by this many pixels (0: off)", min=0),
         "extra_test": Field(None, str, "CIFAR-10-C / CIFAR-100-C folder evaluated as an extra test set",
@@ -128,6 +133,15 @@ RUNTIME_KEYS = (
     "output.name",
 )
 
+# Keys whose default changed after sweeps were hashed: their former default. A job at the former
+# default keeps the name it had; a job at the new default gets a new name when its method reads the key
+# (it computes something else), and keeps its name when its method does not read it (see
+# sharpdro.experiments.sweep_spec.job_identity).
+FORMER_DEFAULTS = {
+    "algorithm.eiil_steps": 2000,
+    "algorithm.eiil_epochs": 1,
+}
+
 # Device strings are free-form (cuda:3), checked here rather than by choices.
 _DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 
@@ -137,14 +151,16 @@ def _is_field(x) -> bool:
 
 
 def default_config() -> dict:
-    """The defaults of every key, as a fresh nested dict."""
+    """The defaults of every key, as a fresh nested dict (dependent defaults resolved: ``rho``)."""
 
     def build(node):
         if _is_field(node):
             return copy.deepcopy(node.default)
         return {k: build(v) for k, v in node.items()}
 
-    return build(SCHEMA)
+    out = build(SCHEMA)
+    resolve_rho(out["algorithm"])
+    return out
 
 
 def _check_value(path: str, field: Field, value):
@@ -250,6 +266,7 @@ def validate(cfg: Mapping) -> dict:
         return out
 
     out = walk(SCHEMA, cfg, "")
+    resolve_rho(out["algorithm"])  # rho: null -> SAM's or ASAM's radius
     dev = out["train"]["device"]
     if not dev.startswith(_DEVICE_PREFIXES):
         raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
@@ -258,13 +275,13 @@ def validate(cfg: Mapping) -> dict:
 
 def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:
     """The ``algorithm`` section's defaults overridden by ``hparams`` (used by every backend); unknown keys raise."""
-    out = default_config()["algorithm"]
+    out = {k: copy.deepcopy(f.default) for k, f in SCHEMA["algorithm"].items()}
     unknown = sorted(set(hparams or {}) - set(out))
     if unknown:
         raise ConfigError(f"unknown algorithm hyperparameter(s) {', '.join(unknown)}; "
                           f"allowed: {', '.join(sorted(out))}")
     out.update(hparams or {})
-    return out
+    return resolve_rho(out)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

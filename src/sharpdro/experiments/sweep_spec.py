@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, \
+from sharpdro.config import FORMER_DEFAULTS, RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, \
     parse_override, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
@@ -37,9 +37,40 @@ def job_identity(cfg: Mapping) -> dict:
 
     Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, and so are keys at their
     default, so that adding a config key (with a default) to a later version does not
-    rename every finished job of a long sweep.
+    rename every finished job of a long sweep.  A key whose default changed
+    (:data:`~sharpdro.config.FORMER_DEFAULTS`) is left out at its former default, and at its
+    new default only when the job's method does not read it.
     """
-    return _non_default(_runtime_reset(cfg), default_config())
+    out = _non_default(_runtime_reset(cfg), default_config())
+    reads = _method_keys(cfg)
+    for dotted, former in FORMER_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node, ident = cfg, out
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, Mapping) else {}
+            ident = ident.setdefault(p, {})
+        if leaf not in node:
+            continue
+        value = node[leaf]
+        if value == former:
+            ident.pop(leaf, None)
+        elif value == schema_field(dotted).default and dotted in reads:
+            ident[leaf] = value
+        for p in reversed(range(len(parents))):  # drop sections emptied above
+            sec = out
+            for q in parents[:p]:
+                sec = sec[q]
+            if not sec.get(parents[p]):
+                sec.pop(parents[p], None)
+    return out
+
+
+def _method_keys(cfg: Mapping) -> set[str]:
+    """The dotted ``algorithm.*`` keys the job's method reads."""
+    from sharpdro import methods
+
+    spec = methods.find(str((cfg.get("algorithm") or {}).get("name")))
+    return {f"algorithm.{k}" for k in spec.hparams} if spec is not None else set()
 
 
 def _non_default(node, default) -> dict:

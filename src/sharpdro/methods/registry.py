@@ -37,7 +37,11 @@ class MethodSpec:
     - ``buffers``: the algorithm state a checkpoint holds besides the model (``prepared_flag``
       is everyone's; ``robust.*`` a component's);
     - ``record_keys``: the per-epoch statistics the engine copies into ``metrics.jsonl``;
-    - ``order``: position in tables and plots (baselines before SharpDRO).
+    - ``order``: position in tables and plots (baselines before SharpDRO);
+    - ``group_sampling``: ``data.sampler=group_balanced`` applies (it balances the groups the
+      method weights: the severities, or the environments its pre-stage infers);
+    - ``tuned_keys``: dotted config keys outside ``algorithm`` that a tuning sweep draws for
+      the method (from their fields' ``search``), besides its hyperparameters.
     """
 
     name: str
@@ -50,6 +54,8 @@ class MethodSpec:
     record_keys: tuple[str, ...] = ()
     prestage: Prestage | None = None
     order: int = 100
+    group_sampling: bool = False
+    tuned_keys: tuple[str, ...] = ()
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         if self.check is not None:

@@ -18,4 +18,6 @@ SPEC = register(MethodSpec(
     hparams=SHARPDRO_HPARAMS,
     buffers=GROUP_BUFFERS,
     record_keys=Q_RECORD,
+    group_sampling=True,
+    tuned_keys=("data.sampler",),
 ))
