@@ -22,7 +22,7 @@ from sharpdro.config import FORMER_DEFAULTS, RUNTIME_KEYS, ConfigError, coerce_v
     parse_override, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
-_SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description")
+_SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description", "tune")
 
 
 class SweepError(SharpDROError):
@@ -222,10 +222,14 @@ class SweepSpec:
     grid: dict[str, list] = field(default_factory=dict)
     include: list[list[str]] = field(default_factory=list)
     source: str | None = None  # folder the base path is relative to
+    tune: dict | None = None  # equal tuning: sharpdro.experiments.tuning
 
     def to_dict(self) -> dict:
-        return {"base": self.base, "set": list(self.set), "grid": {k: list(v) for k, v in self.grid.items()},
-                "include": [list(x) for x in self.include]}
+        out = {"base": self.base, "set": list(self.set), "grid": {k: list(v) for k, v in self.grid.items()},
+               "include": [list(x) for x in self.include]}
+        if self.tune is not None:
+            out["tune"] = dict(self.tune)
+        return out
 
 
 @dataclass(frozen=True)
@@ -270,8 +274,17 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     include = [_overrides_from(entry if not isinstance(entry, str) else [entry], f"{p}: include[{i}]")
                for i, entry in enumerate(include_raw)]
     base = raw.get("base")
+    tune = None
+    if raw.get("tune") is not None:
+        from sharpdro.experiments.tuning import check_tune
+
+        tune = check_tune(raw["tune"], f"{p}: tune")
+        clash = sorted({"algorithm.name", "seed"} & set(grid))
+        if clash:
+            raise SweepError(f"{p}: with 'tune', the methods and seeds come from the tune block; remove "
+                             f"{', '.join(clash)} from the grid")
     return SweepSpec(base=None if base is None else str(base), set=_overrides_from(raw.get("set"), f"{p}: set"),
-                     grid=grid, include=include, source=str(p.resolve().parent))
+                     grid=grid, include=include, source=str(p.resolve().parent), tune=tune)
 
 
 def build_spec(path: str | os.PathLike | None = None, base: str | None = None, sets: Sequence[str] = (),
@@ -308,6 +321,16 @@ def expand(spec: SweepSpec) -> list[Job]:
         keys = list(spec.grid)
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
             points.append([make_override(k, v) for k, v in zip(keys, combo)])
+    if spec.tune is not None:  # every grid point x every method's trials x the tuning seeds
+        from sharpdro.experiments.tuning import trial_points
+
+        fixed = [o.split("=", 1)[0] for o in spec.set] + list(spec.grid)
+        try:
+            algorithm = load_config(base, tuple(spec.set))["algorithm"]
+        except ConfigError as exc:
+            raise ConfigError(f"sweep base + set: {exc}") from None
+        trials = [[make_override(k, v) for k, v in pairs] for pairs in trial_points(spec.tune, fixed, algorithm)]
+        points = [p + t for p in points for t in trials]
     points.extend(list(x) for x in spec.include)
     jobs, seen = [], set()
     for point in points:

@@ -150,7 +150,8 @@ SPEC = register(MethodSpec(
     buffers=("env",) + tuple(f"robust.{b}" for b in GROUP_BUFFERS + ("prepared_flag",)),
     record_keys=Q_RECORD + SELECTED_RECORD,
     group_sampling=True,
-    tuned_keys=("data.sampler",),
+    tune=("algorithm.eiil_epochs", "algorithm.eiil_steps", "algorithm.eta",
+          "algorithm.q_absent", "data.sampler"),
     prestage=Prestage("ERM reference (eiil_epochs, chosen on validation loss); two environments "
                       "inferred from its logits", "env",
                       stand_in=lambda n: (np.arange(n) % 3 == 0).astype(np.int64)),

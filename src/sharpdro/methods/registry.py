@@ -40,8 +40,8 @@ class MethodSpec:
     - ``order``: position in tables and plots (baselines before SharpDRO);
     - ``group_sampling``: ``data.sampler=group_balanced`` applies (it balances the groups the
       method weights: the severities, or the environments its pre-stage infers);
-    - ``tuned_keys``: dotted config keys outside ``algorithm`` that a tuning sweep draws for
-      the method (from their fields' ``search``), besides its hyperparameters.
+    - ``tune``: the dotted config keys a tuning sweep draws for the method (from their fields'
+      ``search``); None: every hyperparameter of the method that has a ``search``.
     """
 
     name: str
@@ -55,7 +55,7 @@ class MethodSpec:
     prestage: Prestage | None = None
     order: int = 100
     group_sampling: bool = False
-    tuned_keys: tuple[str, ...] = ()
+    tune: tuple[str, ...] | None = None
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         if self.check is not None:

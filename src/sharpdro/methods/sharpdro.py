@@ -19,5 +19,5 @@ SPEC = register(MethodSpec(
     buffers=GROUP_BUFFERS,
     record_keys=Q_RECORD,
     group_sampling=True,
-    tuned_keys=("data.sampler",),
+    tune=("algorithm.rho", "algorithm.eta", "algorithm.q_absent", "data.sampler"),
 ))
