@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 def _final_jobs(spec, out, jobs):
     if not spec.tune or not spec.tune.get("final_seeds"):
         return []
-    from sharpdro.experiments.tuning import final_jobs
+    from sharpdro.experiments.tuning_final import final_jobs
 
     return final_jobs(spec, out, jobs)
 
