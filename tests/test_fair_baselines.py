@@ -219,9 +219,16 @@ def test_group_balanced_sampler_equalises_groups_with_replacement():
 
 
 def test_sampler_applies_to_group_weighted_methods_only(tmp_path, splits):
+    from sharpdro.engine import sampler
+
     with pytest.raises(SharpDROError, match="data.sampler"):
         train(tiny("algorithm.name=erm", "data.sampler=group_balanced"), out_dir=tmp_path / "r", splits=splits)
     assert {m.name for m in methods.all_methods() if m.group_sampling} == {"groupdro", "sharpdro", "eiil"}
+    assert default_config()["data"]["sampler"] == "auto"  # group_balanced where it applies, uniform elsewhere
+    for name in methods.names():
+        expected = "group_balanced" if methods.get(name).group_sampling else "uniform"
+        assert sampler(validate({"algorithm": {"name": name}})) == expected, name
+        assert sampler(validate({"algorithm": {"name": name}, "data": {"sampler": "uniform"}})) == "uniform"
 
 
 # ----------------------------------------------------------------------------- ASAM, and job names

@@ -53,9 +53,10 @@ SCHEMA: dict[str, Any] = {
                                 min=1, nullable=True),
         "cache_dir": Field(None, str, "cache of corrupted arrays (null: $SHARPDRO_CACHE or ~/.cache/sharpdro)",
                            nullable=True),
-        "sampler": Field("uniform", str, "training batches of the group-weighted methods (groupdro, sharpdro, eiil): "
-                         "a uniform shuffle, or group_balanced (group_DRO's weighted sampling with replacement, "
-                         "every group equally likely)", choices=("uniform", "group_balanced"),
+        "sampler": Field("auto", str, "training batches: uniform (a shuffle), group_balanced (group_DRO's weighted "
+                         "sampling with replacement, every group equally likely; for the group-weighted methods "
+                         "groupdro, sharpdro, eiil), or auto (group_balanced for those methods, uniform otherwise)",
+                         choices=("auto", "uniform", "group_balanced"),
                          search=("choice", ("uniform", "group_balanced"))),
         "flip": Field(True, bool, "random horizontal flip in training"),
         "crop_padding": Field(0, int, "random crop after zero padding by this many pixels (0: off)", min=0),

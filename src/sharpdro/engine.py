@@ -151,7 +151,7 @@ def check_runnable(cfg: dict, splits, backend) -> None:
         raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {len(splits.train)} "
                             f"training images; lower train.batch_size")
     methods.get(name).validate(cfg["algorithm"])  # the method's cross-key checks (ConfigError)
-    if cfg["data"]["sampler"] != "uniform" and not methods.get(name).group_sampling:
+    if cfg["data"]["sampler"] == "group_balanced" and not methods.get(name).group_sampling:
         raise SharpDROError(
             f"data.sampler={cfg['data']['sampler']!r} balances the groups of a group-weighted method; "
             f"{name!r} weights none (methods it applies to: "
@@ -356,8 +356,17 @@ def _prestage(session, batches, cfg: dict, splits, run: RunDir, main: bool, show
     elif run.prestage.exists():
         info = json.loads(run.prestage.read_text(encoding="utf-8"))
     plan = session.sampling_plan() if hasattr(session, "sampling_plan") else None
-    batches.set_plan(plan, cfg["data"]["sampler"])
+    batches.set_plan(plan, sampler(cfg))
     return info
+
+
+def sampler(cfg: dict) -> str:
+    """The training sampler of a run: ``data.sampler``, with ``auto`` = group_balanced for a method that
+    weights groups (``MethodSpec.group_sampling``), uniform for the others."""
+    s = cfg["data"]["sampler"]
+    if s == "auto":
+        return "group_balanced" if methods.get(cfg["algorithm"]["name"]).group_sampling else "uniform"
+    return s
 
 
 def _check_same_config(path: Path, cfg: dict) -> None:
