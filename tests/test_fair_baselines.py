@@ -249,3 +249,14 @@ def test_changed_defaults_keep_old_job_names():
     # ERM does not read the EIIL keys: at the former or the new default it is the same job
     assert job_hash(validate({"algorithm": {"eiil_steps": 2000}})) == job_hash(validate({}))
     assert job_hash(validate({"algorithm": {"eiil_steps": 500}})) != job_hash(validate({}))
+
+
+def test_committed_baseline_measurements_keep_their_job_names():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "baselines" / "sweep"
+    folders = sorted(d for d in root.iterdir() if (d / "config.yaml").is_file()) if root.is_dir() else []
+    for d in folders:
+        assert job_hash(validate(yaml.safe_load((d / "config.yaml").read_text()))) == d.name
