@@ -260,3 +260,28 @@ def test_committed_baseline_measurements_keep_their_job_names():
     folders = sorted(d for d in root.iterdir() if (d / "config.yaml").is_file()) if root.is_dir() else []
     for d in folders:
         assert job_hash(validate(yaml.safe_load((d / "config.yaml").read_text()))) == d.name
+
+
+@pytest.mark.parametrize("name", ["groupdro", "sharpdro", "eiil"])
+def test_a_full_step_leaves_an_absent_group_alone_under_skip(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+    x, y = torch.randn(8, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (8,))
+    g = torch.tensor([0, 0, 1, 1, 3, 3, 0, 1])  # group 2 absent
+    hp = {"q_absent": "skip", "eta": 0.5}
+    if name == "eiil":
+        algo = build_algorithm(name, model, 3, 4, {**hp, "eiil_robust": "groupdro"}, train_size=8)
+        algo.set_environments(torch.tensor([0, 0, 0, 0, 0, 0, 0, 0]))  # environment 1 absent
+        robust, idx = algo.robust, torch.arange(8)
+    else:
+        algo = build_algorithm(name, model, 3, 4, hp, train_size=8)
+        robust, idx = algo, torch.arange(8)
+    algo.configure(torch.optim.SGD(model.parameters(), lr=0.1))
+    robust.q.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)[: robust.q.numel()] /
+                   torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)[: robust.q.numel()].sum())
+    before = robust.q.clone()
+    algo.update(x, y, g if name != "eiil" else None, idx)
+    absent = 2 if name != "eiil" else 1
+    assert robust.q[absent] == before[absent] and float(robust.q.sum()) == pytest.approx(1.0, abs=1e-12)
+    if name != "eiil":  # the present groups moved
+        assert not torch.equal(robust.q, before)

@@ -53,7 +53,7 @@ ALGORITHM_DEFAULTS = {
 
 
 # Keys added since, with their defaults (a new key at its default does not rename a job).
-ADDED_DEFAULTS = {"q_absent": "skip", "jtt_mode": "upsample", "jtt_lr": None, "eiil_reference": "val_loss",
+ADDED_DEFAULTS = {"q_absent": "zero", "jtt_mode": "upsample", "jtt_lr": None, "eiil_reference": "val_loss",
                   "eiil_tol": 1e-4, "eiil_early_stop": True}
 
 

@@ -160,8 +160,8 @@ CASES = {
     "sam-bn-update": ("sam", {"rho": 0.3, "bn_second_pass": "update"}),
     "groupdro": ("groupdro", {"eta": 0.5}),
     "groupdro-adjusted": ("groupdro", {"eta": 0.5, "gen_adjustment": 2.0}),
-    "groupdro-zero": ("groupdro", {"eta": 0.5, "q_absent": "zero"}),  # group 2 is absent from every batch
-    "sharpdro-zero": ("sharpdro", {"rho": 0.3, "eta": 0.5, "q_absent": "zero"}),
+    "groupdro-skip": ("groupdro", {"eta": 0.5, "q_absent": "skip"}),  # group 2 is absent from every batch
+    "sharpdro-skip": ("sharpdro", {"rho": 0.3, "eta": 0.5, "q_absent": "skip"}),
     "sharpdro": ("sharpdro", {"rho": 0.3, "eta": 0.5}),
     "sharpdro-worst": ("sharpdro", {"rho": 0.3, "eta": 0.5, "perturb_on": "worst"}),
     "sharpdro-no-add-back": ("sharpdro", {"rho": 0.3, "eta": 0.5, "add_back_first_grad": False}),

@@ -28,9 +28,9 @@ GROUP_HPARAMS = {
     "eta": Field(0.01, NUM, "exponentiated-gradient step size of the group weights q", min=0.0,
                  search=("log_uniform", 1e-3, 1.0)),
     "gen_adjustment": Field(0.0, NUM, "GroupDRO generalisation adjustment C (loss + C/sqrt(n_g))", min=0.0),
-    "q_absent": Field("skip", str, "a group absent from the batch: 'skip' leaves its q unchanged and renormalises "
-                      "the present groups within their own mass; 'zero' gives it loss 0 in the q update (the "
-                      "released SharpDRO and GroupDRO code), so its q shrinks", choices=("zero", "skip"),
+    "q_absent": Field("zero", str, "a group absent from the batch: 'zero' gives it loss 0 in the q update (the "
+                      "released SharpDRO and GroupDRO code), so its q shrinks; 'skip' leaves its q unchanged and "
+                      "renormalises the present groups within their own mass", choices=("zero", "skip"),
                       search=("choice", ("zero", "skip"))),
 }
 
