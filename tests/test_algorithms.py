@@ -158,7 +158,9 @@ def test_eg_update_closed_form_and_no_overflow():
 def test_sharpdro_step_matches_hand_computation(perturb_on, adaptive, add_back):
     model = tiny()
     rho, eta = 0.5, 0.3
-    hp = {"rho": rho, "eta": eta, "perturb_on": perturb_on, "adaptive": adaptive, "add_back_first_grad": add_back}
+    # q_absent='zero': the released code's reading (group 2 is absent from every batch here)
+    hp = {"rho": rho, "eta": eta, "perturb_on": perturb_on, "adaptive": adaptive, "add_back_first_grad": add_back,
+          "q_absent": "zero"}
     algo = make("sharpdro", copy.deepcopy(model), hp)
     st, sgd = HandState(model), HandSGD()
     q = torch.full((G,), 1.0 / G, dtype=torch.float64)
@@ -226,7 +228,8 @@ def test_bn_running_stats_frozen_or_updated_in_second_pass():
 def test_groupdro_q_closed_form_and_step(C_adj):
     model = tiny()
     eta = 0.5
-    algo = make("groupdro", copy.deepcopy(model), {"eta": eta, "gen_adjustment": C_adj}, momentum=0.0, wd=0.0)
+    algo = make("groupdro", copy.deepcopy(model), {"eta": eta, "gen_adjustment": C_adj, "q_absent": "zero"},
+                momentum=0.0, wd=0.0)
     counts = torch.tensor([40, 20, 5, 1])
     if C_adj:
         with pytest.raises(ConfigError, match="group counts"):
@@ -379,7 +382,8 @@ def test_jtt_error_set_is_the_misclassified_points_and_is_upweighted():
     n, lam = 24, 5.0
     x, y, _, _ = data(n=n, seed=3)
     created = []
-    algo = make("jtt", tiny(seed=1), {"jtt_epochs": 2, "jtt_lambda_up": lam}, train_size=n, momentum=0.0, wd=0.0)
+    algo = make("jtt", tiny(seed=1), {"jtt_epochs": 2, "jtt_lambda_up": lam, "jtt_mode": "reweight"}, train_size=n,
+                momentum=0.0, wd=0.0)
     assert not algo.prepared
     algo.prepare(make_ctx(x, y, None, lambda: tiny(seed=7), created=created))
     assert algo.prepared and len(created) == 1

@@ -45,20 +45,34 @@ def test_builtin_methods_and_their_order():
 # The algorithm section before it was built from the descriptions: keys, order and defaults
 # (any change renames every sweep job folder).
 ALGORITHM_DEFAULTS = {
-    "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze",
-    "second_pass_fraction": 1.0, "second_pass_sampling": "systematic", "sampled_bn_stats": "sample", "eta": 0.01, "gen_adjustment": 0.0,
-    "perturb_on": "batch", "add_back_first_grad": True, "score": "input_hf", "select": "global",
-    "fraction": 0.05, "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False,
-    "warmup_epochs": 2, "memory_decay": 0.5, "refresh_steps": 10, "class_normalize": True, "jtt_epochs": 1,
+    "name": "erm", "rho": 0.05, "adaptive": False, "bn_second_pass": "freeze", "eta": 0.01, "gen_adjustment": 0.0,
+    "perturb_on": "batch", "add_back_first_grad": True, "score": "msp", "select": "top_fraction", "fraction": 0.2,
+    "weighting": "hard", "temperature": 1.0, "second_pass_selected_only": False, "jtt_epochs": 1,
     "jtt_lambda_up": 6.0, "eiil_epochs": 1, "eiil_steps": 2000, "eiil_lr": 0.001, "eiil_robust": "groupdro",
 }
 
 
+# Keys added since, with their defaults (a new key at its default does not rename a job).
+ADDED_DEFAULTS = {"q_absent": "zero", "jtt_mode": "upsample", "jtt_lr": None, "eiil_reference": "val_loss",
+                  "eiil_tol": 1e-4, "eiil_early_stop": True,
+                  "second_pass_fraction": 1.0, "second_pass_sampling": "systematic", "sampled_bn_stats": "sample",
+                  "warmup_epochs": 2, "memory_decay": 0.5, "refresh_steps": 10, "class_normalize": True}
+
+
 def test_algorithm_section_is_the_flat_one_of_before():
     section = config.default_config()["algorithm"]
-    assert list(section) == list(ALGORITHM_DEFAULTS)
-    assert section == ALGORITHM_DEFAULTS
-    assert {k: type(v) for k, v in section.items()} == {k: type(v) for k, v in ALGORITHM_DEFAULTS.items()}
+    assert set(section) == set(ALGORITHM_DEFAULTS) | set(ADDED_DEFAULTS)
+    assert [k for k in section if k in ALGORITHM_DEFAULTS] == list(ALGORITHM_DEFAULTS)
+    changed = {k.split(".")[1]: v for k, v in config.FORMER_DEFAULTS.items()}
+    # the documented default changes (EIIL: the authors' steps and a converged reference; the agnostic
+    # selection: global, on the input score)
+    assert changed == {"eiil_steps": 2000, "eiil_epochs": 1, "score": "msp", "select": "top_fraction", "fraction": 0.2}
+    for key, value in ALGORITHM_DEFAULTS.items():
+        if key in changed:
+            assert changed[key] == value and section[key] != value, key
+        else:
+            assert section[key] == value and type(section[key]) is type(value), key
+    assert {k: section[k] for k in ADDED_DEFAULTS} == ADDED_DEFAULTS
     assert config.SCHEMA["algorithm"]["name"].choices == NAMES
     assert config.SCHEMA["algorithm"]["eiil_robust"].choices == ("groupdro", "sharpdro")
 

@@ -160,6 +160,8 @@ CASES = {
     "sam-bn-update": ("sam", {"rho": 0.3, "bn_second_pass": "update"}),
     "groupdro": ("groupdro", {"eta": 0.5}),
     "groupdro-adjusted": ("groupdro", {"eta": 0.5, "gen_adjustment": 2.0}),
+    "groupdro-skip": ("groupdro", {"eta": 0.5, "q_absent": "skip"}),  # group 2 is absent from every batch
+    "sharpdro-skip": ("sharpdro", {"rho": 0.3, "eta": 0.5, "q_absent": "skip"}),
     "sharpdro": ("sharpdro", {"rho": 0.3, "eta": 0.5}),
     "sharpdro-worst": ("sharpdro", {"rho": 0.3, "eta": 0.5, "perturb_on": "worst"}),
     "sharpdro-no-add-back": ("sharpdro", {"rho": 0.3, "eta": 0.5, "add_back_first_grad": False}),
@@ -181,6 +183,7 @@ CASES = {
     "agnostic-global-gradnorm-soft": ("sharpdro_agnostic", {"rho": 0.3, "score": "gradnorm", "fraction": 0.3,
                                                             "warmup_epochs": 0, "weighting": "soft"}),
     "jtt": ("jtt", {"jtt_epochs": 1, "jtt_lambda_up": 5.0}),
+    "jtt-reweight": ("jtt", {"jtt_epochs": 1, "jtt_lambda_up": 5.0, "jtt_mode": "reweight"}),
     "eiil-groupdro": ("eiil", {"eiil_epochs": 1, "eiil_steps": 50, "eiil_lr": 0.01, "eta": 0.5}),
     "eiil-sharpdro": ("eiil", {"eiil_epochs": 1, "eiil_steps": 50, "eiil_lr": 0.01, "eta": 0.5,
                                "eiil_robust": "sharpdro", "rho": 0.3}),
@@ -197,10 +200,21 @@ def test_three_steps_match_torch(case):
     if algorithm == "jtt":  # the pre-stage (reference ERM from the same fresh weights) found the same errors
         assert ts.algorithm.error_set.numpy().any()
         assert np.array_equal(ms_s.algorithm.buffers["error_set"], ts.algorithm.error_set.numpy())
+        assert np.array_equal(ms_s.algorithm.buffers["weights"], ts.algorithm.weights.numpy())
+        plan_t, plan_m = ts.algorithm.sampling_plan(), ms_s.algorithm.sampling_plan()
+        if hp.get("jtt_mode", "upsample") == "upsample":  # the same upsampled epoch
+            assert len(plan_t.indices) > N_TRAIN and np.array_equal(plan_m.indices, plan_t.indices)
+        else:
+            assert plan_t.indices is None and plan_m.indices is None
     if algorithm == "eiil":
         env = ts.algorithm.env.numpy()
         assert 0 < env.sum() < len(env)
         assert np.array_equal(ms_s.algorithm.buffers["env"], env)
+        assert np.array_equal(ms_s.algorithm.sampling_plan().groups, ts.algorithm.sampling_plan().groups)
+        info_t, info_m = ts.algorithm.prestage_info, ms_s.algorithm.prestage_info
+        for key in ("steps", "converged", "environment_sizes"):
+            assert info_m[key] == info_t[key], key
+        assert info_m["penalty"] == pytest.approx(info_t["penalty"], rel=1e-5)
 
 
 @pytest.mark.parametrize("hp", [

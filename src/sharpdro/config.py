@@ -19,7 +19,9 @@ import yaml
 
 
 from sharpdro import methods
+from sharpdro.methods.hparams import resolve_rho
 from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigError lives in errors; re-exported)
+from sharpdro.fields import DEFAULT as IDENTITY_DEFAULT_UNSET  # noqa: E402
 from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet")
@@ -53,6 +55,11 @@ SCHEMA: dict[str, Any] = {
                                 min=1, nullable=True),
         "cache_dir": Field(None, str, "cache of corrupted arrays (null: $SHARPDRO_CACHE or ~/.cache/sharpdro)",
                            nullable=True),
+        "sampler": Field("auto", str, "training batches: uniform (a shuffle), group_balanced (group_DRO's weighted "
+                         "sampling with replacement, every group equally likely; for the group-weighted methods "
+                         "groupdro, sharpdro, eiil), or auto (group_balanced for those methods, uniform otherwise)",
+                         choices=("auto", "uniform", "group_balanced"),
+                         search=("choice", ("uniform", "group_balanced"))),
         "flip": Field(True, bool, "random horizontal flip in training"),
         "crop_padding": Field(0, int, "random crop after zero padding by this many pixels (0: off)", min=0),
         "extra_test": Field(None, str, "CIFAR-10-C / CIFAR-100-C folder evaluated as an extra test set",
@@ -134,6 +141,29 @@ RUNTIME_KEYS = (
     "output.loggers",
 )
 
+# Keys whose default changed after sweeps were hashed: their former default, declared beside each key
+# (``Field.identity_default``) and gathered here. A job at the former default keeps the name it had; a
+# job at the new default gets a new name when its method reads the key (it computes something else), and
+# keeps its name when its method does not read it (see sharpdro.experiments.sweep_spec.job_identity).
+FORMER_DEFAULTS: dict[str, Any] = {}
+
+
+def _gather_former_defaults() -> None:
+    FORMER_DEFAULTS.clear()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif v.identity_default != IDENTITY_DEFAULT_UNSET:
+                FORMER_DEFAULTS[f"{prefix}{k}"] = v.identity_default
+
+    walk(SCHEMA, "")
+
+
+_gather_former_defaults()
+methods.on_change(_gather_former_defaults)
+
 # Device strings are free-form (cuda:3), checked here rather than by choices.
 _DEVICE_PREFIXES = ("auto", "cpu", "cuda", "mps")
 
@@ -143,25 +173,16 @@ def _is_field(x) -> bool:
 
 
 def default_config() -> dict:
-    """The defaults of every key, as a fresh nested dict."""
+    """The defaults of every key, as a fresh nested dict (dependent defaults resolved: ``rho``)."""
 
     def build(node):
         if _is_field(node):
             return copy.deepcopy(node.default)
         return {k: build(v) for k, v in node.items()}
 
-    return build(SCHEMA)
-
-
-def identity_reference() -> dict:
-    """:func:`default_config` with each key's ``identity_default`` (what a sweep job's identity is relative to)."""
-
-    def build(node):
-        if _is_field(node):
-            return copy.deepcopy(node.identity_value)
-        return {k: build(v) for k, v in node.items()}
-
-    return build(SCHEMA)
+    out = build(SCHEMA)
+    resolve_rho(out["algorithm"])
+    return out
 
 
 def _check_value(path: str, field: Field, value):
@@ -278,6 +299,7 @@ def validate(cfg: Mapping) -> dict:
         return out
 
     out = walk(SCHEMA, cfg, "")
+    resolve_rho(out["algorithm"])  # rho: null -> SAM's or ASAM's radius
     dev = out["train"]["device"]
     if not dev.startswith(_DEVICE_PREFIXES):
         raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
@@ -286,13 +308,13 @@ def validate(cfg: Mapping) -> dict:
 
 def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:
     """The ``algorithm`` section's defaults overridden by ``hparams`` (used by every backend); unknown keys raise."""
-    out = default_config()["algorithm"]
+    out = {k: copy.deepcopy(f.default) for k, f in SCHEMA["algorithm"].items()}
     unknown = sorted(set(hparams or {}) - set(out))
     if unknown:
         raise ConfigError(f"unknown algorithm hyperparameter(s) {', '.join(unknown)}; "
                           f"allowed: {', '.join(sorted(out))}")
     out.update(hparams or {})
-    return out
+    return resolve_rho(out)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

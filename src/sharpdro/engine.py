@@ -143,6 +143,11 @@ def check_runnable(cfg: dict, splits, backend) -> None:
         raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {len(splits.train)} "
                             f"training images; lower train.batch_size")
     methods.get(name).validate(cfg["algorithm"])  # the method's cross-key checks (ConfigError)
+    if cfg["data"]["sampler"] == "group_balanced" and not methods.get(name).group_sampling:
+        raise SharpDROError(
+            f"data.sampler={cfg['data']['sampler']!r} balances the groups of a group-weighted method; "
+            f"{name!r} weights none (methods it applies to: "
+            f"{', '.join(m.name for m in methods.all_methods() if m.group_sampling)}); use data.sampler=uniform")
 
 
 # ------------------------------------------------------------------ training
@@ -154,7 +159,7 @@ class _BatchFactory:
     global batch b); pre-stages (``prestage``, ``ordered``) see the whole training set.
     """
 
-    def __init__(self, cfg, train, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg, train, rank: int = 0, world_size: int = 1, val: dict | None = None):
         from sharpdro.data.batches import BatchIterator
 
         t, d = cfg["train"], cfg["data"]
@@ -169,6 +174,16 @@ class _BatchFactory:
         self._full = self.train if world_size == 1 else make(t["batch_size"])
         self._ordered = BatchIterator(train.images, train.labels, train.severity, cfg["eval"]["batch_size"],
                                       seed=cfg["seed"], shuffle=False, drop_last=False)
+        self._val = None
+        if val:
+            sets = [val[s] for s in sorted(val)]
+            self._val = BatchIterator(np.concatenate([a.images for a in sets]), np.concatenate([a.labels for a in sets]),
+                                      np.concatenate([a.severity for a in sets]), cfg["eval"]["batch_size"],
+                                      seed=cfg["seed"], shuffle=False, drop_last=False)
+
+    def set_plan(self, plan, sampler: str = "uniform") -> None:
+        """The training epochs from now on follow a method's sampling plan and ``data.sampler``."""
+        self.train = self.train.planned(plan, sampler)
 
     def __call__(self, epoch: int):
         return self.train.iterate(epoch)
@@ -181,6 +196,10 @@ class _BatchFactory:
 
     def ordered(self):
         return self._ordered.iterate(0)
+
+    def validation(self):
+        """Every validation image once (all severities), in order; None without validation data."""
+        return None if self._val is None else self._val.iterate(0)
 
 
 def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_changes: bool = False) -> dict:
@@ -233,7 +252,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 splits = build_splits(cfg, progress=False)
         check_runnable(cfg, splits, backend)
         session = backend.create_session(cfg, splits)
-        batches = _BatchFactory(cfg, splits.train, procs.rank, procs.world_size)
+        batches = _BatchFactory(cfg, splits.train, procs.rank, procs.world_size, val=splits.val)
         session.set_batch_factory(batches)
         epoch_batches = getattr(session, "epoch_batches", None) or batches
 
@@ -257,6 +276,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         elif main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint starts over
 
+        prestage = _prestage(session, batches, cfg, splits, run, main, show)
         world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
               f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
@@ -300,6 +320,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
         summary = build_summary(cfg, records, rule)
+        if prestage is not None:
+            summary["prestage"] = prestage
         if main and run.changes.exists():
             summary["config_changes"] = read_jsonl(run.changes)
         summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
@@ -325,6 +347,45 @@ def _refuse_foreign_folder(run: RunDir) -> None:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise SharpDROError(f"{run.path} is not empty ({shown}) and is not a sharpdro run directory; nothing was "
                             f"written. Choose a new or empty folder with --out (or output.dir / output.name)")
+
+
+def _prestage(session, batches, cfg: dict, splits, run: RunDir, main: bool, show: bool) -> dict | None:
+    """Run the method's pre-stage (unless a checkpoint restored it), record what it found, plan the batches.
+
+    The record (``prestage.json``, copied into the summary's ``prestage``) is what the
+    session's ``prepare()`` returns: JTT's error set, EIIL's penalty and convergence ...,
+    with the fraction of each training severity among the points it singles out
+    (``members``: JTT's error set, EIIL's environment 1).  A resumed run reads it back.
+    """
+    prepare = getattr(session, "prepare", None)
+    t0 = time.time()
+    info = prepare() if prepare is not None else None
+    if info is not None:
+        info = dict(info)
+        members = info.pop("members", None)
+        if members is not None:
+            members = np.asarray(members, dtype=bool)
+            sev = splits.train.severity
+            info["members_fraction_by_severity"] = {str(int(s)): float(members[sev == s].mean())
+                                                   for s in np.unique(sev)}
+        info["seconds"] = time.time() - t0
+        if main:
+            atomic_write_json(run.prestage, info)
+        _echo(f"pre-stage: {json.dumps({k: v for k, v in info.items() if not isinstance(v, dict)})}", show)
+    elif run.prestage.exists():
+        info = json.loads(run.prestage.read_text(encoding="utf-8"))
+    plan = session.sampling_plan() if hasattr(session, "sampling_plan") else None
+    batches.set_plan(plan, sampler(cfg))
+    return info
+
+
+def sampler(cfg: dict) -> str:
+    """The training sampler of a run: ``data.sampler``, with ``auto`` = group_balanced for a method that
+    weights groups (``MethodSpec.group_sampling``), uniform for the others."""
+    s = cfg["data"]["sampler"]
+    if s == "auto":
+        return "group_balanced" if methods.get(cfg["algorithm"]["name"]).group_sampling else "uniform"
+    return s
 
 
 def _start_run_dir(run: RunDir, cfg: dict) -> logging.Handler:

@@ -27,10 +27,6 @@ class Field:
     # relied on the old default keeps its name; one on the new default gets a new one)
     identity_default: Any = DEFAULT
 
-    @property
-    def identity_value(self) -> Any:
-        return self.default if self.identity_default == DEFAULT else self.identity_default
-
     def describe(self) -> str:
         if self.choices is not None and self.item_type is not None:  # a list of choices
             return "list, each one of " + ", ".join(repr(c) for c in self.choices)

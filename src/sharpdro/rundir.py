@@ -31,6 +31,7 @@ from pathlib import Path
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+PRESTAGE = "prestage.json"  # what a method's pre-stage found (JTT, EIIL)
 LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_SUFFIXES = {"torch": ".pt", "mindspore": ".npz"}  # a backend's checkpoint file suffix
@@ -79,6 +80,7 @@ class RunDir:
     config = property(lambda self: self.path / CONFIG)
     metrics = property(lambda self: self.path / METRICS)
     summary = property(lambda self: self.path / SUMMARY)
+    prestage = property(lambda self: self.path / PRESTAGE)
     log = property(lambda self: self.path / LOG)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     last = property(lambda self: self.path / CHECKPOINTS / LAST)  # the PyTorch backend's; see checkpoint()

@@ -27,6 +27,14 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", action="store_true",
                    help="add ECE (%%), NLL and Brier columns: each run's mean over severities at its selected "
                         "epoch, mean ± std over seeds (runs trained before calibration was recorded show –)")
+    p.add_argument("--select-hparams", default=None, choices=("worst", "average"),
+                   help="one row per dataset, corruption and method: the configuration (of the sweep's tuning "
+                        "trials) with the best mean worst-severity (or averaged) validation accuracy; the n column "
+                        "says how many trials it was chosen from")
+    p.add_argument("--tuning-seeds", default=None, metavar="S[,S...]",
+                   help="with --select-hparams: select on the runs of these seeds and report the selected "
+                        "configuration's runs on the other seeds (default: the sweep's tune.seeds when it has "
+                        "final_seeds, else select and report on every seed)")
     p.set_defaults(func=run)
 
 
@@ -45,8 +53,11 @@ def run(args) -> int:
     formats = rp.parse_formats(args.format) if args.format else (list(rp.FORMATS) if args.out else ["md"])
     if args.decimals < 0:
         raise rp.ReportError(f"--decimals must be >= 0, got {args.decimals}")
+    seeds = None
+    if args.tuning_seeds:
+        seeds = [int(x) for x in args.tuning_seeds.split(",") if x.strip()]
     table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals,
-                       calibration=args.calibration)
+                       calibration=args.calibration, select_hparams=args.select_hparams, tuning_seeds=seeds)
     if args.out:
         for path in rp.write_report(table, args.out, formats):
             print(path)

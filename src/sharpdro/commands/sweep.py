@@ -55,6 +55,14 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _final_jobs(spec, out, jobs):
+    if not spec.tune or not spec.tune.get("final_seeds"):
+        return []
+    from sharpdro.experiments.tuning_final import final_jobs
+
+    return final_jobs(spec, out, jobs)
+
+
 def run(args) -> int:
     from sharpdro.experiments import sweep as sw
 
@@ -62,8 +70,9 @@ def run(args) -> int:
         raise sw.SweepError("give a sweep file, or build one with --base/--set/--grid")
     spec = sw.build_spec(args.sweep, base=args.base, sets=args.overrides, grids=args.grid)
     jobs = sw.expand(spec)
+    finals = _final_jobs(spec, args.out, jobs)
     if args.dry_run:
-        for line in sw.describe_jobs(jobs, args.out):
+        for line in sw.describe_jobs(jobs + finals, args.out):
             print(line)
         return 0
     slurm = None
@@ -76,6 +85,15 @@ def run(args) -> int:
     outcome = sw.run_sweep(jobs, args.out, launcher=args.launcher, workers=args.workers, spec=spec, slurm=slurm,
                            slurm_cluster=args.slurm_cluster, slurm_wait=args.slurm_wait, resubmit=args.resubmit,
                            progress=not args.no_progress)
+    if spec.tune and spec.tune.get("final_seeds") and args.launcher != "slurm":
+        # the trials are done (as far as they go): the selected trial of each finished method on its final seeds
+        finals = _final_jobs(spec, args.out, jobs)
+        if finals:
+            more = sw.run_sweep(finals, args.out, launcher=args.launcher, workers=args.workers, spec=spec,
+                                progress=not args.no_progress)
+            for key in ("total", "done", "failed", "skipped", "busy"):
+                setattr(outcome, key, getattr(outcome, key) + getattr(more, key))
+            outcome.failures += more.failures
     print(f"sweep {args.out}: {outcome.line()}")
     for h, err in outcome.failures:
         print(f"  failed {h}: {err}  (see {args.out}/{h}/error.txt)", file=sys.stderr)

@@ -14,6 +14,12 @@ Augmentation, in this order, per image: horizontal flip with probability 1/2 (wh
 H x W at a uniformly random offset in [0, 2*padding] (when ``crop_padding > 0``).  Both
 are one gather over the whole batch.
 
+Sampling (``sampler``): ``uniform`` (default) permutes the iterator's indices each epoch;
+``group_balanced`` draws as many indices, with replacement, each with probability
+proportional to 1 / (size of its group in ``sample_groups``), so every group is equally
+likely (``torch.utils.data.WeightedRandomSampler`` with group_DRO's weights; seeded as the
+permutation).  The indices may repeat (an upsampled epoch: :class:`SamplingPlan`).
+
 Distributed: ``shard(rank, world_size)`` gives each rank a strided part of the same
 global permutation, padded by wrap-around to a multiple of ``world_size`` (as
 ``torch.utils.data.DistributedSampler`` does), so every rank runs the same number of
@@ -22,15 +28,31 @@ batches; only the < world_size padded repeats appear on two ranks.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+
+SAMPLERS = ("uniform", "group_balanced")
 
 # Stream tags (distinct from sharpdro.data.splits.STREAM_TAGS, which use small numbers).
 ORDER_TAG = 101
 AUGMENT_TAG = 102
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What a method's second stage asks of the training batches (after its pre-stage).
+
+    ``indices``: the multiset of training indices of one epoch (None: each point once), e.g.
+    JTT's upsampled error set; ``groups``: per training point, the group ids a
+    ``group_balanced`` sampler balances (None: the severities), e.g. EIIL's environments.
+    """
+
+    indices: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
 
 def draw_augmentation(rng: np.random.Generator, n: int, flip: bool, crop_padding: int
@@ -76,7 +98,8 @@ class BatchIterator:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, severity: np.ndarray | None, batch_size: int,
                  seed: int, shuffle: bool = True, drop_last: bool = False, flip: bool = False,
-                 crop_padding: int = 0, indices: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+                 crop_padding: int = 0, indices: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+                 sampler: str = "uniform", sample_groups: np.ndarray | None = None):
         if images.ndim != 4:
             raise ValueError(f"images must be NHWC, got shape {images.shape}")
         if batch_size < 1:
@@ -85,6 +108,8 @@ class BatchIterator:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.severity = (np.zeros(len(images), dtype=np.int64) if severity is None
@@ -103,13 +128,18 @@ class BatchIterator:
         self.crop_padding = int(crop_padding)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.sampler = sampler
+        self.sample_groups = (self.severity if sample_groups is None
+                              else np.asarray(sample_groups, dtype=np.int64))
+        if len(self.sample_groups) != len(images):
+            raise ValueError(f"sample_groups has {len(self.sample_groups)} entries for {len(images)} images")
 
     # ----------------------------------------------------------- variants
     def _copy(self, **changes) -> "BatchIterator":
         kw = dict(images=self.images, labels=self.labels, severity=self.severity, batch_size=self.batch_size,
                   seed=self.seed, shuffle=self.shuffle, drop_last=self.drop_last, flip=self.flip,
                   crop_padding=self.crop_padding, indices=self.indices, rank=self.rank,
-                  world_size=self.world_size)
+                  world_size=self.world_size, sampler=self.sampler, sample_groups=self.sample_groups)
         kw.update(changes)
         return BatchIterator(**kw)
 
@@ -119,6 +149,12 @@ class BatchIterator:
 
     def subset(self, indices: np.ndarray) -> "BatchIterator":
         return self._copy(indices=indices)
+
+    def planned(self, plan: SamplingPlan | None, sampler: str = "uniform") -> "BatchIterator":
+        """This iterator with a method's :class:`SamplingPlan` and the config's ``sampler``."""
+        plan = plan or SamplingPlan()
+        return self._copy(indices=self.indices if plan.indices is None else plan.indices, sampler=sampler,
+                          sample_groups=self.severity if plan.groups is None else plan.groups)
 
     # -------------------------------------------------------------- order
     @property
@@ -132,7 +168,13 @@ class BatchIterator:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """This rank's image indices for ``epoch``, in batch order (before drop_last)."""
         order = self.indices
-        if self.shuffle:
+        if self.shuffle and self.sampler == "group_balanced" and len(order):
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, ORDER_TAG, int(epoch)]))
+            groups = self.sample_groups[order]
+            _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+            p = 1.0 / counts[inverse]
+            order = order[rng.choice(len(order), size=len(order), replace=True, p=p / p.sum())]
+        elif self.shuffle:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, ORDER_TAG, int(epoch)]))
             order = order[rng.permutation(len(order))]
         if self.world_size > 1:

@@ -217,6 +217,7 @@ class Row:
     method_key: str
     hparams: tuple  # values of Table.hparams, in order
     runs: list = field(default_factory=list)
+    trials: int | None = None  # --select-hparams: the number of configurations the row was chosen from
 
     @property
     def type(self) -> str:
@@ -257,6 +258,10 @@ class Row:
         return m, s, len(vals)
 
     def n_text(self) -> str:
+        text = self._n_text()
+        return text if self.trials is None else f"{text}; best of {self.trials} trials"
+
+    def _n_text(self) -> str:
         done, total = self.count("done"), len(self.runs)
         if done == total:
             return str(done)
@@ -280,6 +285,7 @@ class Table:
     severities: list
     decimals: int = 2
     calibration: bool = False  # ECE / NLL / Brier columns after n (off by default)
+    extra_notes: list = field(default_factory=list)
 
     @property
     def oracle(self) -> bool:
@@ -290,7 +296,7 @@ class Table:
         return f"Test accuracy (%) per severity; {SELECTION_TEXT[self.selection]}"
 
     def notes(self) -> list[str]:
-        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", N_NOTE + "."]
+        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", N_NOTE + "."] + list(self.extra_notes)
         for row in self.rows:
             if row.seeds_duplicated():
                 notes.append(f"{_row_label(self, row)}: several runs share a seed; n counts runs.")
@@ -376,9 +382,41 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
 
 
 def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequence[str] | None = None,
-            decimals: int = 2, calibration: bool = False) -> Table:
-    """Load the runs under ``path`` and build the table."""
-    return build_table(load_runs(path, selection), selection, group_by, decimals, calibration)
+            decimals: int = 2, calibration: bool = False, select_hparams: str | None = None,
+            tuning_seeds: Sequence[int] | None = None) -> Table:
+    """Load the runs under ``path`` and build the table.
+
+    ``select_hparams`` (``worst`` | ``average``): one row per (dataset, corruption, method), the
+    configuration of the best mean validation criterion on the ``tuning_seeds`` (default: the
+    sweep's ``tune.seeds``, else every seed), see :func:`sharpdro.experiments.tuning.select_rows`.
+    """
+    table = build_table(load_runs(path, selection), selection, group_by, decimals, calibration)
+    if select_hparams is None:
+        return table
+    from sharpdro.experiments.tuning import select_rows
+
+    if tuning_seeds is None:
+        tuning_seeds = _sweep_tuning_seeds(path)
+    rows, notes = select_rows(table.rows, select_hparams, tuning_seeds)
+    seeds = "every seed" if tuning_seeds is None else f"seeds {', '.join(map(str, sorted(tuning_seeds)))}"
+    notes.insert(0, f"Hyperparameters selected per method by the best mean {select_hparams}-severity validation "
+                    f"accuracy over the tuning runs ({seeds}); n counts the reported runs, 'best of k trials' the "
+                    f"configurations compared")
+    table.rows, table.extra_notes = rows, notes
+    return table
+
+
+def _sweep_tuning_seeds(path) -> list[int] | None:
+    from sharpdro.experiments.sweep_jobs import INDEX
+
+    index = Path(path) / INDEX
+    if not index.is_file():
+        return None
+    try:
+        tune = (json.loads(index.read_text(encoding="utf-8")).get("last_sweep") or {}).get("tune") or {}
+    except ValueError:
+        return None
+    return list(tune["seeds"]) if tune.get("seeds") and tune.get("final_seeds") else None
 
 
 # --------------------------------------------------------------------------- formatting

@@ -18,11 +18,11 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sharpdro.config import RUNTIME_KEYS, ConfigError, coerce_value, config_hash, identity_reference, load_config, read_yaml, \
+from sharpdro.config import FORMER_DEFAULTS, RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, read_yaml, \
     parse_override, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
-_SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description")
+_SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description", "tune")
 
 
 class SweepError(SharpDROError):
@@ -37,10 +37,40 @@ def job_identity(cfg: Mapping) -> dict:
 
     Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, and so are keys at their
     default, so that adding a config key (with a default) to a later version does not
-    rename every finished job of a long sweep.  A key whose default changed compares against its
-    former default (``Field.identity_default``), so finished jobs keep their names too.
+    rename every finished job of a long sweep.  A key whose default changed
+    (``Field.identity_default``, gathered in :data:`~sharpdro.config.FORMER_DEFAULTS`) is left out at its former default, and at its
+    new default only when the job's method does not read it.
     """
-    return _non_default(_runtime_reset(cfg), identity_reference())
+    out = _non_default(_runtime_reset(cfg), default_config())
+    reads = _method_keys(cfg)
+    for dotted, former in FORMER_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node, ident = cfg, out
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, Mapping) else {}
+            ident = ident.setdefault(p, {})
+        if leaf not in node:
+            continue
+        value = node[leaf]
+        if value == former:
+            ident.pop(leaf, None)
+        elif value == schema_field(dotted).default and dotted in reads:
+            ident[leaf] = value
+        for p in reversed(range(len(parents))):  # drop sections emptied above
+            sec = out
+            for q in parents[:p]:
+                sec = sec[q]
+            if not sec.get(parents[p]):
+                sec.pop(parents[p], None)
+    return out
+
+
+def _method_keys(cfg: Mapping) -> set[str]:
+    """The dotted ``algorithm.*`` keys the job's method reads."""
+    from sharpdro import methods
+
+    spec = methods.find(str((cfg.get("algorithm") or {}).get("name")))
+    return {f"algorithm.{k}" for k in spec.hparams} if spec is not None else set()
 
 
 def _non_default(node, default) -> dict:
@@ -192,10 +222,14 @@ class SweepSpec:
     grid: dict[str, list] = field(default_factory=dict)
     include: list[list[str]] = field(default_factory=list)
     source: str | None = None  # folder the base path is relative to
+    tune: dict | None = None  # equal tuning: sharpdro.experiments.tuning
 
     def to_dict(self) -> dict:
-        return {"base": self.base, "set": list(self.set), "grid": {k: list(v) for k, v in self.grid.items()},
-                "include": [list(x) for x in self.include]}
+        out = {"base": self.base, "set": list(self.set), "grid": {k: list(v) for k, v in self.grid.items()},
+               "include": [list(x) for x in self.include]}
+        if self.tune is not None:
+            out["tune"] = dict(self.tune)
+        return out
 
 
 @dataclass(frozen=True)
@@ -237,8 +271,17 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     include = [_overrides_from(entry if not isinstance(entry, str) else [entry], f"{p}: include[{i}]")
                for i, entry in enumerate(include_raw)]
     base = raw.get("base")
+    tune = None
+    if raw.get("tune") is not None:
+        from sharpdro.experiments.tuning import check_tune
+
+        tune = check_tune(raw["tune"], f"{p}: tune")
+        clash = sorted({"algorithm.name", "seed"} & set(grid))
+        if clash:
+            raise SweepError(f"{p}: with 'tune', the methods and seeds come from the tune block; remove "
+                             f"{', '.join(clash)} from the grid")
     return SweepSpec(base=None if base is None else str(base), set=_overrides_from(raw.get("set"), f"{p}: set"),
-                     grid=grid, include=include, source=str(p.resolve().parent))
+                     grid=grid, include=include, source=str(p.resolve().parent), tune=tune)
 
 
 def build_spec(path: str | os.PathLike | None = None, base: str | None = None, sets: Sequence[str] = (),
@@ -275,6 +318,16 @@ def expand(spec: SweepSpec) -> list[Job]:
         keys = list(spec.grid)
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
             points.append([make_override(k, v) for k, v in zip(keys, combo)])
+    if spec.tune is not None:  # every grid point x every method's trials x the tuning seeds
+        from sharpdro.experiments.tuning import trial_points
+
+        fixed = [o.split("=", 1)[0] for o in spec.set] + list(spec.grid)
+        try:
+            algorithm = load_config(base, tuple(spec.set))["algorithm"]
+        except ConfigError as exc:
+            raise ConfigError(f"sweep base + set: {exc}") from None
+        trials = [[make_override(k, v) for k, v in pairs] for pairs in trial_points(spec.tune, fixed, algorithm)]
+        points = [p + t for p in points for t in trials]
     points.extend(list(x) for x in spec.include)
     jobs, seen = [], set()
     for point in points:

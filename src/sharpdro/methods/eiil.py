@@ -5,6 +5,8 @@ once here in NumPy and both backends call it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sharpdro.fields import NUM, Field
@@ -41,15 +43,42 @@ def irm_penalty(d: np.ndarray, q: np.ndarray):
     return np.mean(q * d) ** 2 + np.mean((1 - q) * d) ** 2
 
 
-def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: float,
-                       init: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+@dataclass
+class Inference:
+    """The result of :func:`run_inference`."""
+
+    env: np.ndarray          # int64 [N]: 1 = the environment with the higher mean reference loss
+    penalty: float           # IRM penalty of the hard split
+    soft_penalty: float      # of the soft assignments at the last step
+    steps: int               # Adam steps taken
+    converged: bool          # by the stopping rule (see run_inference)
+
+    def summary(self) -> dict:
+        sizes = np.bincount(self.env, minlength=2)
+        return {"penalty": self.penalty, "soft_penalty": self.soft_penalty, "steps": self.steps,
+                "converged": self.converged, "environment_sizes": [int(sizes[0]), int(sizes[1])]}
+
+
+CHECK_EVERY = 100    # steps between two evaluations of the stopping rule
+WINDOW = 1000        # the rule compares the hard split's penalty with its value this many steps earlier
+
+
+def run_inference(logits: np.ndarray, labels: np.ndarray, steps: int, lr: float, init: np.ndarray | None = None,
+                  seed: int = 0, tol: float = 1e-4, stop: bool = True) -> Inference:
     """Two environments that MAXIMISE the IRM penalty of a fixed reference model.
 
     Soft assignments q_i = sigmoid(a_i) from ``init`` (a_i ~ N(0, 1), q = 1/2 everywhere
     being a stationary point; drawn from ``numpy.random.default_rng(seed)`` when None),
-    Adam on -penalty for ``steps`` steps (PyTorch's Adam arithmetic with the closed-form
-    gradient, in the logits' precision), threshold at 1/2; environment 1 is the one with
-    the higher mean reference loss.  Returns (env ids int64 [N], penalty of the hard split).
+    Adam on -penalty (PyTorch's Adam arithmetic with the closed-form gradient, in the
+    logits' precision), threshold at 1/2; environment 1 is the one with the higher mean
+    reference loss.
+
+    Stopping rule: every ``CHECK_EVERY`` steps the penalty P_t of the hard split is computed;
+    the inference has *converged* at step t >= ``WINDOW`` when |P_t - P_{t-WINDOW}| <= tol * P_t
+    (Adam moves each logit by about lr per step, so the hard split settles long before the
+    soft penalty does).  With ``stop`` it ends there, else it runs all ``steps``;
+    ``converged`` is the rule's verdict at the last check either way (False when fewer than
+    ``WINDOW`` steps were run).
     """
     d = irm_scale_grads(logits, labels)
     f = d.dtype.type
@@ -57,6 +86,10 @@ def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: f
     a = (np.random.default_rng(seed).standard_normal(n) if init is None else np.asarray(init)).astype(d.dtype)
     m, v = np.zeros_like(a), np.zeros_like(a)
     b1, b2, eps = 0.9, 0.999, 1e-8
+    history: dict[int, float] = {}
+    converged = False
+    t = 0
+    m1 = m0 = f(0.0)
     for t in range(1, steps + 1):
         q = (f(1.0) / (f(1.0) + np.exp(-a))).astype(d.dtype)
         m1, m0 = (q * d).mean(dtype=d.dtype), ((f(1.0) - q) * d).mean(dtype=d.dtype)
@@ -68,6 +101,13 @@ def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: f
         step_size = lr / (1 - b1 ** t)
         denom = (np.sqrt(v) / f(np.sqrt(1 - b2 ** t)) + f(eps)).astype(d.dtype)
         a = (a - f(step_size) * (m / denom)).astype(d.dtype)
+        if t % CHECK_EVERY == 0:
+            p = float(irm_penalty(d, (a > 0).astype(d.dtype)))
+            history[t] = p
+            past = history.get(t - WINDOW)
+            converged = past is not None and abs(p - past) <= tol * abs(p)
+            if converged and stop:
+                break
     env = ((f(1.0) / (f(1.0) + np.exp(-a))) > 0.5).astype(np.int64)
     z = _float(logits)
     loss = -_log_softmax(z)[np.arange(n), np.asarray(labels)]
@@ -75,7 +115,16 @@ def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: f
     mean0 = (loss * (1 - env)).sum() / max((1 - env).sum(), 1)
     if mean1 < mean0:
         env = 1 - env
-    return env, float(irm_penalty(d, env.astype(d.dtype)))
+    return Inference(env, float(irm_penalty(d, env.astype(d.dtype))), float(m1 ** 2 + m0 ** 2), int(t),
+                     bool(converged))
+
+
+def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: float,
+                       init: np.ndarray | None = None, seed: int = 0, tol: float = 1e-4,
+                       stop: bool = True) -> tuple[np.ndarray, float]:
+    """(env ids int64 [N], penalty of the hard split) of :func:`run_inference`."""
+    r = run_inference(logits, labels, steps, lr, init=init, seed=seed, tol=tol, stop=stop)
+    return r.env, r.penalty
 
 
 ROBUST_CHOICES = ("groupdro", "sharpdro")
@@ -84,15 +133,27 @@ SPEC = register(MethodSpec(
     name="eiil", label="EIIL", order=4,
     summary="ERM reference, two environments maximising its IRM penalty, GroupDRO/SharpDRO over them",
     hparams={
-        "eiil_epochs": Field(1, int, "EIIL reference ERM epochs", min=1, search=("int_uniform", 1, 5)),
-        "eiil_steps": Field(2000, int, "EIIL environment-inference steps", min=1),
-        "eiil_lr": Field(0.001, NUM, "EIIL environment-inference learning rate", min=0.0,
-                         search=("log_uniform", 1e-4, 1e-1)),
+        "eiil_epochs": Field(None, int, "EIIL reference ERM epochs (null: train.epochs); the epoch kept is chosen "
+                             "by eiil_reference", min=1, nullable=True, search=("int_uniform", 1, 20),
+                             identity_default=1),
+        "eiil_reference": Field("val_loss", str, "EIIL reference model: the epoch of lowest validation loss, or "
+                                "the last", choices=("val_loss", "last")),
+        "eiil_steps": Field(10000, int, "EIIL environment-inference Adam steps at most (the authors': 10,000)",
+                            min=1, search=("choice", (500, 2000, 10000)), identity_default=2000),
+        "eiil_lr": Field(0.001, NUM, "EIIL environment-inference learning rate (the authors': 1e-3)", min=0.0),
+        "eiil_tol": Field(1e-4, NUM, "EIIL stopping rule: stop once the hard split's penalty changed by at most "
+                          "tol (relative) over the last 1,000 steps", min=0.0),
+        "eiil_early_stop": Field(True, bool, "EIIL: end the inference when the stopping rule holds (false: run "
+                                 "all eiil_steps, as the authors; converged is recorded either way)"),
         "eiil_robust": Field("groupdro", str, "learner on the inferred environments", choices=ROBUST_CHOICES),
         **SHARPDRO_HPARAMS,  # the robust learner's
     },
     buffers=("env",) + tuple(f"robust.{b}" for b in GROUP_BUFFERS + ("prepared_flag",)),
     record_keys=Q_RECORD + SELECTED_RECORD,
-    prestage=Prestage("ERM for eiil_epochs epochs; two environments inferred from its logits", "env",
+    group_sampling=True,
+    tune=("algorithm.eiil_epochs", "algorithm.eiil_steps", "algorithm.eta",
+          "algorithm.q_absent", "data.sampler"),
+    prestage=Prestage("ERM reference (eiil_epochs, chosen on validation loss); two environments "
+                      "inferred from its logits", "env",
                       stand_in=lambda n: (np.arange(n) % 3 == 0).astype(np.int64)),
 ))

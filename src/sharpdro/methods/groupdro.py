@@ -10,4 +10,6 @@ SPEC = register(MethodSpec(
     hparams=dict(GROUP_HPARAMS),
     buffers=GROUP_BUFFERS,
     record_keys=Q_RECORD,
+    group_sampling=True,
+    tune=("algorithm.eta", "algorithm.q_absent", "data.sampler"),
 ))

@@ -37,7 +37,11 @@ class MethodSpec:
     - ``buffers``: the algorithm state a checkpoint holds besides the model (``prepared_flag``
       is everyone's; ``robust.*`` a component's);
     - ``record_keys``: the per-epoch statistics the engine copies into ``metrics.jsonl``;
-    - ``order``: position in tables and plots (baselines before SharpDRO).
+    - ``order``: position in tables and plots (baselines before SharpDRO);
+    - ``group_sampling``: ``data.sampler=group_balanced`` applies (it balances the groups the
+      method weights: the severities, or the environments its pre-stage infers);
+    - ``tune``: the dotted config keys a tuning sweep draws for the method (from their fields'
+      ``search``); None: every hyperparameter of the method that has a ``search``.
     """
 
     name: str
@@ -51,6 +55,8 @@ class MethodSpec:
     prestage: Prestage | None = None
     order: int = 100
     passes: int = 1  # forward-backward passes per step (the SAM family: 2), for cost estimates
+    group_sampling: bool = False
+    tune: tuple[str, ...] | None = None
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         if self.check is not None:

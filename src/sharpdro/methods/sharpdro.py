@@ -20,4 +20,6 @@ SPEC = register(MethodSpec(
     hparams=SHARPDRO_HPARAMS,
     buffers=GROUP_BUFFERS + SAMPLER_BUFFERS,
     record_keys=Q_RECORD,
+    group_sampling=True,
+    tune=("algorithm.rho", "algorithm.eta", "algorithm.q_absent", "data.sampler"),
 ))

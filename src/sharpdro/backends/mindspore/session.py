@@ -181,8 +181,10 @@ class MindSporeSession:
                                 f"has no training batches")
         from sharpdro.schedule import lr_at
 
+        has_val = getattr(factory, "validation", lambda: None)() is not None
+        prestage = getattr(factory, "prestage", factory)
         return PrepareContext(
-            epochs_batches=lambda epoch: device_batches(factory(epoch)),
+            epochs_batches=lambda epoch: device_batches(prestage(epoch)),
             ordered_batches=lambda: device_batches(factory.ordered()),
             make_model=self._make_model,
             make_optimizer=self._make_optimizer,
@@ -190,14 +192,28 @@ class MindSporeSession:
             train_size=self.train_size,
             device=self.runtime["target"].lower(),
             progress=lambda it, desc: _progress(it, desc, None, self.progress),
+            val_batches=(lambda: device_batches(factory.validation())) if has_val else None,
+            run_epochs=int(self.cfg["train"]["epochs"]),
+            base_lr=float(self.cfg["train"]["lr"]),
         )
+
+    def prepare(self) -> dict | None:
+        """Run the algorithm's pre-stage unless done (or restored); returns what it found (None: not run now)."""
+        algo = self.algorithm
+        if algo.prepared:
+            return None
+        algo.prepare(self._prepare_context())
+        algo.mark_prepared()
+        return algo.prestage_info
+
+    def sampling_plan(self):
+        """The training batches the prepared algorithm asks for (:class:`~sharpdro.data.batches.SamplingPlan`)."""
+        return self.algorithm.sampling_plan()
 
     # ----------------------------------------------------------------- training
     def train_epoch(self, epoch: int, batches: Iterable, lr: float, num_batches: int | None = None) -> dict:
         algo = self.algorithm
-        if not algo.prepared:
-            algo.prepare(self._prepare_context())
-            algo.mark_prepared()
+        self.prepare()  # the engine has run it already (and planned the batches); a bare session runs it here
         set_lr(self.optimizer, lr)
         self._lr = float(lr)
         algo.train()

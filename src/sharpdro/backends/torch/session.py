@@ -269,6 +269,7 @@ class TorchSession:
         # Data-parallel runs: every replica runs the pre-stage on the whole (unsharded) training set with
         # the global batch, and rank 0's result is broadcast afterwards (see train_epoch).
         prestage = getattr(factory, "prestage", factory)
+        has_val = getattr(factory, "validation", lambda: None)() is not None
         return PrepareContext(
             epochs_batches=lambda epoch: device_batches(prestage(epoch)),
             ordered_batches=lambda: device_batches(factory.ordered()),
@@ -278,16 +279,30 @@ class TorchSession:
             train_size=self.train_size,
             device=self.device,
             progress=lambda it, desc: _progress(it, desc, None, self.progress),
+            val_batches=(lambda: device_batches(factory.validation())) if has_val else None,
+            run_epochs=int(self.cfg["train"]["epochs"]),
+            base_lr=float(self.cfg["train"]["lr"]),
         )
+
+    def prepare(self) -> dict | None:
+        """Run the algorithm's pre-stage unless done (or restored); returns what it found (None: not run now)."""
+        algo = self.algorithm
+        if bool(algo.prepared):
+            return None
+        algo.prepare(self._prepare_context())
+        algo.mark_prepared()
+        if self.replicas is not None:
+            self.replicas.broadcast_module_(algo)  # every replica holds rank 0's pre-stage result
+        return algo.prestage_info
+
+    def sampling_plan(self):
+        """The training batches the prepared algorithm asks for (:class:`~sharpdro.data.batches.SamplingPlan`)."""
+        return self.algorithm.sampling_plan()
 
     # ----------------------------------------------------------------- training
     def train_epoch(self, epoch: int, batches: Iterable, lr: float, num_batches: int | None = None) -> dict:
         algo = self.algorithm
-        if not bool(algo.prepared):
-            algo.prepare(self._prepare_context())
-            algo.mark_prepared()
-            if self.replicas is not None:
-                self.replicas.broadcast_module_(algo)  # every replica holds rank 0's pre-stage result
+        self.prepare()  # the engine has run it already (and planned the batches); a bare session runs it here
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         algo.train()

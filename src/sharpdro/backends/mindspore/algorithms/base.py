@@ -36,6 +36,7 @@ from mindspore import nn, ops
 
 from sharpdro import methods
 from sharpdro.config import algorithm_hparams
+from sharpdro.data.batches import SamplingPlan
 from sharpdro.errors import ConfigError
 
 F32 = ms.float32
@@ -83,6 +84,9 @@ class PrepareContext:
     train_size: int
     device: str = "cpu"
     progress: Callable[[Iterable, str], Iterable] = field(default=_no_progress)
+    val_batches: Callable[[], Iterable[tuple]] | None = None
+    run_epochs: int = 1
+    base_lr: float | None = None
 
 
 # --------------------------------------------------------------------------- shared functions
@@ -100,11 +104,22 @@ def group_mean(values, groups, num_groups: int):
     return sums / ops.clamp(counts, min=1.0), counts
 
 
-def eg_update(q, losses, eta: float):
-    """``q * exp(eta * L) / Z`` (L shifted by its maximum, which cancels), a new tensor."""
+def eg_update(q, losses, eta: float, present=None):
+    """``q * exp(eta * L) / Z`` (L shifted by its maximum, which cancels), a new tensor.
+
+    ``present`` (bool [G], ``q_absent='skip'``): only the present groups move, renormalised
+    within their own mass (the PyTorch :func:`eg_update_`).
+    """
     losses = ops.stop_gradient(losses).astype(q.dtype)
-    w = q * ops.exp(eta * (losses - losses.max()))
-    return w / w.sum()
+    if present is None:
+        w = q * ops.exp(eta * (losses - losses.max()))
+        return w / w.sum()
+    zero = ops.zeros_like(q)
+    shift = ops.where(present, losses, losses.min()).max()
+    w = ops.where(present, q * ops.exp(eta * (losses - shift)), zero)
+    mass = ops.where(present, q, zero).sum()
+    tiny = float(np.finfo(np.float32).tiny)
+    return ops.where(present, w * (mass / ops.clamp(w.sum(), min=tiny)), q)
 
 
 def global_norm(tensors) -> ms.Tensor:
@@ -183,19 +198,54 @@ def _erm_loss(model):
     return fn
 
 
-def train_reference_erm(ctx: PrepareContext, epochs: int, desc: str) -> nn.Cell:
-    """Train a fresh network with plain ERM for ``epochs`` epochs (the run's SGD and lr)."""
+def train_reference_erm(ctx: PrepareContext, epochs: int, desc: str, lr: float | None = None,
+                        select: str = "last", report: dict | None = None) -> nn.Cell:
+    """Train a fresh network with plain ERM for ``epochs`` epochs (the run's SGD; see the PyTorch function:
+    ``lr`` constant or the schedule, ``select`` last or ``val_loss``, ``report``)."""
     model = ctx.make_model()
     optimizer = ctx.make_optimizer(model.trainable_params())
     grad_fn = ms.value_and_grad(_erm_loss(model), None, optimizer.parameters, has_aux=True)
+    use_val = select == "val_loss" and ctx.val_batches is not None
+    best, best_state, best_epoch = float("inf"), None, epochs
+    val_losses, train_acc = [], []
     model.set_train(True)
     for epoch in range(epochs):
-        set_lr(optimizer, ctx.lr_at(epoch))
+        set_lr(optimizer, ctx.lr_at(epoch) if lr is None else lr)
+        correct = seen = 0
         for x, y, _g, _idx in ctx.progress(ctx.epochs_batches(epoch), f"{desc} {epoch + 1}/{epochs}"):
-            _, grads = grad_fn(x, y)
+            (_, (logits, _per)), grads = grad_fn(x, y)
             optimizer(grads)
+            correct += int((logits.argmax(1).asnumpy() == y.asnumpy()).sum())
+            seen += int(y.shape[0])
+        train_acc.append(correct / max(seen, 1))
+        if use_val:
+            loss = _mean_loss(model, ctx)
+            val_losses.append(loss)
+            if loss < best:
+                best, best_epoch = loss, epoch + 1
+                best_state = {p.name: p.asnumpy().copy() for p in model.get_parameters()}
+            model.set_train(True)
+    if best_state is not None and best_epoch != epochs:
+        for p in model.get_parameters():
+            p.set_data(ms.Tensor(best_state[p.name]))
     model.set_train(False)
+    if report is not None:
+        report.update({"epochs": int(epochs), "kept_epoch": int(best_epoch),
+                       "selection": "val_loss" if use_val else "last",
+                       "lr": "schedule" if lr is None else float(lr),
+                       "train_accuracy_by_epoch": train_acc, "val_loss_by_epoch": val_losses})
     return model
+
+
+def _mean_loss(model: nn.Cell, ctx: PrepareContext) -> float:
+    """Mean cross-entropy of ``model`` (eval mode) over ``ctx.val_batches()`` (float64 sum)."""
+    model.set_train(False)
+    total, n = 0.0, 0
+    for x, y, _g, _idx in ctx.val_batches():
+        per = ops.cross_entropy(model(x), y, reduction="none").asnumpy()
+        total += float(per.astype(np.float64).sum())
+        n += int(per.shape[0])
+    return total / max(n, 1)
 
 
 def collect_logits(model: nn.Cell, ctx: PrepareContext, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -247,8 +297,15 @@ class Algorithm:
         self.optimizer = optimizer
         self._grad_fns = {}
 
+    #: what the last :meth:`prepare` found (see the PyTorch ``Algorithm.prestage_info``)
+    prestage_info: dict | None = None
+
     def prepare(self, ctx: PrepareContext) -> None:
         self.mark_prepared()
+
+    def sampling_plan(self) -> SamplingPlan:
+        """The training batches the method asks for after its pre-stage (default: each point once)."""
+        return SamplingPlan()
 
     @property
     def prepared(self) -> bool:
@@ -358,6 +415,7 @@ class GroupWeighted(Algorithm):
         self.buffers["adjustment"] = np.zeros(G, dtype=np.float32)
         self.eta = float(self.hparams["eta"])
         self.gen_adjustment = float(self.hparams["gen_adjustment"])
+        self.q_absent = self.hparams["q_absent"]
         self._counts_ready = False
 
     def set_group_counts(self, counts) -> None:
@@ -395,12 +453,14 @@ class GroupWeighted(Algorithm):
     def adjustment_tensor(self) -> ms.Tensor | None:
         return ms.Tensor(self.buffers["adjustment"]) if self.gen_adjustment > 0 else None
 
-    def next_q(self, q, group_losses, adjustment):
-        """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses (usable inside a loss function)."""
+    def next_q(self, q, group_losses, adjustment, counts=None):
+        """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses (usable inside a loss function);
+        with ``q_absent='skip'`` a group of count 0 in ``counts`` keeps its q."""
         group_losses = ops.stop_gradient(group_losses)
         if adjustment is not None:
             group_losses = group_losses + adjustment
-        return eg_update(q, group_losses, self.eta)
+        present = counts > 0 if (self.q_absent == "skip" and counts is not None) else None
+        return eg_update(q, group_losses, self.eta, present)
 
     def store_q(self, q) -> np.ndarray:
         self.buffers["q"] = q.asnumpy().astype(np.float32).copy()

@@ -19,8 +19,8 @@ class GroupDRO(GroupWeighted):
 
         def fn(x, y, g, q, adjustment):
             logits, per = per_sample_losses(model, x, y)
-            group_loss, _ = group_mean(per, g, G)
-            q_new = ops.stop_gradient(self.next_q(q, group_loss, adjustment))
+            group_loss, counts = group_mean(per, g, G)
+            q_new = ops.stop_gradient(self.next_q(q, group_loss, adjustment, counts))
             return (q_new * group_loss).sum(), (logits, per, q_new)
 
         return fn

@@ -40,8 +40,8 @@ class SharpDRO(SampledSecondPass, GroupWeighted):
 
         def fn(x, y, g, q, adjustment):
             logits, per = per_sample_losses(model, x, y)
-            group_loss, _ = group_mean(per, g, G)
-            q_new = ops.stop_gradient(self.next_q(q, group_loss, adjustment))
+            group_loss, counts = group_mean(per, g, G)
+            q_new = ops.stop_gradient(self.next_q(q, group_loss, adjustment, counts))
             loss = (q_new * group_loss).sum() if worst else per.mean()
             return loss, (logits, per, q_new)
 

@@ -20,10 +20,12 @@ model of the two-stage methods (JTT, EIIL).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sharpdro import methods
@@ -32,6 +34,7 @@ from sharpdro.backends.torch.algorithms.functional import (  # noqa: F401  (re-e
     replica_group_mean, restore_, sam_perturb_, set_lr)
 from sharpdro.backends.torch.algorithms.step import StepProtocol
 from sharpdro.config import algorithm_hparams
+from sharpdro.data.batches import SamplingPlan
 from sharpdro.errors import ConfigError
 
 Batch = tuple  # (x, y, groups | None, idx) device tensors
@@ -74,7 +77,9 @@ class PrepareContext:
     - ``make_model()``: a freshly initialised network of the run's architecture, on ``device``;
     - ``make_optimizer(params)``: an optimizer with the run's SGD settings;
     - ``lr_at(epoch)``: the run's learning rate at that epoch;
-    - ``progress(iterable, desc)``: wraps an iterable with a progress bar.
+    - ``progress(iterable, desc)``: wraps an iterable with a progress bar;
+    - ``val_batches()``: every validation point once (None: no validation data);
+    - ``run_epochs``, ``base_lr``: the run's ``train.epochs`` and ``train.lr``.
     """
 
     epochs_batches: Callable[[int], Iterable[Batch]]
@@ -85,34 +90,81 @@ class PrepareContext:
     train_size: int
     device: torch.device | str = "cpu"
     progress: Callable[[Iterable, str], Iterable] = field(default=_no_progress)
+    val_batches: Callable[[], Iterable[Batch]] | None = None
+    run_epochs: int = 1
+    base_lr: float | None = None
 
 
 def train_reference_erm(ctx: PrepareContext, epochs: int, desc: str,
-                        amp: Callable[[], ContextManager] | None = None) -> nn.Module:
-    """Train a fresh network with plain ERM for ``epochs`` epochs on the ctx batches (the run's SGD and lr)."""
+                        amp: Callable[[], ContextManager] | None = None, lr: float | None = None,
+                        select: str = "last", report: dict | None = None) -> nn.Module:
+    """Train a fresh network with plain ERM for ``epochs`` epochs on the ctx batches (the run's SGD).
+
+    ``lr``: a constant learning rate (None: the run's schedule ``ctx.lr_at``).  ``select``:
+    ``last`` keeps the last epoch's weights, ``val_loss`` the epoch of lowest mean validation
+    cross-entropy (``ctx.val_batches``; the last when there is none).  ``report`` (a dict)
+    receives the epochs, the kept epoch, the validation losses and the training accuracy of
+    each epoch (train mode, on the augmented batches).
+    """
     from sharpdro.backends.torch.amp import Precision
 
     model = ctx.make_model()
     optimizer = ctx.make_optimizer(model.parameters())
     # A fresh loss scale for the reference model (fp16); autocast only for a bare factory.
     precision = amp.fresh() if isinstance(amp, Precision) else None
+    use_val = select == "val_loss" and ctx.val_batches is not None
+    best, best_state, best_epoch = math.inf, None, epochs
+    val_losses, train_acc = [], []
     model.train()
     with torch.enable_grad():  # the trainer may call prepare() under no_grad
         for epoch in range(epochs):
-            set_lr(optimizer, ctx.lr_at(epoch))
+            set_lr(optimizer, ctx.lr_at(epoch) if lr is None else lr)
+            correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+            seen = 0
             for x, y, _g, _idx in ctx.progress(ctx.epochs_batches(epoch), f"{desc} {epoch + 1}/{epochs}"):
                 optimizer.zero_grad(set_to_none=True)
                 if precision is None:
-                    _, per = per_sample_losses(model, x, y, amp)
+                    logits, per = per_sample_losses(model, x, y, amp)
                     per.mean().backward()
                     optimizer.step()
                 else:
                     precision.begin()
-                    _, per = per_sample_losses(model, x, y, precision)
+                    logits, per = per_sample_losses(model, x, y, precision)
                     precision.backward(per.mean())
                     precision.step(optimizer)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += int(y.shape[0])
+            train_acc.append(float(correct) / max(seen, 1))
+            if use_val:
+                loss = _mean_loss(model, ctx, amp)
+                val_losses.append(loss)
+                if loss < best:
+                    best, best_epoch = loss, epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.train()
+    if best_state is not None and best_epoch != epochs:
+        model.load_state_dict(best_state)
     model.eval()
+    if report is not None:
+        report.update({"epochs": int(epochs), "kept_epoch": int(best_epoch),
+                       "selection": "val_loss" if use_val else "last",
+                       "lr": "schedule" if lr is None else float(lr),
+                       "train_accuracy_by_epoch": train_acc, "val_loss_by_epoch": val_losses})
     return model
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, ctx: PrepareContext, amp=None) -> float:
+    """Mean cross-entropy of ``model`` (eval mode) over ``ctx.val_batches()``."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    n = 0
+    for x, y, _g, _idx in ctx.val_batches():
+        with (amp() if amp is not None else contextlib.nullcontext()):
+            out = model(x)
+        total += F.cross_entropy(out.float(), y, reduction="sum").double()
+        n += int(y.shape[0])
+    return float(total) / max(n, 1)
 
 
 @torch.no_grad()
@@ -171,6 +223,10 @@ class Algorithm(StepProtocol, nn.Module):
         self._step_snapshot: list | None = None
         object.__setattr__(self, "_net", None)  # not a submodule: checkpoints hold self.model only
 
+    #: what the last :meth:`prepare` found (JSON-able; ``members``: a bool array of the points it singles
+    #: out), recorded by the trainer; None for a method without a pre-stage or one restored from a checkpoint
+    prestage_info: dict | None = None
+
     def prepare(self, ctx: PrepareContext) -> None:
         """Pre-stage before the first training epoch (default: nothing)."""
         self.mark_prepared()
@@ -178,6 +234,10 @@ class Algorithm(StepProtocol, nn.Module):
     def begin_epoch(self, epoch: int) -> None:
         """Called by the session before the first step of each training epoch (after a resume too); default
         nothing.  Outside ``update``, so a host sync here costs once per epoch."""
+
+    def sampling_plan(self) -> SamplingPlan:
+        """The training batches the method asks for after its pre-stage (default: each point once)."""
+        return SamplingPlan()
 
     def apply_prestage(self, record: torch.Tensor) -> None:
         """Install what the pre-stage records (``spec.prestage.records``) without running it."""
@@ -228,7 +288,8 @@ class Algorithm(StepProtocol, nn.Module):
 class GroupWeighted(Algorithm):
     """Shared state of the group-weighted methods: the weights ``q`` and the training group counts.
 
-    ``q`` starts uniform.  The GroupDRO generalisation adjustment ``C / sqrt(n_g)``
+    ``q`` starts uniform.  A group absent from a batch follows ``q_absent`` (``zero``: loss 0 in
+    the update, as the released code; ``skip``: its q does not move).  The GroupDRO generalisation adjustment ``C / sqrt(n_g)``
     (``gen_adjustment`` > 0) enters the q update only (as in the reference GroupDRO
     loss computer; a constant per group would not change the gradient anyway) and
     needs the training count n_g of each group: :meth:`prepare` counts them from
@@ -243,6 +304,7 @@ class GroupWeighted(Algorithm):
         self._new_buffer("adjustment", torch.zeros(G, dtype=self._dtype))
         self.eta = float(self.hparams["eta"])
         self.gen_adjustment = float(self.hparams["gen_adjustment"])
+        self.q_absent = self.hparams["q_absent"]
         self._counts_ready = False
 
     def set_group_counts(self, counts: torch.Tensor) -> None:
@@ -273,8 +335,13 @@ class GroupWeighted(Algorithm):
             raise ConfigError(f"{self.name}: gen_adjustment > 0 needs the training group counts: run "
                               f"prepare(ctx) or set_group_counts() first")
 
-    def update_q(self, group_losses: torch.Tensor) -> torch.Tensor:
-        """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses L (no host sync)."""
+    def update_q(self, group_losses: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses L (no host sync).
+
+        ``counts``: the batch's group counts; with ``q_absent='skip'`` a group of count 0 keeps its q
+        (see :func:`eg_update_`).
+        """
         if self.gen_adjustment > 0:
             group_losses = group_losses + self.adjustment
-        return eg_update_(self.q, group_losses, self.eta)
+        present = counts > 0 if (self.q_absent == "skip" and counts is not None) else None
+        return eg_update_(self.q, group_losses, self.eta, present)

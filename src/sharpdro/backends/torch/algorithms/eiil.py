@@ -11,6 +11,7 @@ from sharpdro.backends.torch.algorithms.base import (STEPS, Algorithm, PrepareCo
                                                      register_step, train_reference_erm)
 from sharpdro.backends.torch.algorithms.groupdro import GroupDRO  # noqa: F401  (registers the robust steps)
 from sharpdro.backends.torch.algorithms.sharpdro import SharpDRO  # noqa: F401
+from sharpdro.data.batches import SamplingPlan
 from sharpdro.errors import ConfigError
 from sharpdro.methods import eiil as spec
 
@@ -26,27 +27,34 @@ def irm_penalty(d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(spec.irm_penalty(d.detach().cpu().numpy(), q.detach().cpu().numpy()), device=d.device)
 
 
-def infer_environments(logits: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sharpdro.methods.eiil.infer_environments` from ``a_i ~ N(0, 1)`` drawn by ``torch.randn(generator)``.
-
-    Returns (env ids int64 [N], penalty of the hard split) on the logits' device.
-    """
+def run_inference(logits: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+                  generator: torch.Generator | None = None, tol: float = 1e-4, stop: bool = True) -> spec.Inference:
+    """:func:`sharpdro.methods.eiil.run_inference` from ``a_i ~ N(0, 1)`` drawn by ``torch.randn(generator)``."""
     z = logits.detach().cpu().numpy()
     init = torch.randn(z.shape[0], generator=generator, dtype=logits.dtype).numpy()
-    env, penalty = spec.infer_environments(z, labels.cpu().numpy(), steps, lr, init=init)
-    return torch.from_numpy(env).to(logits.device), torch.tensor(penalty, dtype=logits.dtype, device=logits.device)
+    return spec.run_inference(z, labels.cpu().numpy(), steps, lr, init=init, tol=tol, stop=stop)
+
+
+def infer_environments(logits: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+                       generator: torch.Generator | None = None, tol: float = 1e-4,
+                       stop: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(env ids int64 [N], penalty of the hard split) of :func:`run_inference`, on the logits' device."""
+    r = run_inference(logits, labels, steps, lr, generator, tol, stop)
+    return (torch.from_numpy(r.env).to(logits.device),
+            torch.tensor(r.penalty, dtype=logits.dtype, device=logits.device))
 
 
 @register_step("eiil")
 class EIIL(Algorithm):
-    """Pre-stage: ERM reference model (``eiil_epochs``), its logits on every training point,
-    two environments inferred by :func:`infer_environments` (``eiil_steps``, ``eiil_lr``),
-    stored in the buffer ``env`` [N].
+    """Pre-stage: ERM reference model (``eiil_epochs``, null: train.epochs; the epoch of lowest
+    validation loss with ``eiil_reference='val_loss'``), its logits on every training point, two
+    environments inferred by :func:`run_inference` (at most ``eiil_steps`` Adam steps at
+    ``eiil_lr``, the stopping rule ``eiil_tol``), stored in the buffer ``env`` [N].
 
     Training: the robust learner ``eiil_robust`` (a GroupDRO or SharpDRO step over 2
     groups, held as ``self.robust`` and sharing the model) is stepped with the inferred
-    environments ``env[idx]`` in place of severities, so severities are never used.
+    environments ``env[idx]`` in place of severities, so severities are never used
+    (``data.sampler=group_balanced`` balances the environments).
     ``selected`` = membership of environment 1 (the harder one).
     """
 
@@ -56,9 +64,12 @@ class EIIL(Algorithm):
             raise ConfigError("eiil needs train_size (one environment id per training point)")
         robust_cls = STEPS[self.hparams["eiil_robust"]]
         self.robust = robust_cls(model, num_classes, 2, self.hparams, train_size, register_model=False)
-        self.epochs = int(self.hparams["eiil_epochs"])
+        self.epochs = self.hparams["eiil_epochs"]
+        self.reference = self.hparams["eiil_reference"]
         self.steps = int(self.hparams["eiil_steps"])
         self.lr = float(self.hparams["eiil_lr"])
+        self.tol = float(self.hparams["eiil_tol"])
+        self.early_stop = bool(self.hparams["eiil_early_stop"])
         self._new_buffer("env", torch.zeros(self.train_size, dtype=torch.long))
 
     def configure(self, optimizer, amp=None, replicas=None):
@@ -78,14 +89,22 @@ class EIIL(Algorithm):
         if ctx.train_size != self.train_size:
             raise ConfigError(f"eiil was built for {self.train_size} training points, the pre-stage has "
                               f"{ctx.train_size}")
-        reference = train_reference_erm(ctx, self.epochs, "EIIL reference ERM", self.precision)
+        epochs = int(self.epochs) if self.epochs is not None else int(ctx.run_epochs)
+        report: dict = {}
+        reference = train_reference_erm(ctx, epochs, "EIIL reference ERM", self.precision, select=self.reference,
+                                        report=report)
         logits, labels = collect_logits(reference, ctx, "EIIL reference logits", self.precision)
         if bool((labels < 0).any()):
             raise ConfigError("ordered_batches() did not cover every training index")
         del reference
-        env, _ = infer_environments(logits.float(), labels, self.steps, self.lr)
-        self.set_environments(env)
+        result = run_inference(logits.float(), labels, self.steps, self.lr, tol=self.tol, stop=self.early_stop)
+        self.set_environments(torch.from_numpy(result.env))
         self.mark_prepared()
+        self.prestage_info = {**result.summary(), "max_steps": self.steps, "lr": self.lr, "tol": self.tol,
+                              "reference": report, "members": result.env == 1}
+
+    def sampling_plan(self) -> SamplingPlan:
+        return SamplingPlan(groups=self.env.cpu().numpy())
 
     def update(self, x, y, groups, idx):
         e = self.env[idx]

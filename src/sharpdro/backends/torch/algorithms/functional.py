@@ -79,15 +79,27 @@ def replica_group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: i
 
 
 @torch.no_grad()
-def eg_update_(q: torch.Tensor, losses: torch.Tensor, eta: float) -> torch.Tensor:
+def eg_update_(q: torch.Tensor, losses: torch.Tensor, eta: float, present: torch.Tensor | None = None) -> torch.Tensor:
     """In place ``q <- q * exp(eta * L) / Z`` (exponentiated gradient on the simplex).
 
     ``L`` is shifted by its maximum before the exponential (it cancels in the
     normalisation), so large ``eta * L`` cannot overflow.
+
+    ``present`` (bool [G], ``q_absent='skip'``): only the present groups are updated, and
+    renormalised within their own mass, so an absent group's q does not move and q still
+    sums to 1.  ``None`` (``q_absent='zero'``): every group, an absent one with its L = 0.
     """
     losses = losses.detach().to(q.dtype)
-    w = q * torch.exp(eta * (losses - losses.max()))
-    q.copy_(w / w.sum())
+    if present is None:
+        w = q * torch.exp(eta * (losses - losses.max()))
+        q.copy_(w / w.sum())
+        return q
+    present = present.to(device=q.device, dtype=torch.bool)
+    zero = torch.zeros_like(q)
+    shift = torch.where(present, losses, losses.min()).max()  # the max over the present groups
+    w = torch.where(present, q * torch.exp(eta * (losses - shift)), zero)
+    mass = torch.where(present, q, zero).sum()
+    q.copy_(torch.where(present, w * (mass / w.sum().clamp(min=torch.finfo(q.dtype).tiny)), q))
     return q
 
 

@@ -45,9 +45,9 @@ class SharpDRO(SampledSecondPass, GroupWeighted):
             group_loss, counts = self._group_mean(per, groups)  # global batch when data-parallel: same q everywhere
             if self.perturb_on == "batch":
                 self._backward(per.mean())
-                q = self.update_q(group_loss.detach())
+                q = self.update_q(group_loss.detach(), counts)
             else:
-                q = self.update_q(group_loss.detach())
+                q = self.update_q(group_loss.detach(), counts)
                 self._backward((q * group_loss).sum())
         params, saved = self._perturb(self.rho, self.adaptive)
         if self.sampled:  # a_i = q_g(i) / n_g(i): the weight of sample i in the sharpness
