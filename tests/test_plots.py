@@ -119,3 +119,15 @@ def test_plot_agnostic_selection(tmp_path):
     paths = plots.plot_agnostic_selection(collect(root), tmp_path / "out", formats=("png", "svg"))
     _check(paths, ["agnostic_CIFAR10_gaussian_noise_sharpdro_agnostic"])
     assert any(p.stem.startswith("agnostic") for p in plots.plot_dir(root))
+
+
+def test_plot_of_runs_that_differ_in_a_list_valued_key(tmp_path):
+    """Runs differing in train.milestones (a list) once crashed the plots with 'unhashable type: list'."""
+    root = tmp_path / "sweep"
+    for milestones in ("[0.3,0.6,0.8]", "[0.5,0.75]"):
+        _run(root, ["algorithm.name=erm", f"train.milestones={milestones}"], 0.0, with_q=False)
+    table = collect(root)
+    assert len(table.rows) == 2
+    paths = plots.plot_accuracy_vs_severity(table, tmp_path / "plots", formats=("png",))
+    assert len(paths) == 2 and all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
+    assert len({p.name for p in paths}) == 2  # one figure per milestones setting

@@ -15,6 +15,7 @@ Every function returns the paths it wrote.  Aggregation over seeds uses the rows
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -125,12 +126,15 @@ def _block_title(table: Table, row: Row) -> str:
     return f"{row.data} / {row.type}" + (f" ({hp})" if hp else "")
 
 
-def _blocks(table: Table) -> dict:
-    """Rows grouped by (dataset, corruption, hyperparameters) -> list of rows (one per method)."""
-    out: dict = {}
+def _blocks(table: Table) -> list:
+    """Rows grouped by (dataset, corruption, hyperparameters): ``[((data, corruption, hp), rows), ...]``
+    (one row per method).  Hyperparameter values can be lists (``train.milestones``), which cannot key a
+    dict: rows are grouped by their JSON form."""
+    groups: dict = {}
     for row in table.rows:
-        out.setdefault((row.data, row.corruption, row.hparams), []).append(row)
-    return out
+        key = (row.data, row.corruption, json.dumps(row.hparams, sort_keys=True, default=str))
+        groups.setdefault(key, (row.hparams, []))[1].append(row)
+    return [((data, corruption, hp), rows) for (data, corruption, _), (hp, rows) in groups.items()]
 
 
 # --------------------------------------------------------------------------- accuracy vs severity
@@ -140,7 +144,7 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike,
                               formats: Sequence[str] = FORMATS) -> list[Path]:
     plt = _plt()
     paths = []
-    for (data, corruption, hp), rows in _blocks(table).items():
+    for (data, corruption, hp), rows in _blocks(table):
         rows = [r for r in rows if r.finished]
         if not rows:
             continue
@@ -223,7 +227,7 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
     """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per method."""
     plt = _plt()
     paths = []
-    for (data, corruption, hp), rows in _blocks(table).items():
+    for (data, corruption, hp), rows in _blocks(table):
         rows = [r for r in rows if _runs_with_records(r)]
         if not rows:
             continue
