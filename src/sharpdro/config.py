@@ -275,6 +275,15 @@ def _check_finite(path: str, field: Field, value) -> None:
         raise ConfigError(f"config key '{path}' = {value!r} is not a finite number; allowed: {field.describe()}")
 
 
+def validate_or_raw(cfg: Mapping) -> dict:
+    """A stored run's config filled with today's defaults; as written when it no longer validates (a run
+    of an older version is still read, never refused)."""
+    try:
+        return validate(cfg)
+    except SharpDROError:
+        return dict(cfg)
+
+
 def validate(cfg: Mapping) -> dict:
     """Check every key against the schema and fill missing keys with defaults.
 

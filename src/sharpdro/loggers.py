@@ -279,7 +279,7 @@ def export_logs(path, to: str = "tensorboard", out=None) -> list[Path]:
     TensorBoard event files go to ``<run>/tensorboard`` (replacing event files written there before: the
     metrics file is the source) or ``<out>/<run name>``; MLflow / W&B get a new tracked run per run.
     """
-    from sharpdro.config import validate
+    from sharpdro.config import validate_or_raw
 
     runs = find_run_dirs(path)
     if not runs:
@@ -287,11 +287,7 @@ def export_logs(path, to: str = "tensorboard", out=None) -> list[Path]:
     done = []
     for d in runs:
         run = RunDir(d)
-        raw = run.read_config() or {}
-        try:
-            cfg = validate(raw)
-        except SharpDROError:
-            cfg = raw
+        cfg = validate_or_raw(run.read_config() or {})
         tb_dir = None
         if to == "tensorboard":
             tb_dir = Path(out) / d.name if out is not None else run.tensorboard

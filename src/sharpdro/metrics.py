@@ -1,4 +1,5 @@
-"""Per-severity metrics and model selection: the one place they are computed.
+"""Per-severity summaries, training sums and model selection: the one place they are computed
+(the per-severity evaluation block itself, from logits, is :func:`sharpdro.calibration.severity_block`).
 
 Definitions used everywhere (tables, summaries, selection):
 - accuracy at severity s: correct / total over that severity's evaluation set;

@@ -61,15 +61,11 @@ def _f(v) -> float:
 
 def run_rows(path) -> list[dict]:
     """The rows of one run directory (plain dicts, no pandas)."""
-    from sharpdro.config import validate
+    from sharpdro.config import validate_or_raw
     from sharpdro.metrics import select_epoch
 
     run = RunDir(path)
-    raw = run.read_config() or {}
-    try:
-        cfg = validate(raw)
-    except SharpDROError:
-        cfg = raw
+    cfg = validate_or_raw(run.read_config() or {})
     flat = _flat_config(cfg)
     records = run.epoch_records()
     status = "done" if run.is_finished() else ("failed" if run.error.exists() else "partial")

@@ -47,14 +47,17 @@ def upsampled_indices(errors: np.ndarray, lambda_up: float) -> np.ndarray:
     return np.concatenate([np.arange(len(errors), dtype=np.int64), extra.astype(np.int64)])
 
 
-def prestage_summary(errors: np.ndarray) -> dict:
-    """What the identification stage found: |E|/N and the identification model's training accuracy
-    (eval mode, no augmentation: 1 - |E|/N)."""
+def prestage_summary(errors: np.ndarray, report: Mapping[str, Any], mode: str, lambda_up: float) -> dict:
+    """What the identification stage found (both backends' ``prestage_info``): |E|/N, the identification
+    model's training accuracy (eval mode, no augmentation: 1 - |E|/N), its training ``report``, and the
+    samples of a second-stage epoch (N + lambda |E| when upsampling)."""
     errors = np.asarray(errors, dtype=bool)
     n = max(len(errors), 1)
-    return {"error_set_size": int(errors.sum()), "train_size": int(len(errors)),
-            "error_set_fraction": float(errors.sum() / n),
-            "identification_train_accuracy": float(1.0 - errors.sum() / n)}
+    size = int(errors.sum())
+    epoch = len(errors) + (size * int(round(float(lambda_up))) if mode == "upsample" else 0)
+    return {"error_set_size": size, "train_size": int(len(errors)), "error_set_fraction": float(size / n),
+            "identification_train_accuracy": float(1.0 - size / n), "identification": report, "mode": mode,
+            "lambda_up": lambda_up, "epoch_samples": int(epoch), "members": errors}
 
 
 def check(h: Mapping[str, Any]) -> None:

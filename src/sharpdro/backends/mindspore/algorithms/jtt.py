@@ -48,10 +48,7 @@ class JTT(Algorithm):
         self.set_error_set(logits.argmax(1) != labels)  # misclassified
         self.mark_prepared()
         errors = self.buffers["error_set"].copy()
-        self.prestage_info = {**spec.prestage_summary(errors), "identification": report, "mode": self.mode,
-                              "lambda_up": self.lambda_up,
-                              "epoch_samples": int(len(self.sampling_plan().indices)) if self.mode == "upsample"
-                              else int(len(errors)), "members": errors}
+        self.prestage_info = spec.prestage_summary(errors, report, self.mode, self.lambda_up)
 
     def sampling_plan(self) -> SamplingPlan:
         if self.mode != "upsample" or not self.prepared:
