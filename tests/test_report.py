@@ -211,7 +211,7 @@ def test_formats_parse(sweep_dir, capsys):
     assert data["rows"][1]["severity"]["1"] == {"mean": 80.0, "std": 4.0}
     assert [r["seed"] for r in data["rows"][1]["runs"]] == [0, 1, 2]
     tex = rp.to_latex(table)
-    for cmd in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\begin{tabular}{lllrrrrrr}"):
+    for cmd in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\begin{tabular}{lllrrrrrrrr}"):
         assert cmd in tex
     assert "±" not in tex
     assert main(["report", str(sweep_dir), "--format", "csv", "--selection", "last"]) == 0
@@ -243,5 +243,175 @@ def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
     if any(not (d / "done").exists() for d in sweep.iterdir() if d.is_dir()):
         pytest.skip("a reproduction job is still running in this work tree")
     assert main(["report", str(sweep), "--out", str(tmp_path / "t"), "--format", "md,csv,tex,json"]) == 0
-    for ext in ("md", "csv", "tex", "json"):
-        assert (tmp_path / f"t.{ext}").read_bytes() == (results / f"cifar10_small_table.{ext}").read_bytes(), ext
+    for ext in ("md", "csv", "tex", "json", "_paired.csv"):
+        ext = ext if ext.startswith("_") else "." + ext
+        assert (tmp_path / f"t{ext}").read_bytes() == (results / f"cifar10_small_table{ext}").read_bytes(), ext
+
+
+# --------------------------------------------------------------------------- intervals and paired differences
+
+
+def _direct_interval(values):
+    """mean and 95% t-interval written out with numpy and scipy, independently of sharpdro.experiments.stats."""
+    import numpy as np
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), None, None
+    half = t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def test_row_intervals_match_a_direct_t_interval(sweep_dir):
+    table = rp.collect(sweep_dir)
+    row = table.rows[1]  # SharpDRO, seeds 0..2
+    averages = [100 * sum(a) / 3 for a in ACC.values()]
+    worsts = [100 * min(a) for a in ACC.values()]
+    for what, vals in (("average", averages), ("worst", worsts)):
+        m, lo, hi = _direct_interval(vals)
+        iv = row.ci95(what)
+        assert (iv.n, iv.mean, iv.lo, iv.hi) == (3, pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
+        assert rp.to_dict(table)["rows"][1]["ci95"][what] == [pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4)]
+        csv_row = list(csv.DictReader(io.StringIO(rp.to_csv(table))))[1]
+        assert float(csv_row[f"{what}_ci95_lo"]) == pytest.approx(lo, abs=1e-4)
+        assert float(csv_row[f"{what}_ci95_hi"]) == pytest.approx(hi, abs=1e-4)
+    m, lo, hi = _direct_interval(averages)
+    assert f"| 3 | [{lo:.2f}, {hi:.2f}] |" in rp.to_markdown(table)
+    # a single run: no interval anywhere
+    one = rp.collect(min(sweep_dir.iterdir()))
+    assert one.rows[0].ci95("average").lo is None
+    assert rp.to_dict(one)["rows"][0]["ci95"] == {"average": None, "worst": None}
+    assert next(csv.DictReader(io.StringIO(rp.to_csv(one))))["average_ci95_lo"] == ""
+    assert rp.to_markdown(one).splitlines()[4].endswith("| 1 | – | – |")
+
+
+# seed -> per-severity test accuracy (S = 1); dyadic values, so that differences are exact in floating point
+PAIR_ACC = {
+    "sharpdro": {0: [0.75, 0.5], 1: [0.8125, 0.625], 2: [0.6875, 0.4375], 3: [0.875, 0.875]},  # seed 3: no partner
+    "erm": {0: [0.625, 0.5], 1: [0.75, 0.5], 2: [0.6875, 0.5], 4: [0.25, 0.25]},  # seed 4: no partner
+    "jtt": {0: [0.5, 0.375], 1: [0.625, 0.375], 2: [0.5625, 0.375]},  # ERM - 12.5 points on every seed
+    "eiil": {0: [0.625, 0.5], 1: [0.75, 0.5], 2: [0.6875, 0.5]},  # ERM exactly
+    "sam": {1: [0.5, 0.5]},  # one paired seed
+}
+PAIR_BASE = ["data.dataset=cifar10", "data.corruption=gaussian_noise", "data.max_severity=1"]
+
+
+@pytest.fixture
+def paired_dir(tmp_path) -> Path:
+    root = tmp_path / "paired"
+    for method, by_seed in PAIR_ACC.items():
+        for seed, acc in by_seed.items():
+            write_run(root, PAIR_BASE + [f"algorithm.name={method}", f"seed={seed}"], acc)
+    return root
+
+
+def _metric(acc, metric):
+    return 100 * (sum(acc) / len(acc) if metric == "average" else min(acc))
+
+
+def test_paired_differences_match_a_direct_computation(paired_dir):
+    table = rp.collect(paired_dir)
+    got = {(e["algorithm"], e["reference_algorithm"], e["metric"]): e for e in rp.to_dict(table)["paired"]}
+    # every method against each reference of the block; a reference only against those before it
+    assert sorted({k[:2] for k in got}) == sorted([
+        ("sam", "erm"), ("sam", "jtt"), ("sam", "eiil"), ("jtt", "erm"), ("eiil", "erm"), ("eiil", "jtt"),
+        ("sharpdro", "erm"), ("sharpdro", "jtt"), ("sharpdro", "eiil")])
+    for (method, ref, metric), entry in got.items():
+        a, b = PAIR_ACC[method], PAIR_ACC[ref]
+        seeds = sorted(set(a) & set(b))
+        m, lo, hi = _direct_interval([_metric(a[s], metric) - _metric(b[s], metric) for s in seeds])
+        assert entry["seeds"] == seeds and entry["n"] == len(seeds)
+        assert entry["mean_diff"] == pytest.approx(m, abs=1e-4)
+        if lo is None:
+            assert entry["ci95"] is None and entry["excludes_zero"] is None
+        else:
+            assert entry["ci95"] == [pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4)]
+            assert entry["excludes_zero"] == (lo > 0 or hi < 0)
+    assert got[("sharpdro", "erm", "average")]["seeds"] == [0, 1, 2]  # seeds 3 and 4 have no partner
+    assert got[("sam", "erm", "worst")]["n"] == 1
+    # the std is that of the per-seed differences, not a combination of the two rows' stds
+    diffs = [_metric(PAIR_ACC["sharpdro"][s], "worst") - _metric(PAIR_ACC["erm"][s], "worst") for s in (0, 1, 2)]
+    assert got[("sharpdro", "erm", "worst")]["std_diff"] == pytest.approx(
+        math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2), abs=1e-4)
+
+
+def test_constant_difference_gives_a_zero_width_interval(paired_dir):
+    pairs = {(p.row.method_key, p.reference.method_key): p for p in rp.collect(paired_dir).paired()}
+    for metric in ("average", "worst"):
+        shifted = pairs[("jtt", "erm")].intervals[metric]  # -12.5 points on every seed
+        assert shifted.lo == shifted.hi == shifted.mean == -12.5 and shifted.excludes_zero is True
+        back = pairs[("eiil", "jtt")].intervals[metric]
+        assert back.lo == back.hi == 12.5 and back.excludes_zero is True
+        same = pairs[("eiil", "erm")].intervals[metric]  # identical accuracies
+        assert same.lo == same.hi == 0.0 and same.excludes_zero is False
+
+
+def test_paired_section_in_every_format(paired_dir, tmp_path):
+    table = rp.collect(paired_dir)
+    md = rp.to_markdown(table)
+    assert "**Paired differences (method - reference), percentage points, 95% t-interval over n seeds**" in md
+    assert "| CIFAR10 | Gaussian | JTT | ERM | 3 | -12.50 | [-12.50, -12.50] | yes | -12.50 |" in md
+    assert "| CIFAR10 | Gaussian | EIIL | ERM | 3 | +0.00 | [0.00, 0.00] | no |" in md
+    assert "| CIFAR10 | Gaussian | SAM | ERM | 1 | -12.50 | – | – |" in md
+    tex = rp.to_latex(table)
+    assert "tab:sharpdro-worst-paired" in tex and "JTT & ERM & 3 & -12.50 & [-12.50, -12.50] & yes" in tex
+    paths = rp.write_report(table, tmp_path / "out" / "t", ["csv"])
+    assert [p.name for p in paths] == ["t.csv", "t_paired.csv"]
+    rows = list(csv.DictReader(io.StringIO(paths[1].read_text())))
+    assert len(rows) == 2 * 9 and {r["metric"] for r in rows} == {"average", "worst"}
+    jtt = next(r for r in rows if r["algorithm"] == "jtt" and r["metric"] == "worst")
+    assert (jtt["reference_algorithm"], jtt["n"], jtt["seeds"], float(jtt["mean_diff"]), jtt["excludes_zero"]) == \
+        ("erm", "3", "0 1 2", -12.5, "true")
+    assert next(r for r in rows if r["algorithm"] == "sam")["ci95_lo"] == ""
+    # no reference in the sweep: no paired section, a paired CSV with its header only
+    solo = rp.collect(min(paired_dir.iterdir()))
+    assert "Paired" not in rp.to_markdown(solo) and rp.to_dict(solo)["paired"] == []
+    assert rp.to_paired_csv(solo).count("\n") == 1
+
+
+def test_pairs_stay_within_a_hyperparameter_group_or_the_selected_rows(tmp_path):
+    for lr, shift in ((0.1, 0.0), (0.05, 0.125)):
+        for seed in (0, 1):
+            write_run(tmp_path, PAIR_BASE + ["algorithm.name=erm", f"train.lr={lr}", f"seed={seed}"],
+                      [0.5 + shift, 0.25 + shift])
+            write_run(tmp_path, PAIR_BASE + ["algorithm.name=sharpdro", f"train.lr={lr}", f"seed={seed}"],
+                      [0.75, 0.5 + seed / 8 + (0.125 if lr == 0.1 else 0.0)])
+    write_run(tmp_path, PAIR_BASE + ["algorithm.name=sharpdro", "train.lr=0.01", "seed=0"], [0.5, 0.5])
+    table = rp.collect(tmp_path)
+    pairs = [(p.row.hparams, p.reference.hparams, p.intervals["worst"].mean) for p in table.paired()]
+    # lr 0.01 has no ERM row; each other group against its own ERM (mean worst-severity differences)
+    assert pairs == [((0.05,), (0.05,), pytest.approx(100 * (0.5625 - 0.375))),
+                     ((0.1,), (0.1,), pytest.approx(100 * (0.6875 - 0.25)))]
+    assert "| SharpDRO | ERM | 0.05 | 2 |" in rp.to_markdown(table)
+    # --select-hparams: one row per method, paired whatever their configurations
+    selected = rp.collect(tmp_path, select_hparams="worst")
+    (pair,) = selected.paired()
+    assert pair.row.hparams == (0.1,) and pair.reference.hparams == (0.05,)  # the best of each method
+    assert rp.to_dict(selected)["paired"][0]["reference_hyperparameters"] == {"train.lr": 0.05}
+    # rows merged over lr hold two runs per seed: such seeds have no single partner and are left out
+    merged = rp.collect(tmp_path, group_by=[])
+    assert [p.seeds for p in merged.paired()] == []
+
+
+def test_stats_helpers():
+    from sharpdro.experiments import stats
+
+    assert stats.paired_differences({0: 1.0, 1: 5.0, 2: 2.0}, {1: 4.0, 2: 4.0, 3: 0.0}) == ([1, 2], [1.0, -2.0])
+    assert stats.t_interval([]).mean is None and stats.t_interval([2.0]).excludes_zero is None
+    iv = stats.t_interval([1.0, 2.0, 6.0])
+    m, lo, hi = _direct_interval([1.0, 2.0, 6.0])
+    assert (iv.mean, iv.lo, iv.hi) == (pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
+    assert iv.excludes_zero is (lo > 0)
+    assert stats.t_quantile(2) == pytest.approx(4.302652729749464)  # tables of Student's t, df = 2
+
+
+def test_help_mentions_the_intervals_and_the_paired_table(capsys):
+    # argparse %-formats help strings: a bare '95%' there breaks `sharpdro --help` itself
+    for argv in (["--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95% CI over seeds, paired differences against ERM, JTT and EIIL" in text
+    assert "95% Student-t interval" in text and "PREFIX_paired.csv" in text

@@ -1,15 +1,21 @@
-"""``sharpdro report``: tables of a sweep (mean ± std over seeds per dataset, corruption and method)."""
+"""``sharpdro report``: tables of a sweep (mean ± std and 95% CI over seeds per dataset, corruption and method;
+paired differences against the reference methods)."""
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "report",
-        help="tables of a sweep: averaged, worst and per-severity test accuracy, mean ± std over seeds",
+        help="tables of a sweep: averaged, worst and per-severity test accuracy, mean ± std and 95%% CI over seeds, "
+             "paired differences against ERM, JTT and EIIL",
         description="Read every run under SWEEP_DIR (config.yaml + metrics.jsonl), select each run's epoch with "
                     "--selection, group runs by dataset, corruption, method and every swept hyperparameter but "
-                    "the seed, and print mean ± sample std (ddof=1) over seeds. Missing, unfinished and failed "
-                    "runs are counted in the n column. Output is deterministic.",
+                    "the seed, and print mean ± sample std (ddof=1) over seeds with a 95% Student-t interval of "
+                    "the averaged and worst-severity accuracy. A second table pairs every method with the "
+                    "reference methods ERM, JTT and EIIL of its block seed by seed: the mean difference in "
+                    "percentage points, its 95% t-interval and whether it excludes zero (with --out, CSV "
+                    "writes it to PREFIX_paired.csv). Missing, unfinished and failed runs are counted in the n "
+                    "column. Output is deterministic.",
     )
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="sweep folder (or one run folder)")
     p.add_argument("--selection", default="worst",
@@ -19,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default=None, metavar="md,csv,tex,json",
                    help="output formats (default: md printed; all four with --out)")
     p.add_argument("--out", default=None, metavar="PREFIX",
-                   help="write PREFIX.md, PREFIX.csv, ... instead of printing")
+                   help="write PREFIX.md, PREFIX.csv (and PREFIX_paired.csv), ... instead of printing")
     p.add_argument("--group-by", default="auto", metavar="KEY[,KEY...]",
                    help="config keys that split rows besides dataset/corruption/method: 'auto' (every key that "
                         "differs between runs, seed excepted; the default), 'none', or a comma list such as train.lr")

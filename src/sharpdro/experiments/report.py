@@ -16,6 +16,11 @@ cell shows ``mean ± std`` over the group's finished runs, in percent, where std
 Unfinished, failed and never-started runs are counted in the ``n`` column (e.g.
 ``2/3 seeds; 1 failed``) and failed runs are listed under the table.
 
+The averaged and worst-severity columns also get a 95% Student-t interval over seeds
+(:mod:`sharpdro.experiments.stats`), and a second table compares each row with the reference
+methods ERM, JTT and EIIL of its block seed by seed (:mod:`sharpdro.experiments.paired`); in CSV
+that table is its own file, ``PREFIX_paired.csv``.
+
 Every output is deterministic: rows are sorted, floats have a fixed format and
 nothing depends on paths, times or file-system order.
 """
@@ -34,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from sharpdro import methods
 from sharpdro.config import CORRUPTIONS
 from sharpdro.errors import SharpDROError
+from sharpdro.experiments.paired import Paired, pair_rows
+from sharpdro.experiments.stats import Interval, mean_std, t_interval
 from sharpdro.io import atomic_write_text
 from sharpdro.metrics import SELECTION_RULES, select_epoch, summarize
 from sharpdro.rundir import RunDir
@@ -60,6 +67,8 @@ STD_NOTE = ("mean ± std over seeds, in percent; std is the sample standard devi
 DEFINITIONS_NOTE = ("Averaged accuracy: unweighted mean of the per-severity test accuracies over severities 0..S "
                     "at the selected epoch; Worst severity: each run's lowest per-severity test accuracy; "
                     "Sev. s: test accuracy at severity s")
+CI_NOTE = ("95% CI: Student-t interval over seeds, mean ± t(0.975, n-1) · std / sqrt(n), in percent; "
+           "– for a single run")
 N_NOTE = "n: finished runs; an incomplete group shows finished/expected and what happened to the others"
 
 # Keys never used to split rows: the row identity itself, the seed, runtime-only keys, and the
@@ -181,17 +190,6 @@ def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1; None for fewer than two values)."""
-    n = len(values)
-    if n == 0:
-        return None, None
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 # Optional columns (``sharpdro report --calibration``): key -> (header, scale).
 CALIBRATION_COLUMNS = {"ece": ("ECE (%)", 100.0), "nll": ("NLL", 1.0), "brier": ("Brier", 1.0)}
 
@@ -244,18 +242,21 @@ class Row:
                 sev.update(range(int(r.config.get("data", {}).get("max_severity", 5)) + 1))
         return sorted(sev)
 
-    def stat(self, what: str | int) -> tuple[float | None, float | None, int]:
-        """(mean, std, n) in percent of 'average', 'worst', a severity, or a calibration column
+    def values(self, what: str | int) -> list[float]:
+        """The finished runs' 'average', 'worst' or severity accuracy in percent, or a calibration column
         ('ece' in percent, 'nll', 'brier': each run's mean over severities at its selected epoch)."""
         if what in CALIBRATION_COLUMNS:
-            return mean_std_n([v for v in (_calibration_mean(r, what) for r in self.finished) if v is not None])
-        vals = []
-        for r in self.finished:
-            v = getattr(r, what) if isinstance(what, str) else r.accuracy.get(what)
-            if v is not None:
-                vals.append(100.0 * v)
-        m, s = mean_std(vals)
-        return m, s, len(vals)
+            return [v for v in (_calibration_mean(r, what) for r in self.finished) if v is not None]
+        vals = (getattr(r, what) if isinstance(what, str) else r.accuracy.get(what) for r in self.finished)
+        return [100.0 * v for v in vals if v is not None]
+
+    def stat(self, what: str | int) -> tuple[float | None, float | None, int]:
+        """(mean, std, n) of :meth:`values`."""
+        return mean_std_n(self.values(what))
+
+    def ci95(self, what: str) -> Interval:
+        """The 95% t-interval over seeds of :meth:`values`."""
+        return t_interval(self.values(what))
 
     def n_text(self) -> str:
         text = self._n_text()
@@ -286,6 +287,11 @@ class Table:
     decimals: int = 2
     calibration: bool = False  # ECE / NLL / Brier columns after n (off by default)
     extra_notes: list = field(default_factory=list)
+    select_hparams: str | None = None  # rows selected per method: paired regardless of hyperparameters
+
+    def paired(self) -> list[Paired]:
+        """Each row against the reference methods of its block (:mod:`sharpdro.experiments.paired`)."""
+        return pair_rows(self.rows, by_hparams=self.select_hparams is None)
 
     @property
     def oracle(self) -> bool:
@@ -296,7 +302,7 @@ class Table:
         return f"Test accuracy (%) per severity; {SELECTION_TEXT[self.selection]}"
 
     def notes(self) -> list[str]:
-        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", N_NOTE + "."] + list(self.extra_notes)
+        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", CI_NOTE + ".", N_NOTE + "."] + list(self.extra_notes)
         for row in self.rows:
             if row.seeds_duplicated():
                 notes.append(f"{_row_label(self, row)}: several runs share a seed; n counts runs.")
@@ -402,7 +408,7 @@ def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequenc
     notes.insert(0, f"Hyperparameters selected per method by the best mean {select_hparams}-severity validation "
                     f"accuracy over the tuning runs ({seeds}); n counts the reported runs, 'best of k trials' the "
                     f"configurations compared")
-    table.rows, table.extra_notes = rows, notes
+    table.rows, table.extra_notes, table.select_hparams = rows, notes, select_hparams
     return table
 
 
@@ -430,9 +436,16 @@ def _cell(m: float | None, s: float | None, d: int, pm: str = "±", empty: str =
     return f"{m:.{d}f} {pm} {s:.{d}f}"
 
 
+def _ci_cell(iv: Interval, d: int, empty: str = "–") -> str:
+    return empty if iv.lo is None else f"[{iv.lo:.{d}f}, {iv.hi:.{d}f}]"
+
+
+CI_HEADERS = ["Avg. 95% CI", "Worst 95% CI"]
+
+
 def _header(table: Table, sev_label: str = "Sev. ") -> list[str]:
     return (["Data", "Type", "Method"] + list(table.hparams) + ["Averaged accuracy (%)", "Worst severity (%)"]
-            + [f"{sev_label}{s}" for s in table.severities] + ["n"]
+            + [f"{sev_label}{s}" for s in table.severities] + ["n"] + CI_HEADERS
             + ([h for h, _ in CALIBRATION_COLUMNS.values()] if table.calibration else []))
 
 
@@ -450,10 +463,52 @@ def _cells(table: Table, row: Row, pm: str = "±", empty: str = "–", na: str =
         m, s, _ = row.stat(sev)
         out.append(_cell(m, s, d, pm, empty))
     out.append(row.n_text())
+    out += [_ci_cell(row.ci95(what), d, empty) for what in ("average", "worst")]
     if table.calibration:
         for key in CALIBRATION_COLUMNS:
             m, s, _ = row.stat(key)
             out.append(_cell(m, s, d if key == "ece" else d + 1, pm, empty))
+    return out
+
+
+PAIRED_TITLE = "Paired differences (method - reference), percentage points, 95% t-interval over n seeds"
+PAIRED_NOTE = ("Per seed, the method's test accuracy minus the reference's at their selected epochs, over the "
+               "seeds both rows finished (a seed with several finished runs in one row is left out); n: those "
+               "seeds; diff: the mean difference; 95% CI: diff ± t(0.975, n-1) · std / sqrt(n) with std the "
+               "sample std of the per-seed differences; excludes 0: whether that interval excludes zero "
+               "(– for n = 1); each interval is for one comparison, not corrected for multiple comparisons")
+REFERENCE_NOTE = ("References: ERM, JTT and EIIL, each against the other rows of the same data and corruption{group}; "
+                  "a reference only against those listed before it (JTT - ERM, not ERM - JTT)")
+
+
+def _paired_hparams(table: Table) -> list[str]:
+    """Hyperparameter columns of the paired table: only when they are part of the pairing."""
+    return [] if table.select_hparams else list(table.hparams)
+
+
+def paired_notes(table: Table) -> list[str]:
+    group = (" (the rows selected per method, whatever their hyperparameters)" if table.select_hparams
+             else " and hyperparameters" if table.hparams else "")
+    return [PAIRED_NOTE + ".", REFERENCE_NOTE.format(group=group) + "."]
+
+
+def _paired_header(table: Table) -> list[str]:
+    metrics = [[f"{m} diff", f"{m} 95% CI", f"{m} excludes 0"] for m in ("Avg.", "Worst")]
+    return ["Data", "Type", "Method", "Reference"] + _paired_hparams(table) + ["n"] + metrics[0] + metrics[1]
+
+
+def _yes_no(flag: bool | None, empty: str) -> str:
+    return empty if flag is None else ("yes" if flag else "no")
+
+
+def _paired_cells(table: Table, pair: Paired, empty: str = "–") -> list[str]:
+    d, row = table.decimals, pair.row
+    out = [row.data, row.type, row.method, pair.reference.method]
+    out += [_fmt_value(v) for v in row.hparams] if _paired_hparams(table) else []
+    out.append(str(len(pair.seeds)))
+    for metric in ("average", "worst"):
+        iv = pair.intervals[metric]
+        out += [f"{iv.mean:+.{d}f}", _ci_cell(iv, d, empty), _yes_no(iv.excludes_zero, empty)]
     return out
 
 
@@ -471,7 +526,21 @@ def to_markdown(table: Table) -> str:
         lines.append("| " + " | ".join(_md_escape(c) for c in _cells(table, row)) + " |")
     lines.append("")
     lines.extend(f"- {_md_escape(n)}" if n.startswith("Failed") else f"- {n}" for n in table.notes())
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _markdown_paired(table)) + "\n"
+
+
+def _markdown_paired(table: Table) -> list[str]:
+    """The paired table's lines (none when no row has a reference to be paired with)."""
+    pairs = table.paired()
+    if not pairs:
+        return []
+    head = _paired_header(table)
+    nleft = 4 + len(_paired_hparams(table))
+    lines = ["", f"**{PAIRED_TITLE}**", "", "| " + " | ".join(head) + " |",
+             "| " + " | ".join([":--", ":-:", ":-:", ":-:"] + [":-:"] * (nleft - 4) + ["--:"] * (len(head) - nleft))
+             + " |"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in _paired_cells(table, p)) + " |" for p in pairs]
+    return lines + [""] + [f"- {n}" for n in paired_notes(table)]
 
 
 def _num(x: float | None, decimals: int) -> str:
@@ -488,6 +557,7 @@ def to_csv(table: Table) -> str:
                "average_mean", "average_std", "worst_mean", "worst_std"])
     for s in table.severities:
         head += [f"sev{s}_mean", f"sev{s}_std"]
+    head += [f"{what}_ci95_{end}" for what in ("average", "worst") for end in ("lo", "hi")]
     if table.calibration:
         for key in CALIBRATION_COLUMNS:
             head += [f"{key}_mean", f"{key}_std"]
@@ -504,11 +574,36 @@ def to_csv(table: Table) -> str:
         for sev in table.severities:
             m, s, _ = row.stat(sev) if sev in have else (None, None, 0)
             line += [_num(m, d), _num(s, d)]
+        for what in ("average", "worst"):
+            iv = row.ci95(what)
+            line += [_num(iv.lo, d), _num(iv.hi, d)]
         if table.calibration:
             for key in CALIBRATION_COLUMNS:
                 m, s, _ = row.stat(key)
                 line += [_num(m, d), _num(s, d)]
         w.writerow(line)
+    return buf.getvalue()
+
+
+def to_paired_csv(table: Table) -> str:
+    """The paired differences, one line per (row, reference, metric), in percentage points; the CI and
+    ``excludes_zero`` are empty for a single paired seed."""
+    d = table.decimals + 2
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["data", "type", "method", "reference", "dataset", "corruption", "algorithm", "reference_algorithm"]
+               + _paired_hparams(table) + ["selection", "metric", "n", "seeds", "mean_diff", "std_diff", "ci95_lo",
+                                           "ci95_hi", "excludes_zero"])
+    for p in table.paired():
+        row, ref = p.row, p.reference
+        hp = [_fmt_value(v) for v in row.hparams] if _paired_hparams(table) else []
+        for metric in ("average", "worst"):
+            iv = p.intervals[metric]
+            flag = "" if iv.excludes_zero is None else str(iv.excludes_zero).lower()
+            w.writerow([row.data, row.type, row.method, ref.method, row.dataset, row.corruption, row.method_key,
+                        ref.method_key] + hp + [table.selection, metric, len(p.seeds), " ".join(map(str, p.seeds)),
+                                                _num(iv.mean, d), _num(iv.std, d), _num(iv.lo, d), _num(iv.hi, d),
+                                                flag])
     return buf.getvalue()
 
 
@@ -555,7 +650,31 @@ def to_latex(table: Table) -> str:
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\par\\smallskip\\footnotesize"]
     lines.append(" \\\\\n".join(_tex(n) for n in table.notes()))
     lines += ["\\end{table}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _latex_paired(table)) + "\n"
+
+
+def _latex_paired(table: Table) -> list[str]:
+    """The paired table as a second booktabs float (none when nothing is paired)."""
+    pairs = table.paired()
+    if not pairs:
+        return []
+    head = _paired_header(table)
+    nleft = 4 + len(_paired_hparams(table))
+    lines = ["", "\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(PAIRED_TITLE)}.}}",
+             f"\\label{{tab:sharpdro-{table.selection.replace('_', '-')}-paired}}",
+             f"\\begin{{tabular}}{{{'l' * nleft + 'r' * (len(head) - nleft)}}}", "\\toprule",
+             " & ".join(_tex(h) for h in head[:nleft]) + " & $n$ & "
+             + " & ".join(_tex(h) for h in head[nleft + 1:]) + " \\\\", "\\midrule"]
+    prev = None
+    for p in pairs:
+        block = (p.row.data, p.row.corruption)
+        if prev is not None and block != prev:
+            lines.append("\\midrule")
+        prev = block
+        lines.append(" & ".join(_tex(c) for c in _paired_cells(table, p)) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "", "\\par\\smallskip\\footnotesize"]
+    lines.append(" \\\\\n".join(_tex(n) for n in paired_notes(table)))
+    return lines + ["\\end{table}"]
 
 
 def _r(x: float | None) -> float | None:
@@ -575,6 +694,7 @@ def to_dict(table: Table) -> dict:
         for what in ("average", "worst"):
             m, s, _ = row.stat(what)
             entry[what] = {"mean": _r(m), "std": _r(s)}
+        entry["ci95"] = {what: _r_interval(row.ci95(what)) for what in ("average", "worst")}
         if table.calibration:
             for key in CALIBRATION_COLUMNS:
                 m, s, _ = row.stat(key)
@@ -600,11 +720,34 @@ def to_dict(table: Table) -> dict:
         "oracle": table.oracle,
         "units": "percent",
         "std": "sample standard deviation (ddof=1) over seeds; null for a single run",
+        "ci95": "[lo, hi]: mean ± t(0.975, n-1) · std / sqrt(n) over seeds (Student t); null for a single run",
         "hyperparameters": list(table.hparams),
         "severities": list(table.severities),
         "rows": rows,
         "notes": table.notes(),
+        "paired": [entry for p in table.paired() for entry in _paired_dicts(table, p)],
+        "paired_notes": paired_notes(table),
     }
+
+
+def _r_interval(iv: Interval) -> list | None:
+    return None if iv.lo is None else [_r(iv.lo), _r(iv.hi)]
+
+
+def _paired_dicts(table: Table, p: Paired) -> list[dict]:
+    """One entry per metric; differences in percentage points."""
+    row, ref = p.row, p.reference
+    base = {"data": row.data, "type": row.type, "method": row.method, "reference": ref.method,
+            "dataset": row.dataset, "corruption": row.corruption, "algorithm": row.method_key,
+            "reference_algorithm": ref.method_key,
+            "hyperparameters": {k: v for k, v in zip(table.hparams, row.hparams)},
+            "reference_hyperparameters": {k: v for k, v in zip(table.hparams, ref.hparams)}}
+    out = []
+    for metric in ("average", "worst"):
+        iv = p.intervals[metric]
+        out.append({**base, "metric": metric, "n": iv.n, "seeds": list(p.seeds), "mean_diff": _r(iv.mean),
+                    "std_diff": _r(iv.std), "ci95": _r_interval(iv), "excludes_zero": iv.excludes_zero})
+    return out
 
 
 def to_json(table: Table) -> str:
@@ -633,11 +776,18 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 
 
 def write_report(table: Table, prefix: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write ``PREFIX.md`` / ``.csv`` / ``.tex`` / ``.json`` (atomically); returns the paths."""
+    """Write ``PREFIX.md`` / ``.csv`` / ``.tex`` / ``.json`` (atomically); returns the paths.
+
+    CSV holds one table, so the paired differences go to ``PREFIX_paired.csv`` beside ``PREFIX.csv``
+    (written whenever CSV is, with its header only when nothing is paired)."""
     prefix = Path(prefix)
     paths = []
     for fmt in formats:
         p = prefix.with_name(prefix.name + "." + fmt)
         atomic_write_text(p, render(table, fmt))
         paths.append(p)
+        if fmt == "csv":
+            p = prefix.with_name(prefix.name + "_paired.csv")
+            atomic_write_text(p, to_paired_csv(table))
+            paths.append(p)
     return paths
