@@ -129,11 +129,13 @@ _sync_algorithm_section()
 methods.on_change(_sync_algorithm_section)
 
 # Keys that change where or how fast a run goes, never what it computes: ignored by the
-# sweep's job hash and by the same-config check of --resume.
+# sweep's job hash and by the same-config check of --resume. data.root says where the data lies, not
+# what it is: a run records its data's fingerprint instead (rundir.DATA), which --resume compares.
 RUNTIME_KEYS = (
     "train.threads",
     "train.progress",
     "train.device",
+    "data.root",
     "data.cache_dir",
     "data.download",
     "output.dir",

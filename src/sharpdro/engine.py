@@ -235,10 +235,6 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
-        if main:
-            previous = _previous_summary(run) if resume else None
-            handler = _start_run_dir(run, cfg)
-            tracker = open_loggers(cfg, run_dir)  # output.loggers (sharpdro.loggers); rank 0 only
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
@@ -250,6 +246,21 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             procs.barrier()
             if splits is None:
                 splits = build_splits(cfg, progress=False)
+        # Before the run directory is touched: a resumed run continues on the data it trained on.
+        refusal = None
+        if main and resume:
+            try:
+                _check_same_data(run, cfg, splits)
+            except SharpDROError as exc:
+                refusal = str(exc)
+        refusal = procs.broadcast(refusal)
+        if refusal:
+            raise SharpDROError(refusal)
+        if main:
+            previous = _previous_summary(run) if resume else None
+            handler = _start_run_dir(run, cfg)
+            _record_data(run, cfg, splits)
+            tracker = open_loggers(cfg, run_dir)  # output.loggers (sharpdro.loggers); rank 0 only
         check_runnable(cfg, splits, backend)
         session = backend.create_session(cfg, splits)
         batches = _BatchFactory(cfg, splits.train, procs.rank, procs.world_size, val=splits.val)
@@ -449,6 +460,42 @@ def _check_same_config(path: Path, cfg: dict, allow_changes: bool = False) -> di
     return {k: [config_mod.get(old, k), config_mod.get(cfg, k)] for k in diffs}
 
 
+def _data_record(cfg: dict, splits) -> dict | None:
+    """What ``data.json`` holds: the data's fingerprint (``build_splits``; None for hand-made splits), where
+    it lay and its sizes."""
+    fingerprint = (splits.meta or {}).get("data_fingerprint")
+    if fingerprint is None:
+        return None
+    d, source = cfg["data"], splits.meta.get("source", {})
+    return {"fingerprint": fingerprint, "dataset": d["dataset"],
+            "root": str(Path(d["root"]).expanduser().resolve()) if d["root"] else None,
+            "train_images": source.get("train_size"), "test_images": source.get("test_size")}
+
+
+def _check_same_data(run: RunDir, cfg: dict, splits) -> None:
+    """Refuse to resume a run on other data than it recorded; a run without a record (written before
+    fingerprints) resumes as before, and one without a checkpoint starts over on the data given."""
+    old, new = run.read_data(), _data_record(cfg, splits)
+    if old is None or new is None or old["fingerprint"] == new["fingerprint"]:
+        return
+    if run.existing_checkpoint("last", cfg["backend"]) is None:
+        return
+
+    def where(r: dict) -> str:
+        return (f"{r.get('dataset')} at {r.get('root') or 'its default location'}, {r.get('train_images')} train / "
+                f"{r.get('test_images')} test images, fingerprint {str(r['fingerprint'])[:16]}")
+
+    raise SharpDROError(f"--resume with other data than the run trained on: it recorded {where(old)} "
+                        f"({run.data.name}); the data now is {where(new)}. Point data.root at the data the run "
+                        f"trained on to continue it, or start a new run (another --out or output.name)")
+
+
+def _record_data(run: RunDir, cfg: dict, splits) -> None:
+    record = _data_record(cfg, splits)
+    if record is not None:
+        atomic_write_json(run.data, record)
+
+
 def _record_changes(run: RunDir, changes: dict, start_epoch: int) -> None:
     record = {"from_epoch": start_epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes}
     append_jsonl(run.changes, record)
@@ -576,7 +623,8 @@ def evaluation_data(cfg: dict, cifar_c=None, severities=None) -> dict:
         data = {"cifar_c": str(Path(cifar_c).expanduser().resolve()), "corruption": d["corruption"],
                 "max_severity": d["max_severity"]}
     else:
-        runtime = {k.split(".", 1)[1] for k in config_mod.RUNTIME_KEYS if k.startswith("data.")}
+        # the folder evaluated on names the evaluation, although a run's name ignores where its data lay
+        runtime = {k.split(".", 1)[1] for k in config_mod.RUNTIME_KEYS if k.startswith("data.")} - {"root"}
         data = {k: v for k, v in d.items() if k not in runtime}
         if data.get("root"):
             data["root"] = str(Path(data["root"]).expanduser().resolve())

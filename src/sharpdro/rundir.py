@@ -3,6 +3,7 @@
 A run directory holds::
 
     config.yaml        the resolved config
+    data.json          the fingerprint of the data it trains on, and where that data was (--resume compares it)
     metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test)
     summary.json       the selected epoch's per-severity accuracies, average and worst
     train.log          what was printed
@@ -29,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 CONFIG = "config.yaml"
+DATA = "data.json"  # what the data is (its fingerprint), since data.root only says where it was
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PRESTAGE = "prestage.json"  # what a method's pre-stage found (JTT, EIIL)
@@ -78,6 +80,7 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     config = property(lambda self: self.path / CONFIG)
+    data = property(lambda self: self.path / DATA)
     metrics = property(lambda self: self.path / METRICS)
     summary = property(lambda self: self.path / SUMMARY)
     prestage = property(lambda self: self.path / PRESTAGE)
@@ -169,6 +172,14 @@ class RunDir:
         except (OSError, yaml.YAMLError):
             return None
         return cfg if isinstance(cfg, dict) else None
+
+    def read_data(self) -> dict | None:
+        """``data.json`` (None when absent: a run written before data fingerprints, or unreadable)."""
+        try:
+            record = json.loads(self.data.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("fingerprint") else None
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text(encoding="utf-8"))

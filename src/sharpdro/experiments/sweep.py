@@ -16,9 +16,10 @@ adds an axis or replaces the file's axis of the same key.
 
 Each job runs in ``OUT/<job hash>``, where the hash is
 :func:`sharpdro.config.config_hash` of the resolved config with the runtime-only
-keys (:data:`RUNTIME_KEYS`: threads, progress bars, device, cache and output
+keys (:data:`RUNTIME_KEYS`: threads, progress bars, device, data, cache and output
 locations) reset to their defaults, so running the same sweep with another
-launcher, worker count or machine finds the jobs it already finished.
+launcher, worker count or machine, or with the data at another path, finds the jobs
+it already finished (a resumed job checks its data's fingerprint instead: ``rundir.DATA``).
 
 The rooms (this module re-exports their public names):
 
