@@ -127,9 +127,9 @@ def _worker(rank, port, out_dir, engine_cfg):
         from sharpdro.data.splits import build_splits
         from sharpdro.engine import train
 
-        cfg, run = engine_cfg
-        summary = train(cfg, out_dir=run, splits=build_splits(cfg, progress=False))
-        torch.save(summary, Path(out_dir) / f"summary{rank}.pt")
+        for i, (cfg, run) in enumerate(engine_cfg):
+            summary = train(cfg, out_dir=run, splits=build_splits(cfg, progress=False))
+            torch.save(summary, Path(out_dir) / f"summary{rank}-{i}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -145,14 +145,17 @@ def spawned(tmp_path_factory):
     from sharpdro.config import load_config
 
     out = tmp_path_factory.mktemp("ddp")
-    cfg = load_config("quickstart", ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10",
-                                     "model.width=8", "train.epochs=2", "train.batch_size=40",
-                                     "train.progress=false", "train.threads=1", "algorithm.name=sharpdro",
-                                     f"data.cache_dir={out / 'cache'}"])
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out), (cfg, str(out / "run"))), nprocs=W,
-                                join=True)
+    base = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
+            "train.epochs=2", "train.batch_size=40", "train.progress=false", "train.threads=1",
+            "algorithm.name=sharpdro", f"data.cache_dir={out / 'cache'}"]
+    cfg = load_config("quickstart", base)
+    # ERM for 3 epochs (selects epoch index 1), with the test set at every epoch and once, after training
+    three = base + ["train.epochs=3", "algorithm.name=erm"]
+    engine = [(cfg, str(out / "run")), (load_config("quickstart", three), str(out / "every")),
+              (load_config("quickstart", three + ["eval.test=selected"]), str(out / "selected"))]
+    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out), engine), nprocs=W, join=True)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(W)]
-    summaries = [torch.load(out / f"summary{r}.pt", weights_only=False) for r in range(W)]
+    summaries = [torch.load(out / f"summary{r}-0.pt", weights_only=False) for r in range(W)]
     return ranks, summaries, cfg, out / "run"
 
 
@@ -206,6 +209,24 @@ def test_engine_under_two_processes_writes_once_and_resumes_on_one(spawned, tmp_
     assert result["test"]["accuracy"] == summaries[0]["test_accuracy"]
     resumed = train(cfg, out_dir=run, resume=True)
     assert resumed["test_accuracy"] == summaries[0]["test_accuracy"]
+
+
+def test_test_set_at_the_selected_epoch_under_two_processes(spawned):
+    """eval.test=selected: every rank loads the selected epoch's weights (rank 0 reads, broadcasts) and takes
+    part in the sharded test evaluation; the result is the eval.test=every run's at that epoch."""
+    from sharpdro.io import read_jsonl
+
+    _, _, _, run = spawned
+    out = run.parent
+    every = torch.load(out / "summary0-1.pt", weights_only=False)
+    sel = [torch.load(out / f"summary{r}-2.pt", weights_only=False) for r in range(W)]
+    assert sel[0]["test_accuracy"] == sel[1]["test_accuracy"] == every["test_accuracy"]
+    assert sel[0]["selected_epoch"] == every["selected_epoch"] < 2  # not the last epoch: best.pt's weights
+    records = read_jsonl(out / "selected" / "metrics.jsonl")
+    assert [("test" in r) for r in records] == [r["epoch"] == every["selected_epoch"] for r in records]
+    for a, b in zip(read_jsonl(out / "every" / "metrics.jsonl"), records):  # the same training
+        assert {k: v for k, v in a.items() if k not in ("test", "seconds")} == \
+            {k: v for k, v in b.items() if k not in ("test", "seconds")}
 
 
 @pytest.mark.parametrize("label", ["sharpdro_sampled", "sam_sampled"])

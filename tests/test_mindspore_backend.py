@@ -116,6 +116,24 @@ def test_resume_equals_uninterrupted(tmp_path, splits, algorithm):
         assert np.array_equal(sa[k], sb[k]), k
 
 
+def test_test_set_once_at_the_selected_epoch(tmp_path, splits):
+    """eval.test=selected: the test set once, after training, with the selected epoch's weights (best.npz,
+    removed afterwards with output.save_best=false); the same numbers as the eval.test=every run."""
+    base = ("algorithm.name=erm", "train.epochs=3")
+    every = train(tiny(*base), out_dir=tmp_path / "every", splits=splits)
+    sel = train(tiny(*base, "eval.test=selected", "output.save_best=false"), out_dir=tmp_path / "sel", splits=splits)
+    a, b = read_jsonl(tmp_path / "every" / "metrics.jsonl"), read_jsonl(tmp_path / "sel" / "metrics.jsonl")
+    for ra, rb in zip(a, b):  # the same training and validation
+        assert {k: v for k, v in ra.items() if k not in ("seconds", "test")} == \
+            {k: v for k, v in rb.items() if k not in ("seconds", "test")}
+    e = sel["selected_epoch"]
+    assert e == every["selected_epoch"] < 2  # not the last epoch: the weights come from best.npz
+    assert [("test" in r) for r in b] == [i == e for i in range(3)] and b[e]["test"] == a[e]["test"]
+    assert sel["test_accuracy"] == every["test_accuracy"] and sel["test_worst"] == every["test_worst"]
+    assert sel["selected_train_accuracy"] == b[e]["train"]["accuracy"]
+    assert not (tmp_path / "sel" / "checkpoints" / "best.npz").exists()
+
+
 def test_a_run_starts_from_the_torch_runs_initial_weights(splits):
     """Same config and seed -> the MindSpore session's initial state is the PyTorch session's, converted."""
     from sharpdro.backends.torch.session import TorchSession

@@ -105,6 +105,9 @@ SCHEMA: dict[str, Any] = {
         "selection": Field("worst", str, "model selection on validation: worst severity, average, or last epoch",
                            choices=("worst", "average", "last")),
         "every": Field(1, int, "evaluate every N epochs (and always after the last)", min=1),
+        "test": Field("every", str, "when the test set (and extra_test) is evaluated: at every validation epoch, "
+                      "or once after training with the selected epoch's weights (its best checkpoint)",
+                      choices=("every", "selected")),
     },
     "output": {
         "dir": Field("runs", str, "parent folder of run directories"),

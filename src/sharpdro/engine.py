@@ -5,7 +5,10 @@ tensors.  The run directory's files are :mod:`sharpdro.rundir`'s.
 
 Crash safety: an epoch's metrics line is appended before its checkpoint is written;
 on ``resume`` the metrics are cut back to the checkpoint's epoch, so a kill at any
-point resumes to exactly the uninterrupted run (on CPU, bit for bit).
+point resumes to exactly the uninterrupted run (on CPU, bit for bit).  With
+``eval.test=selected`` the test set is evaluated once, after the last epoch, from the
+best checkpoint (kept on disk until then, whatever ``output.save_best`` says), so a run
+killed before that evaluation does it when resumed.
 
 Data parallelism (torchrun; see docs/distributed.md): the backend's
 ``init_distributed(cfg)`` gives a process handle (rank, world size, barrier, sums of
@@ -29,7 +32,7 @@ import numpy as np
 from sharpdro import config as config_mod
 from sharpdro import methods
 from sharpdro.calibration import summary_fields
-from sharpdro.errors import NonFiniteLossError, SharpDROError
+from sharpdro.errors import NonFiniteLossError, SharpDROError, TrainingError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.loggers import open_loggers
 from sharpdro.metrics import select_epoch
@@ -115,6 +118,14 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
     local = np.stack([evaluate_arrays(lambda x: session.predict_logits(x, batch_size), sets[s].images[rank::world],
                                       sets[s].labels[rank::world]) for s in sevs])
     return severity_block(sevs, local if world == 1 else processes.all_reduce_sum(local))
+
+
+def _test_blocks(session, splits, batch_size: int, processes) -> dict:
+    """``test`` (and ``extra_test`` when configured) of the session's current weights, for an epoch's record."""
+    out = {"test": evaluate_sets(session, splits.test, batch_size, processes)}
+    if splits.extra_test:
+        out["extra_test"] = evaluate_sets(session, splits.extra_test, batch_size, processes)
+    return out
 
 
 def _train_block(stats: dict) -> dict:
@@ -269,6 +280,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
 
         records: list[dict] = []
         start_epoch = 0
+        epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
+        best_ckpt = run.checkpoint("best", cfg["backend"])
         # rank 0 picks the backend's own last checkpoint, else another name (MindSpore runs written before
         # .npz: last.pt); the session reads it on every rank (torch: rank 0 reads and broadcasts)
         resume_from = run.existing_checkpoint("last", cfg["backend"]) if resume and main else None
@@ -281,6 +294,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                            if r["epoch"] < start_epoch]
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
             records = procs.broadcast(records)
+            if main and resume_from == last_ckpt.name:
+                _repair_best(records, rule, start_epoch, cfg, last_ckpt, best_ckpt)
             _echo(f"resumed {run_dir} after epoch {start_epoch}", main)
             if main and changes:
                 _record_changes(run, changes, start_epoch)
@@ -292,7 +307,6 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
               f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
               f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", main)
-        epochs, rule = cfg["train"]["epochs"], cfg["eval"]["selection"]
         from sharpdro.schedule import lr_at
 
         for epoch in range(start_epoch, epochs):
@@ -315,9 +329,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             if (epoch + 1) % cfg["eval"]["every"] == 0 or epoch == epochs - 1:
                 bs = cfg["eval"]["batch_size"]
                 record["val"] = evaluate_sets(session, splits.val, bs, procs)
-                record["test"] = evaluate_sets(session, splits.test, bs, procs)
-                if splits.extra_test:
-                    record["extra_test"] = evaluate_sets(session, splits.extra_test, bs, procs)
+                if cfg["eval"]["test"] == "every":
+                    record.update(_test_blocks(session, splits, bs, procs))
             record["seconds"] = time.time() - t0
             records.append(record)
             if main:
@@ -326,10 +339,12 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 session.save_checkpoint(last_ckpt, {"epoch": epoch})
                 if "val" in record:
                     selected = select_epoch(records, rule)
-                    if selected["epoch"] == epoch and cfg["output"]["save_best"]:
-                        _copy_atomic(last_ckpt, run.checkpoint("best", cfg["backend"]))
+                    if selected["epoch"] == epoch and _keeps_best(cfg):
+                        _copy_atomic(last_ckpt, best_ckpt)
             _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
+        if cfg["eval"]["test"] == "selected":
+            _test_selected(session, splits, records, cfg, run, procs, tracker)
         summary = build_summary(cfg, records, rule)
         if prestage is not None:
             summary["prestage"] = prestage
@@ -349,6 +364,45 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             log.removeHandler(handler)
             handler.close()
         procs.close()
+
+
+def _keeps_best(cfg: dict) -> bool:
+    """The best checkpoint is written when it is kept (output.save_best) or the test set needs it afterwards."""
+    return cfg["output"]["save_best"] or cfg["eval"]["test"] == "selected"
+
+
+def _repair_best(records: list[dict], rule: str, start_epoch: int, cfg: dict, last: Path, best: Path) -> None:
+    """A run killed between its last checkpoint and the copy to best resumes with a stale best checkpoint
+    when that last epoch was the selected one: copy it again (the checkpoint holds exactly that epoch)."""
+    if _keeps_best(cfg) and any("val" in r for r in records):
+        if select_epoch(records, rule)["epoch"] == start_epoch - 1:
+            _copy_atomic(last, best)
+
+
+def _test_selected(session, splits, records: list[dict], cfg: dict, run: RunDir, procs, tracker) -> None:
+    """eval.test=selected: the test set once, after training, with the selected epoch's weights (the best
+    checkpoint, written at that epoch), into that epoch's record; a resumed run whose record holds it already
+    skips it.  Every process takes part (the evaluation is sharded); rank 0 rewrites the metrics file."""
+    sel = select_epoch(records, cfg["eval"]["selection"])
+    best = run.checkpoint("best", cfg["backend"])
+    if "test" not in sel:
+        missing = procs.broadcast(None if not procs.is_main or best.is_file() else str(best))
+        if missing:
+            raise TrainingError(f"eval.test=selected: {missing} (the weights of the selected epoch "
+                                f"{sel['epoch'] + 1}) is missing, so the test set cannot be evaluated; train the "
+                                f"run again")
+        held = int(session.load_checkpoint(best, weights_only=True)["epoch"])
+        if held != sel["epoch"]:
+            raise TrainingError(f"eval.test=selected: {best} holds epoch {held + 1}, not the selected epoch "
+                                f"{sel['epoch'] + 1}; train the run again")
+        sel.update(_test_blocks(session, splits, cfg["eval"]["batch_size"], procs))
+        if procs.is_main:
+            atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
+            tracker.log({"epoch": sel["epoch"], **{k: sel[k] for k in ("test", "extra_test") if k in sel}})
+        _echo(f"test at the selected epoch {sel['epoch'] + 1}: avg {100 * sel['test']['average']:.2f} "
+              f"worst {100 * sel['test']['worst']:.2f}", procs.is_main)
+    if procs.is_main and not cfg["output"]["save_best"]:
+        best.unlink(missing_ok=True)  # kept only for this evaluation
 
 
 def _refuse_foreign_folder(run: RunDir) -> None:
@@ -526,8 +580,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def _epoch_line(r: dict, epochs: int) -> str:
     line = f"epoch {r['epoch'] + 1}/{epochs} lr {r['lr']:.4g} loss {r['train']['loss']:.4f}"
     if "val" in r:
-        line += (f" | val avg {100 * r['val']['average']:.2f} worst {100 * r['val']['worst']:.2f}"
-                 f" | test avg {100 * r['test']['average']:.2f} worst {100 * r['test']['worst']:.2f}")
+        line += f" | val avg {100 * r['val']['average']:.2f} worst {100 * r['val']['worst']:.2f}"
+    if "test" in r:
+        line += f" | test avg {100 * r['test']['average']:.2f} worst {100 * r['test']['worst']:.2f}"
     if "q" in r:
         line += " | q " + " ".join(f"{v:.3f}" for v in r["q"])
     return line + f" | {r['seconds']:.1f}s"
@@ -551,6 +606,7 @@ def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
         "val_accuracy": sel["val"]["accuracy"],
         "val_average": sel["val"]["average"],
         "val_worst": sel["val"]["worst"],
+        "selected_train_accuracy": sel["train"]["accuracy"],  # the epoch's running accuracy (record["train"])
         **summary_fields(sel["test"], "test"),
         "config_hash": config_mod.config_hash(cfg),
         "finished": True,

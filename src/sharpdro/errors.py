@@ -23,3 +23,7 @@ class ConfigError(SharpDROError, ValueError):
 
 class NonFiniteLossError(TrainingError):
     """The training loss became NaN or infinite; the engine adds what the run directory holds and what to do."""
+
+
+class SelectionError(SharpDROError):
+    """A model-selection rule cannot be applied to a run's records (test-set oracle without per-epoch test)."""

@@ -21,7 +21,9 @@ A resumed run logs into the same MLflow / W&B run (their ids are kept in
 same for finished runs from their ``metrics.jsonl``.
 
 The engine calls :func:`open_loggers` on the writing process only, ``log(record)`` after each
-epoch's metrics line, and ``close()`` at the end.
+epoch's metrics line, and ``close()`` at the end.  With ``eval.test=selected`` the test block
+comes after the last epoch and is logged at the selected epoch's step (W&B, which keeps no
+earlier step, puts it in the run's summary).
 """
 from __future__ import annotations
 
@@ -188,6 +190,11 @@ class WandbLogger:
                               mode=os.environ.get("WANDB_MODE", "offline"))
 
     def log(self, values: Mapping[str, float], step: int) -> None:
+        if int(step) < int(getattr(self.run, "step", 0) or 0):
+            # W&B drops a step before its current one (eval.test=selected logs test at the selected epoch
+            # after the last): keep those values in the run's summary instead
+            self.run.summary.update(dict(values))
+            return
         self.run.log(dict(values), step=int(step))
 
     def close(self, failed: bool = False) -> None:

@@ -121,12 +121,15 @@ SELECTION_RULES = ("worst", "average", "last", "oracle_worst", "oracle_average")
 def select_epoch(records: Sequence[Mapping], rule: str = "worst") -> Mapping:
     """Pick the record of the selected epoch from per-epoch records.
 
-    Each record has ``epoch`` and, when evaluated, ``val`` / ``test`` blocks holding
-    ``average`` and ``worst``.  ``worst`` / ``average`` maximise that validation score
-    (earliest epoch on ties); ``last`` takes the last evaluated epoch; ``oracle_*``
-    select on the *test* set and exist only for labelled oracle comparisons.
+    Each record has ``epoch`` and, when evaluated, a ``val`` block (and a ``test`` block: at every
+    evaluated epoch, or with ``eval.test=selected`` at the selected one only) holding ``average``
+    and ``worst``.  ``worst`` / ``average`` maximise that validation score (earliest epoch on
+    ties); ``last`` takes the last evaluated epoch; ``oracle_*`` select on the *test* set and
+    exist only for labelled oracle comparisons (:class:`SelectionError` without per-epoch test).
     """
-    evaluated = [r for r in records if "val" in r and "test" in r]
+    from sharpdro.errors import SelectionError
+
+    evaluated = [r for r in records if "val" in r]
     if not evaluated:
         raise ValueError("no evaluated epoch in the metrics")
     if rule == "last":
@@ -135,6 +138,13 @@ def select_epoch(records: Sequence[Mapping], rule: str = "worst") -> Mapping:
         split, key = "val", rule
     elif rule in ("oracle_worst", "oracle_average"):
         split, key = "test", rule.split("_", 1)[1]
+        with_test = sum("test" in r for r in evaluated)
+        if with_test < len(evaluated):
+            raise SelectionError(
+                f"selection {rule!r} selects on the test set, but the run evaluated the test set at only "
+                f"{with_test} of its {len(evaluated)} evaluated epochs (eval.test=selected: only at the epoch its "
+                f"eval.selection picked); select on validation (worst, average, last), or train with "
+                f"eval.test=every")
     else:
         raise ValueError(f"unknown selection rule {rule!r}; allowed: {', '.join(SELECTION_RULES)}")
     best = evaluated[0]

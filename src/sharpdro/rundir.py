@@ -4,7 +4,8 @@ A run directory holds::
 
     config.yaml        the resolved config
     data.json          the fingerprint of the data it trains on, and where that data was (--resume compares it)
-    metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test)
+    metrics.jsonl      one line per epoch (train stats per severity, q, lr, seconds, val/test; with
+                       eval.test=selected test only in the selected epoch's line, written after training)
     summary.json       the selected epoch's per-severity accuracies, average and worst
     train.log          what was printed
     checkpoints/last.pt, checkpoints/best.pt      (PyTorch backend; MindSpore: last.npz, best.npz,

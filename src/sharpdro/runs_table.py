@@ -9,7 +9,8 @@ One row per run x split x severity x epoch, with these columns:
 ``split``          ``train``, ``val``, ``test`` or ``extra_test``
 ``severity``       0..S (int)
 ``epoch``          0-based epoch (int)
-``selected``       True on the epoch the run's ``eval.selection`` rule picks
+``selected``       True on the epoch the run's ``eval.selection`` rule picks (with ``eval.test=selected``
+                   the only epoch with test / extra_test rows)
 ``accuracy``       accuracy on that split and severity (train: the epoch's running accuracy)
 ``loss``           mean cross-entropy (train: the first-pass training loss)
 ``ece``            expected calibration error, 15 bins (evaluation splits; NaN for train or old runs)

@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--selection", default="worst",
                    choices=("worst", "average", "last", "oracle_worst", "oracle_average"),
                    help="model selection (default worst): worst / average validation accuracy, last epoch, or "
-                        "oracle_* (on the test set; labelled as oracle)")
+                        "oracle_* (on the test set; labelled as oracle). Runs trained with eval.test=selected "
+                        "hold test at their own selection's epoch only: report them with that rule")
     p.add_argument("--format", default=None, metavar="md,csv,tex,json",
                    help="output formats (default: md printed; all four with --out)")
     p.add_argument("--out", default=None, metavar="PREFIX",

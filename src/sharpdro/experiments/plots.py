@@ -224,7 +224,8 @@ def _runs_with_records(row: Row) -> list:
 
 
 def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per method."""
+    """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per method
+    (a star per run at its selected epoch for runs that evaluated the test set there only)."""
     plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
@@ -238,12 +239,20 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
             x, m, s = _series(runs, lambda r: r["train"]["loss"])
             if x:
                 _band(axes[0], x, m, s, color, label=row.method)
+            # eval.test=selected: a run's test block is at its selected epoch only, a point rather than a curve
+            curves = [r for r in runs if all("test" in rec for rec in r.records if "val" in rec)]
+            points = [r for r in runs if r not in curves]
             for ax, key in ((axes[1], "average"), (axes[2], "worst")):
-                for split, style in (("val", "--"), ("test", "-")):
-                    x, m, s = _series(runs, lambda r, sp=split, k=key: 100.0 * r[sp][k])
+                for split, style, of in (("val", "--", runs), ("test", "-", curves)):
+                    x, m, s = _series(of, lambda r, sp=split, k=key: 100.0 * r[sp][k])
                     if x:
                         _band(ax, x, m, s, color, linestyle=style, marker=".",
                               label=f"{row.method} ({split})")
+                tested = [(int(rec["epoch"]) + 1, 100.0 * rec["test"][key]) for r in points for rec in r.records
+                          if "test" in rec]
+                if tested:
+                    ax.plot(*zip(*tested), color=color, linestyle="none", marker="*", markersize=8,
+                            label=f"{row.method} (test, selected epoch)")
         axes[0].set_ylabel("train loss")
         axes[1].set_ylabel("averaged accuracy (%)")
         axes[2].set_ylabel("worst-severity accuracy (%)")

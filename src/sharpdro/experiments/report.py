@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from sharpdro import methods
 from sharpdro.config import CORRUPTIONS
-from sharpdro.errors import SharpDROError
+from sharpdro.errors import SelectionError, SharpDROError
 from sharpdro.experiments.paired import Paired, pair_rows
 from sharpdro.experiments.stats import Interval, mean_std, t_interval
 from sharpdro.io import atomic_write_text
@@ -153,11 +153,15 @@ def load_run(d: Path, selection: str = "worst", config: dict | None = None, name
         run = Run(name, cfg, "done", records)
         try:
             rec = select_epoch(records, selection)
+        except SelectionError as exc:  # an oracle rule on a run with test at its selected epoch only
+            raise ReportError(f"{name}: {exc}") from None
         except ValueError as exc:
             return Run(name, cfg, "failed", records, error=f"finished but unusable {run_dir.metrics.name}: {exc}")
-        acc = {int(k): float(v) for k, v in rec["test"]["accuracy"].items()}
-        s = summarize({str(k): v for k, v in acc.items()})
-        run.selected, run.accuracy, run.average, run.worst = rec, acc, s["average"], s["worst"]
+        run.selected, run.accuracy = rec, {}
+        if "test" in rec:  # eval.test=selected: only at the epoch the run's own rule picked (see _check_tested)
+            run.accuracy = {int(k): float(v) for k, v in rec["test"]["accuracy"].items()}
+            s = summarize({str(k): v for k, v in run.accuracy.items()})
+            run.average, run.worst = s["average"], s["worst"]
         return run
     if run_dir.error.exists():
         return Run(name, cfg, "failed", records, error=run_dir.last_error_line())
@@ -173,7 +177,7 @@ def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
         raise ReportError(f"{path} is not a folder")
     if RunDir(path).config.exists():
         run = load_run(path, selection)
-        return [run] if run else []
+        return _check_tested([run] if run else [], selection)
     from sharpdro.experiments.sweep_jobs import read_index
 
     index = read_index(path)
@@ -184,6 +188,18 @@ def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
         run = load_run(path / name, selection, config=(index.get(name) or {}).get("config"), name=name)
         if run is not None:
             runs.append(run)
+    return _check_tested(runs, selection)
+
+
+def _check_tested(runs: list[Run], selection: str) -> list[Run]:
+    """Refuse a ``selection`` that picks, in a finished run, an epoch without a test block: the run evaluated
+    the test set only at the epoch its own ``eval.selection`` picked (``eval.test=selected``)."""
+    for run in runs:
+        if run.status == "done" and "test" not in run.selected:
+            own = (run.config.get("eval") or {}).get("selection", "worst")
+            raise ReportError(f"{run.name}: --selection {selection} picks epoch {int(run.selected['epoch']) + 1}, "
+                              f"but the run evaluated the test set only at the epoch its own eval.selection={own} "
+                              f"picked (eval.test=selected); report with --selection {own}")
     return runs
 
 
