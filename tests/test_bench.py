@@ -34,11 +34,12 @@ def test_bench_json_is_the_last_line_with_the_required_keys(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     for key in ("images_per_second", "step_seconds_median", "peak_memory_mb", "eval_images_per_second",
-                "pipeline", "corruption", "ratios"):
+                "pipeline", "corruption", "ratios", "forward_macs_per_image", "eval_cpu_seconds"):
         assert key in result, key
     assert result["images_per_second"] > 0 and result["step_seconds_median"] > 0 and result["peak_memory_mb"] > 0
     assert set(result["results"]) == {"sharpdro", "erm", "sharpdro_agnostic:fraction=0.5:second_pass_selected_only=true"}
     assert result["ratios"]["erm"] == 1.0 and result["ratio_to"] == "erm"
+    assert all(0 < r["step_cpu_seconds_median"] for r in result["results"].values())
     assert result["host_syncs_per_step"] == 0
     assert result["pipeline"]["batch_seconds_median"] > 0
     c = result["corruption"]
@@ -123,3 +124,20 @@ def test_device_resident_batches_equal_the_host_pipeline():
         for a, b in zip(dev, host):
             for u, v in zip(a, b):
                 assert torch.equal(u, v)
+
+
+def test_mac_counter_matches_a_hand_count():
+    from sharpdro.backends.torch.bench import count_macs
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),                       # 4x8x8 outputs x 3*3*3 = 256 x 27
+        torch.nn.BatchNorm2d(4), torch.nn.ReLU(),                  # not counted
+        torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2),   # 8x4x4 outputs x (4/2)*3*3 = 128 x 18
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 5))                                     # 5 outputs x 8
+    net.train()
+    stats = net[1].running_mean.clone()
+    assert count_macs(net, (3, 8, 8)) == 256 * 27 + 128 * 18 + 5 * 8
+    assert net.training and torch.equal(net[1].running_mean, stats)  # mode and BatchNorm statistics kept
+    # ResNet-18 at 224 px with 1000 classes: the published 1.8 G multiply-adds
+    assert count_macs(build_model("resnet18", 1000, 224), (3, 224, 224)) == pytest.approx(1.814e9, rel=1e-3)

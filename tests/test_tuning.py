@@ -1,7 +1,9 @@
 """Equal tuning: seeded trials from each key's search space, and the report's per-method selection."""
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +103,47 @@ def test_tuning_end_to_end_on_quickstart(tmp_path, capsys):
     # a second invocation finds everything done
     assert main(["sweep", str(sweep), "--out", str(out), "--no-progress"]) == 0
     assert "0 done" in capsys.readouterr().out
+
+
+def test_slurm_launches_submit_the_final_seeds_once_the_trials_are_done(tmp_path, monkeypatch, capsys):
+    """Slurm returns before its jobs run: a later launch of the same command submits the final-seed jobs."""
+    from sharpdro.experiments import sweep as sw
+
+    queue = []  # what the fake cluster holds: (function, arguments), run when the test says so
+
+    class Executor:
+        batch = contextlib.nullcontext
+
+        def submit(self, fn, *args):
+            queue.append((fn, args))
+            return type("SlurmJob", (), {"job_id": str(len(queue))})()
+
+    monkeypatch.setattr(sw, "make_slurm_executor", lambda *a, **k: Executor())
+
+    def cluster_runs():
+        ran = [args[1] for _, args in queue]
+        for fn, args in queue:
+            fn(*args)
+        queue.clear()
+        return ran
+
+    sweep = tmp_path / "tune.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "quickstart",
+        "set": ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
+                "train.epochs=1", "train.batch_size=40", "train.threads=1", "eval.batch_size=256"],
+        "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1, 2]}}))
+    out = tmp_path / "out"
+    argv = ["sweep", str(sweep), "--out", str(out), "--launcher", "slurm", "--no-progress"]
+    trials = expand(load_sweep(sweep))
+    assert main(argv) == 0
+    assert sorted(cluster_runs()) == sorted(str(out / j.hash) for j in trials)  # the trials only
+    assert main(argv) == 0  # the trials are done: the selected trial of each method on seeds 1 and 2
+    finals = [rp.load_run(Path(d), "worst") for d in cluster_runs()]
+    assert sorted((r.config["algorithm"]["name"], r.seed) for r in finals) == \
+        [("erm", 1), ("erm", 2), ("groupdro", 1), ("groupdro", 2)]
+    table = rp.collect(out, select_hparams="worst")
+    assert sorted(r.name for row in table.rows for r in row.runs) == sorted(r.name for r in finals)
+    capsys.readouterr()
+    assert main(argv) == 0 and queue == []  # nothing left to submit
+    assert f"{len(trials) + 4} jobs: 0 done, 0 failed, {len(trials) + 4} skipped" in capsys.readouterr().out

@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--crop-padding", type=int, default=4, help="pipeline augmentation: crop padding (0: off)")
     p.add_argument("--no-flip", action="store_true", help="pipeline augmentation: no horizontal flip")
     p.add_argument("--eval-images", type=int, default=2048)
+    p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--corruption-images", type=int, default=2000)
     p.add_argument("--corruption-source", default=None, metavar="NPZ",
                    help="real uint8 [N,H,W,3] images (key x) for the corruption timing, tiled to "
@@ -55,7 +56,7 @@ def run(args) -> int:
     bad = skip - {"pipeline", "eval", "corruption"}
     if bad:
         raise SharpDROError(f"--skip {', '.join(sorted(bad))}: allowed parts are pipeline, eval, corruption")
-    for name in ("batch_size", "steps"):
+    for name in ("batch_size", "steps", "eval_batch_size"):
         if getattr(args, name) < 1:
             raise SharpDROError(f"--{name.replace('_', '-')} must be >= 1")
     if args.backend == "mindspore":  # the training step alone
@@ -66,7 +67,8 @@ def run(args) -> int:
         num_classes=args.num_classes, width=args.width, channels_last=args.channels_last, compile=args.compile,
         threads=args.threads, compare=[c for c in args.compare.split(",") if c.strip()],
         overrides=args.overrides, train_images=args.train_images, flip=not args.no_flip,
-        crop_padding=args.crop_padding, eval_images=args.eval_images, corruption_images=args.corruption_images,
+        crop_padding=args.crop_padding, eval_images=args.eval_images, eval_batch_size=args.eval_batch_size,
+        corruption_images=args.corruption_images,
         corruption_source=args.corruption_source, pipeline="pipeline" not in skip, evaluation="eval" not in skip,
         corruption="corruption" not in skip, backend=args.backend)
     result = run_bench(settings)

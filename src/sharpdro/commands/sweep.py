@@ -82,18 +82,23 @@ def run(args) -> int:
             mem_gb=args.slurm_mem, account=args.slurm_account, qos=args.slurm_qos,
             constraint=args.slurm_constraint, exclude=args.slurm_exclude,
             array_parallelism=args.slurm_array_parallelism, extra=args.slurm_extra)
-    outcome = sw.run_sweep(jobs, args.out, launcher=args.launcher, workers=args.workers, spec=spec, slurm=slurm,
-                           slurm_cluster=args.slurm_cluster, slurm_wait=args.slurm_wait, resubmit=args.resubmit,
-                           progress=not args.no_progress)
-    if spec.tune and spec.tune.get("final_seeds") and args.launcher != "slurm":
+    launch = {"launcher": args.launcher, "workers": args.workers, "spec": spec, "slurm": slurm,
+              "slurm_cluster": args.slurm_cluster, "slurm_wait": args.slurm_wait, "resubmit": args.resubmit,
+              "progress": not args.no_progress}
+    # Slurm without waiting returns before the trials end: submit now the final-seed jobs of the methods whose
+    # trials an earlier launch finished (a later launch, once the rest are done, submits theirs)
+    first = jobs + finals if args.launcher == "slurm" else jobs
+    outcome = sw.run_sweep(first, args.out, **launch)
+    if spec.tune and spec.tune.get("final_seeds") and (args.launcher != "slurm" or args.slurm_wait):
         # the trials are done (as far as they go): the selected trial of each finished method on its final seeds
-        finals = _final_jobs(spec, args.out, jobs)
+        known = {j.hash for j in first}
+        finals = [j for j in _final_jobs(spec, args.out, jobs) if j.hash not in known]
         if finals:
-            more = sw.run_sweep(finals, args.out, launcher=args.launcher, workers=args.workers, spec=spec,
-                                progress=not args.no_progress)
-            for key in ("total", "done", "failed", "skipped", "busy"):
+            more = sw.run_sweep(finals, args.out, **launch)
+            for key in ("total", "done", "failed", "skipped", "busy", "submitted", "waiting"):
                 setattr(outcome, key, getattr(outcome, key) + getattr(more, key))
             outcome.failures += more.failures
+            outcome.slurm_ids.update(more.slurm_ids)
     print(f"sweep {args.out}: {outcome.line()}")
     for h, err in outcome.failures:
         print(f"  failed {h}: {err}  (see {args.out}/{h}/error.txt)", file=sys.stderr)

@@ -13,6 +13,9 @@ Measurements (medians after warm-up; every step is synchronised on CUDA):
   on the device.  With ``compare``, the algorithms run interleaved step by step in one
   process (same model initialisation, same batch), so their ratios share the machine's
   conditions; the first algorithm's figures are the top-level ones.
+- ``step_cpu_seconds_median`` (CPU only): the process CPU time of the same steps.  With one
+  thread it is what the step takes on an idle core, also when other jobs share the machine
+  and stretch the wall time (``eval_cpu_seconds`` likewise for the evaluation).
 - ``pipeline``: the same step fed by the real input pipeline (BatchIterator with flip and
   crop, then ``to_device``; on CUDA the device-resident path when the set fits) against the
   in-memory batch, alternating (CPU: single steps; CUDA: chunks of 5 steps without
@@ -32,6 +35,10 @@ Measurements (medians after warm-up; every step is synchronised on CUDA):
 - ``host_syncs_per_step``: calls that read a tensor on the host (``.item()``,
   ``bool(tensor)``, ``.tolist()``, ``.cpu()``, ``nonzero`` ...) counted in one step by
   ``sharpdro.backends.torch.bench.count_host_syncs``.
+- ``forward_macs_per_image``: multiply-accumulates of the network's forward pass on one image
+  (convolutions and linear layers, counted by forward hooks:
+  ``sharpdro.backends.torch.bench.count_macs``), the basis of a FLOP-based time estimate on
+  hardware not at hand.
 """
 from __future__ import annotations
 
@@ -214,10 +221,15 @@ def format_table(r: dict, markdown: bool = False) -> str:
     lines = [f"sharpdro bench: {r['model']} {r['image_size']}px, batch {r['batch_size']}, {r['precision']}, "
              f"{r['steps']} timed steps after {r['warmup']} warm-up, on {r['device']} ({r['device_name']}, "
              f"{framework}{r['threads']} threads)"]
+    if "forward_macs_per_image" in r:
+        lines.append(f"forward pass: {r['forward_macs_per_image'] / 1e6:.1f} M multiply-accumulates per image "
+                     f"(convolutions and linear layers; a training step is about 3x, SAM-type steps 6x)")
     ratios = r.get("ratios", {})
     columns = [("algorithm", 44, lambda x: f"`{x[0]}`" if markdown else x[0]),
                ("step s (median)", 16, lambda x: f"{x[1]['step_seconds_median']:.4f}"),
                ("images/s", 11, lambda x: f"{x[1]['images_per_second']:.1f}"),
+               *([("CPU s (median)", 16, lambda x: f"{x[1]['step_cpu_seconds_median']:.4f}")]
+                 if all("step_cpu_seconds_median" in v for v in r["results"].values()) else []),
                ("peak MB", 10, lambda x: f"{x[1]['peak_memory_mb']:.0f}"),
                ("step MB", 9, lambda x: f"{x[1]['peak_memory_step_mb']:.0f}"),
                ("syncs", 7, lambda x: f"{x[1]['host_syncs_per_step']:d}")]

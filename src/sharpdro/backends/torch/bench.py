@@ -7,6 +7,7 @@ paths (:class:`TorchSession`: model, algorithm, optimizer, precision; ``session.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import resource
@@ -86,6 +87,40 @@ def count_host_syncs() -> Iterator[dict]:
             setattr(owner, name, orig)
 
 
+# ---------------------------------------------------------------------------------------- MACs
+def count_macs(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass on one image (``image_shape`` = channels, height, width).
+
+    Counts convolutions (output elements x in_channels/groups x kernel area) and linear layers
+    (output elements x in_features), the layers that hold nearly all of a CNN's arithmetic;
+    BatchNorm, activations, pooling and additions are left out.  FLOPs are about 2 x MACs;
+    a training step is about 3 x the forward (the backward costs two forwards).
+    """
+    total = 0
+
+    def conv(mod, _inp, out):
+        nonlocal total
+        total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+
+    def linear(mod, _inp, out):
+        nonlocal total
+        total += out.numel() * mod.in_features
+
+    kinds = {torch.nn.Conv1d: conv, torch.nn.Conv2d: conv, torch.nn.Conv3d: conv, torch.nn.Linear: linear}
+    handles = [m.register_forward_hook(kinds[type(m)]) for m in model.modules() if type(m) in kinds]
+    was_training = model.training
+    try:
+        model.eval()  # no BatchNorm statistics change
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros((1, *image_shape), dtype=p.dtype, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total)
+
+
 # ---------------------------------------------------------------------------------------- timing helpers
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -158,6 +193,7 @@ class _Runner:
         self.batch = self.session.to_device(*first)
         self._epoch, self._it = 0, iter(())
         self.step_times: list[float] = []
+        self.step_cpu_times: list[float] = []  # process CPU time of each timed step (see measure)
 
     def step(self, batch=None) -> dict:
         x, y, g, i = batch if batch is not None else self.batch
@@ -172,12 +208,13 @@ class _Runner:
                 self._it = iter(self.session.epoch_batches(self._epoch))
                 self._epoch += 1
 
-    def timed_step(self) -> float:
+    def timed_step(self) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of one step."""
         _sync(self.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         self.step()
         _sync(self.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 # ---------------------------------------------------------------------------------------- measurements
@@ -190,7 +227,9 @@ def _measure_steps(runners: list[_Runner], s: BenchSettings) -> None:
     for k in range(s.steps):  # interleaved; the order rotates so no algorithm always runs first
         for j in range(n):
             r = runners[(j + k) % n]
-            r.step_times.append(r.timed_step())
+            wall, cpu = r.timed_step()
+            r.step_times.append(wall)
+            r.step_cpu_times.append(cpu)
 
 
 def _current_mb(device: torch.device) -> float:
@@ -256,16 +295,21 @@ def _measure_pipeline(r: _Runner, s: BenchSettings) -> dict:
 def _measure_eval(r: _Runner, s: BenchSettings, eval_set) -> dict:
     images, labels, _ = eval_set
     r.session.evaluate(images[:s.eval_batch_size], labels[:s.eval_batch_size], s.eval_batch_size)  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(3):
         _sync(r.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         r.session.evaluate(images, labels, s.eval_batch_size)
         _sync(r.device)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     r.algo.train()
     sec = min(times)
-    return {"eval_images_per_second": len(images) / sec, "eval_seconds": sec, "eval_images": len(images)}
+    out = {"eval_images_per_second": len(images) / sec, "eval_seconds": sec, "eval_images": len(images),
+           "eval_batch_size": s.eval_batch_size}
+    if r.device.type == "cpu":
+        out["eval_cpu_seconds"] = min(cpu)
+    return out
 
 
 def measure(s: BenchSettings, runs: list[tuple[str, dict]], train_set, eval_set=None) -> dict:
@@ -286,12 +330,15 @@ def measure(s: BenchSettings, runs: list[tuple[str, dict]], train_set, eval_set=
                             "peak_memory_step_mb": delta, "peak_memory_kind": kind, "host_syncs_per_step": int(sum(syncs.values())),
                             "host_sync_calls": syncs,
                             "step_seconds_all": [round(t, 6) for t in r.step_times]}
+        if device.type == "cpu":  # on a shared machine the CPU time stays near an idle core's wall time
+            results[r.label]["step_cpu_seconds_median"] = _median(r.step_cpu_times)
     first = runners[0]
     out = {
         "algorithm": first.label, "model": s.model, "batch_size": s.batch_size, "steps": s.steps,
         "warmup": s.warmup, "device": str(device), "device_name": _device_name(device), "precision": s.precision,
         "image_size": s.image_size, "channels_last": s.channels_last, "compile": s.compile,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "forward_macs_per_image": count_macs(first.algo.model, (3, s.image_size, s.image_size)),
         **{k: results[first.label][k] for k in ("images_per_second", "step_seconds_median", "peak_memory_mb",
                                                   "peak_memory_step_mb", "peak_memory_kind",
                                                   "host_syncs_per_step")},
