@@ -415,3 +415,27 @@ def test_help_mentions_the_intervals_and_the_paired_table(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "95% CI over seeds, paired differences against ERM, JTT and EIIL" in text
     assert "95% Student-t interval" in text and "PREFIX_paired.csv" in text
+
+
+def test_a_variant_row_is_compared_but_never_the_reference():
+    """tune.variants rows share their method's key: the reference must stay the method's own row."""
+    from types import SimpleNamespace
+
+    from sharpdro.experiments.paired import pair_rows
+
+    def row(method, acc, variant=None):
+        runs = [SimpleNamespace(status="done", seed=s, name=f"{method}{variant}{s}", average=a, worst=a)
+                for s, a in enumerate(acc)]
+        r = rp.Row("cifar10", "CIFAR10", "gaussian_noise", method, (), runs)
+        r.variant = variant
+        return r
+
+    erm, erm_v = row("erm", [0.5, 0.5, 0.5]), row("erm", [0.25, 0.25, 0.25], variant="ERM, other")
+    jtt, sd = row("jtt", [0.75, 0.75, 0.75]), row("sharpdro", [1.0, 1.0, 1.0])
+    pairs = {(p.row.method_key, p.row.variant, p.reference.method_key): p.intervals["average"].mean
+             for p in pair_rows([erm, erm_v, jtt, sd])}
+    # the variant of ERM listed after ERM did not replace it as the reference
+    assert pairs[("sharpdro", None, "erm")] == 50.0 and pairs[("jtt", None, "erm")] == 25.0
+    # the variant itself is compared with every reference, its own method's row included
+    assert pairs[("erm", "ERM, other", "erm")] == -25.0 and pairs[("erm", "ERM, other", "jtt")] == -50.0
+    assert ("erm", None, "erm") not in pairs

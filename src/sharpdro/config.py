@@ -272,6 +272,14 @@ def coerce_value(dotted: str, value: Any) -> Any:
     return value
 
 
+def check_value(dotted: str, value: Any) -> Any:
+    """One key's value checked against its schema entry (type, range, choices) and coerced as a config holds it."""
+    f = schema_field(dotted)
+    if f is None:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    return _check_value(dotted, f, coerce_value(dotted, value))
+
+
 def _check_finite(path: str, field: Field, value) -> None:
     """NaN and infinity pass every range check (``nan < 0`` is False): refuse them unless the schema allows."""
     import math

@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
                         "processes; slurm: one Slurm job per sweep job through submitit")
     p.add_argument("--workers", type=int, default=2, help="parallel launcher: worker processes (default 2; "
                    "train.threads, when null, becomes cores // workers)")
-    p.add_argument("--dry-run", action="store_true", help="list the jobs (hash, status, overrides) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the jobs (hash, status, overrides) and exit; with a tune block, the final-seed and "
+                        "variant jobs of a method whose trials are not all done are listed as pending after selection")
     p.add_argument("--no-progress", action="store_true", help="no progress bar over jobs")
     p.add_argument("--resubmit", action="store_true",
                    help="run again jobs that an earlier slurm launch submitted and that have not finished")
@@ -55,12 +57,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _final_jobs(spec, out, jobs):
+def _final_plan(spec, out, jobs):
+    """(final-seed jobs that can run now, dry-run lines for those waiting for their method's trials)."""
     if not spec.tune or not spec.tune.get("final_seeds"):
-        return []
-    from sharpdro.experiments.tuning_final import final_jobs
+        return [], []
+    from sharpdro.experiments.tuning_final import final_plan
 
-    return final_jobs(spec, out, jobs)
+    return final_plan(spec, out, jobs)
+
+
+def _final_jobs(spec, out, jobs):
+    return _final_plan(spec, out, jobs)[0]
 
 
 def run(args) -> int:
@@ -70,9 +77,9 @@ def run(args) -> int:
         raise sw.SweepError("give a sweep file, or build one with --base/--set/--grid")
     spec = sw.build_spec(args.sweep, base=args.base, sets=args.overrides, grids=args.grid)
     jobs = sw.expand(spec)
-    finals = _final_jobs(spec, args.out, jobs)
+    finals, pending = _final_plan(spec, args.out, jobs)
     if args.dry_run:
-        for line in sw.describe_jobs(jobs + finals, args.out):
+        for line in sw.describe_jobs(jobs + finals, args.out) + pending:
             print(line)
         return 0
     slurm = None

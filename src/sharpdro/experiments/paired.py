@@ -59,10 +59,12 @@ def compare(row, reference) -> Paired | None:
 
 def pair_rows(rows: Sequence, by_hparams: bool = True) -> list[Paired]:
     """Every row against each reference method of its block, in row order, then reference order."""
-    index = {(_block(r, by_hparams), r.method_key): r for r in rows}
+    # a variant row (tune.variants) is compared, never compared with: the reference is the method's own row
+    index = {(_block(r, by_hparams), r.method_key): r for r in rows if getattr(r, "variant", None) is None}
     out = []
     for row in rows:
-        for ref in _references(row.method_key):
+        refs = REFERENCES if getattr(row, "variant", None) is not None else _references(row.method_key)
+        for ref in refs:
             other = index.get((_block(row, by_hparams), ref))
             pair = None if other is None else compare(row, other)
             if pair is not None:

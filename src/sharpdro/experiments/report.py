@@ -232,6 +232,7 @@ class Row:
     hparams: tuple  # values of Table.hparams, in order
     runs: list = field(default_factory=list)
     trials: int | None = None  # --select-hparams: the number of configurations the row was chosen from
+    variant: str | None = None  # a tune block variant's name: the selected trial of method_key rerun with its settings
 
     @property
     def type(self) -> str:
@@ -239,7 +240,8 @@ class Row:
 
     @property
     def method(self) -> str:
-        return method_name(self.method_key)
+        """The method's label, or the variant's name on a variant row."""
+        return self.variant if self.variant is not None else method_name(self.method_key)
 
     @property
     def finished(self) -> list:
@@ -276,7 +278,11 @@ class Row:
 
     def n_text(self) -> str:
         text = self._n_text()
-        return text if self.trials is None else f"{text}; best of {self.trials} trials"
+        if self.variant is not None:
+            return f"{text}; variant of the selected trial"
+        if self.trials is None:
+            return text
+        return f"{text}; 1 configuration" if self.trials == 1 else f"{text}; best of {self.trials} trials"
 
     def _n_text(self) -> str:
         done, total = self.count("done"), len(self.runs)
@@ -411,34 +417,46 @@ def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequenc
     ``select_hparams`` (``worst`` | ``average``): one row per (dataset, corruption, method), the
     configuration of the best mean validation criterion on the ``tuning_seeds`` (default: the
     sweep's ``tune.seeds``, else every seed), see :func:`sharpdro.experiments.tuning.select_rows`.
+    The tune block's variants (``tune.variants``) are rows of their own right after their method's,
+    and are no candidates of the selection (:mod:`sharpdro.experiments.tuning_report`).
     """
-    table = build_table(load_runs(path, selection), selection, group_by, decimals, calibration)
+    runs = load_runs(path, selection)
+    table = build_table(runs, selection, group_by, decimals, calibration)
     if select_hparams is None:
         return table
+    from sharpdro.experiments import tuning_report as tr
+    from sharpdro.experiments.sweep_jobs import read_index
     from sharpdro.experiments.tuning import select_rows
 
-    if tuning_seeds is None:
-        tuning_seeds = _sweep_tuning_seeds(path)
-    rows, notes = select_rows(table.rows, select_hparams, tuning_seeds)
+    tune = _sweep_tune(path)
+    if tuning_seeds is None and tune.get("seeds") and tune.get("final_seeds"):
+        tuning_seeds = list(tune["seeds"])
+    index = read_index(path)
+    candidates = tr.without_runs(table.rows, tr.variant_only_runs(index))
+    rows, notes = select_rows(candidates, select_hparams, tuning_seeds)
+    rows, variant_notes = tr.add_variant_rows(
+        rows, {r.name: r for r in runs}, index, tune.get("variants") or [],
+        lambda run: tuple(_flatten(run.config).get(k) for k in table.hparams))
     seeds = "every seed" if tuning_seeds is None else f"seeds {', '.join(map(str, sorted(tuning_seeds)))}"
     notes.insert(0, f"Hyperparameters selected per method by the best mean {select_hparams}-severity validation "
                     f"accuracy over the tuning runs ({seeds}); n counts the reported runs, 'best of k trials' the "
                     f"configurations compared")
-    table.rows, table.extra_notes, table.select_hparams = rows, notes, select_hparams
+    notes[1:1] = tr.tune_notes(tune, rows)
+    table.rows, table.extra_notes, table.select_hparams = rows, notes + variant_notes, select_hparams
     return table
 
 
-def _sweep_tuning_seeds(path) -> list[int] | None:
+def _sweep_tune(path) -> dict:
+    """The ``tune`` block of the last ``sharpdro sweep`` on ``path`` (empty when there is none)."""
     from sharpdro.experiments.sweep_jobs import INDEX
 
     index = Path(path) / INDEX
     if not index.is_file():
-        return None
+        return {}
     try:
-        tune = (json.loads(index.read_text(encoding="utf-8")).get("last_sweep") or {}).get("tune") or {}
-    except ValueError:
-        return None
-    return list(tune["seeds"]) if tune.get("seeds") and tune.get("final_seeds") else None
+        return dict((json.loads(index.read_text(encoding="utf-8")).get("last_sweep") or {}).get("tune") or {})
+    except (ValueError, AttributeError):
+        return {}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -703,6 +721,7 @@ def to_dict(table: Table) -> dict:
         entry: dict[str, Any] = {
             "data": row.data, "type": row.type, "method": row.method,
             "dataset": row.dataset, "corruption": row.corruption, "algorithm": row.method_key,
+            **({"variant": row.variant} if row.variant is not None else {}),
             "hyperparameters": {k: v for k, v in zip(table.hparams, row.hparams)},
             "n": row.count("done"), "n_expected": len(row.runs), "n_failed": row.count("failed"),
             "n_unfinished": row.count("partial"), "n_not_started": row.count("missing"),

@@ -10,6 +10,25 @@ A sweep file is YAML::
     include:                      # (or ``jobs:``) extra jobs: base + set + these overrides
       - {algorithm.name: jtt, train.lr: 0.01}
 
+A ``tune`` block (:mod:`sharpdro.experiments.tuning`, checked by
+:mod:`sharpdro.experiments.tune_block`) replaces the grid's methods and seeds with equal
+tuning: ``trials`` random configurations per method on the tuning ``seeds``, then the selected
+one on ``final_seeds``; ``space`` narrows a key's search distribution for this sweep (listed in
+the report's notes), and ``variants`` rerun a method's selected trial on the final seeds with a
+few settings changed (untuned; a row of their own in the report)::
+
+    tune:
+      trials: 8
+      methods: [erm, jtt, sharpdro]
+      seeds: [0]
+      final_seeds: [1, 2, 3]
+      space: {algorithm.jtt_lambda_up: [choice, [4, 5, 6]]}
+      variants:
+        - {name: "SharpDRO, f=0.25", method: sharpdro, set: {algorithm.second_pass_fraction: 0.25}}
+
+The final-seed and variant jobs exist once a method's trials are done: ``--dry-run`` lists
+those still waiting as pending after selection.
+
 Overrides are applied in this order: base file, ``set``, command-line ``--set``,
 the grid point (or the ``include`` entry).  Command-line ``--grid key=v1,v2``
 adds an axis or replaces the file's axis of the same key.
@@ -172,7 +191,10 @@ def _bar(total: int, progress: bool):
 
 
 def _describe(job: Job) -> str:
-    return " ".join(job.varying) or "(base config)"
+    text = " ".join(job.varying) or "(base config)"
+    if job.variant_of:
+        text += "  [variant: " + "; ".join(name for name, _ in job.variant_of) + "]"
+    return text
 
 
 def _after(result: dict, job: Job, outcome: SweepOutcome, bar, say) -> None:

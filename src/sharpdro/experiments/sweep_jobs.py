@@ -174,7 +174,8 @@ def _release_accelerator_memory() -> None:
 
 
 def write_index(out: str | os.PathLike, jobs: Sequence[Job], spec: SweepSpec | None = None) -> Path:
-    """Write (merge into) ``OUT/sweep.json``: every job hash -> its overrides and resolved config."""
+    """Write (merge into) ``OUT/sweep.json``: every job hash -> its overrides and resolved config (and, for
+    a tune block's variant job, ``variant_of``: {variant name: the selected final job's hash})."""
     out = Path(out)
     path = out / INDEX
     index: dict = {"format": 1, "jobs": {}}
@@ -189,6 +190,8 @@ def write_index(out: str | os.PathLike, jobs: Sequence[Job], spec: SweepSpec | N
     for j in jobs:
         index["jobs"][j.hash] = {"base": base, "overrides": list(j.overrides), "varying": list(j.varying),
                                  "config": j.config}
+        if j.variant_of:  # a tune block's variant job: which selected final job it reruns, per variant
+            index["jobs"][j.hash]["variant_of"] = dict(j.variant_of)
     index["jobs"] = dict(sorted(index["jobs"].items()))
     if spec is not None:
         index["last_sweep"] = spec.to_dict()

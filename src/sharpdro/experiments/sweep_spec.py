@@ -238,6 +238,10 @@ class Job:
     config: dict
     overrides: tuple[str, ...]  # every override on top of the base file
     varying: tuple[str, ...]  # the grid point or include entry alone (for display)
+    # a tune block's variant job: (variant name, hash of the selected trial's final job it reruns) per
+    # variant it serves (several when their settings coincide; its own hash when the selected trial
+    # already has the variant's settings); recorded in sweep.json for the report
+    variant_of: tuple[tuple[str, str], ...] = ()
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
@@ -307,6 +311,22 @@ def _base_path(spec: SweepSpec) -> str | None:
     return str(resolve_config_path(spec.base))
 
 
+def _check_tune_against(spec: SweepSpec, base: str | None, fixed: Sequence[str]) -> None:
+    """What the tune block alone cannot check: a narrowed key the sweep fixes (never drawn), and each
+    variant's settings as a whole config (so that a bad one fails now, not after the trials)."""
+    clash = sorted(set(spec.tune.get("space") or {}) & set(fixed))
+    if clash:
+        raise SweepError(f"tune.space narrows {', '.join(clash)}, which the sweep fixes (set or grid), so it is "
+                         f"never drawn: remove it from one of them")
+    for v in spec.tune.get("variants") or ():
+        overrides = tuple(spec.set) + (make_override("algorithm.name", v["method"]),) + \
+            tuple(make_override(k, x) for k, x in v["set"].items())
+        try:
+            load_config(base, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"tune.variants {v['name']!r}: {exc}") from None
+
+
 def expand(spec: SweepSpec) -> list[Job]:
     """Every job of a sweep, resolved and validated, in grid order (first key slowest), then ``include``.
 
@@ -326,6 +346,7 @@ def expand(spec: SweepSpec) -> list[Job]:
             algorithm = load_config(base, tuple(spec.set))["algorithm"]
         except ConfigError as exc:
             raise ConfigError(f"sweep base + set: {exc}") from None
+        _check_tune_against(spec, base, fixed)
         trials = [[make_override(k, v) for k, v in pairs] for pairs in trial_points(spec.tune, fixed, algorithm)]
         points = [p + t for p in points for t in trials]
     points.extend(list(x) for x in spec.include)

@@ -8,12 +8,20 @@ A sweep file's ``tune`` block (format: :mod:`sharpdro.experiments.sweep`)::
       methods: [erm, sam, groupdro, jtt, eiil, sharpdro]
       seeds: [0]             # tuning seeds: the run seeds of the trials
       final_seeds: [1, 2, 3] # optional: once a method's trials are done, its best trial runs on these
+      space:                 # optional: this sweep's own distribution of a key (reported in the notes)
+        algorithm.jtt_lambda_up: [choice, [4, 5, 6]]
+      variants:              # optional: the selected trial again on the final seeds, with these settings
+        - {name: "SharpDRO, released reading", method: sharpdro,
+           set: {data.sampler: uniform, algorithm.q_absent: zero}}
+
+The block is checked by :mod:`sharpdro.experiments.tune_block` (``space`` and ``variants`` there).
 
 Trial 0 of every method is its defaults; trial t >= 1 draws every key the method tunes
 (:func:`tuned_keys`: the method's ``MethodSpec.tune``, else its hyperparameters with a
 ``search``) from that field's ``search`` distribution, with a generator seeded by
 hash(seed, method, trial, key), as DomainBed does: adding a key or a method does not
-reshuffle the others' draws.  A key fixed by the sweep's ``set`` or ``grid`` is not drawn.
+reshuffle the others' draws, and narrowing one key's ``space`` moves that key's draws only.
+A key fixed by the sweep's ``set`` or ``grid`` is not drawn.
 
 Selection (:func:`select_rows`, ``sharpdro report --select-hparams worst``): per
 (dataset, corruption, method), the configuration whose runs on the tuning seeds have the
@@ -32,44 +40,8 @@ import numpy as np
 
 from sharpdro import methods
 from sharpdro.config import ConfigError, schema_field
-from sharpdro.errors import SharpDROError
+from sharpdro.experiments.tune_block import TUNE_KEYS, TuningError, check_tune, tuned_keys  # noqa: F401
 from sharpdro.methods.hparams import search_space
-
-TUNE_KEYS = ("trials", "seed", "methods", "seeds", "final_seeds")
-
-
-class TuningError(SharpDROError):
-    """A ``tune`` block or a selection that cannot work."""
-
-
-def check_tune(raw: Any, where: str = "tune") -> dict:
-    """The ``tune`` block, checked and completed with its defaults."""
-    if not isinstance(raw, Mapping):
-        raise TuningError(f"{where} must be a mapping with keys {', '.join(TUNE_KEYS)}")
-    unknown = sorted(set(raw) - set(TUNE_KEYS))
-    if unknown:
-        raise TuningError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TUNE_KEYS)}")
-    trials = raw.get("trials")
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise TuningError(f"{where}.trials must be a positive integer, got {trials!r}")
-    names = list(raw.get("methods") or methods.names())
-    for name in names:
-        methods.get(str(name))  # ConfigError naming the valid methods
-    seeds = [int(s) for s in (raw.get("seeds") or [0])]
-    final = [int(s) for s in (raw.get("final_seeds") or [])]
-    if set(seeds) & set(final):
-        raise TuningError(f"{where}: tuning seeds {seeds} and final seeds {final} must be disjoint")
-    return {"trials": trials, "seed": int(raw.get("seed", 0)), "methods": [str(n) for n in names], "seeds": seeds,
-            "final_seeds": final}
-
-
-def tuned_keys(method: str) -> list[str]:
-    """The dotted config keys a tuning sweep draws for ``method``."""
-    spec = methods.get(method)
-    if spec.tune is not None:
-        return list(spec.tune)
-    return [f"algorithm.{k}" for k, f in spec.hparams.items() if f.search is not None]
-
 
 def _seed(*parts) -> int:
     text = json.dumps([str(p) for p in parts])
@@ -93,11 +65,13 @@ def draw(dist: tuple, rng: np.random.Generator) -> Any:
 
 
 def trial_values(method: str, trial: int, seed: int, fixed: Mapping[str, Any] = (),
-                 algorithm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 algorithm: Mapping[str, Any] | None = None, space: Mapping[str, tuple] | None = None
+                 ) -> dict[str, Any]:
     """The drawn ``{dotted key: value}`` of one trial (trial 0: none, the defaults).
 
     ``fixed``: dotted keys the sweep sets (not drawn); ``algorithm``: the base config's
-    ``algorithm`` section (a key's search space may depend on it: ASAM's rho).
+    ``algorithm`` section (a key's search space may depend on it: ASAM's rho); ``space``: the
+    tune block's distributions that replace the declared ones.
     """
     if trial == 0:
         return {}
@@ -109,7 +83,12 @@ def trial_values(method: str, trial: int, seed: int, fixed: Mapping[str, Any] = 
         if field is None:
             raise ConfigError(f"method {method!r} tunes {dotted!r}, which is no config key")
         section, _, key = dotted.rpartition(".")
-        dist = search_space(key, field, dict(algorithm or {})) if section == "algorithm" else field.search
+        if space and dotted in space:
+            dist = space[dotted]
+        elif section == "algorithm":
+            dist = search_space(key, field, dict(algorithm or {}))
+        else:
+            dist = field.search
         if dist is None:
             continue
         out[dotted] = draw(dist, np.random.default_rng(_seed(seed, method, trial, dotted)))
@@ -121,7 +100,7 @@ def trial_points(tune: Mapping, fixed: Sequence[str] = (), algorithm: Mapping | 
     points = []
     for method in tune["methods"]:
         for t in range(tune["trials"]):
-            values = trial_values(method, t, tune["seed"], set(fixed), algorithm)
+            values = trial_values(method, t, tune["seed"], set(fixed), algorithm, tune.get("space"))
             for s in tune["seeds"]:
                 points.append([("algorithm.name", method), *values.items(), ("seed", s)])
     return points
@@ -141,8 +120,10 @@ def select_rows(rows: Sequence, criterion: str = "worst", tuning_seeds: Sequence
     """Per (dataset, data, corruption, method), the row of the best mean validation ``criterion``.
 
     Returns the selected rows (each with ``trials``, the number of configurations it was
-    chosen from, and its ``runs`` narrowed to the final seeds when ``tuning_seeds`` is given
-    and the selected configuration has runs on other seeds) and notes for the table.
+    chosen from: those with a run on a tuning seed, so a method without hyperparameters,
+    whose trials are one job, counts 1; and its ``runs`` narrowed to the final seeds when
+    ``tuning_seeds`` is given and the selected configuration has runs on other seeds) and
+    notes for the table.
     """
     if criterion not in ("worst", "average"):
         raise TuningError(f"--select-hparams must be worst or average, got {criterion!r}")
@@ -163,7 +144,7 @@ def select_rows(rows: Sequence, criterion: str = "worst", tuning_seeds: Sequence
             continue
         scored.sort(key=lambda x: (x[0], x[1]))
         best = scored[0][2]
-        best.trials = len(cands)
+        best.trials = sum(1 for row in cands if any(tuning is None or r.seed in tuning for r in row.runs))
         if tuning is not None:
             final = [r for r in best.runs if r.seed not in tuning]
             if final:
