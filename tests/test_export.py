@@ -32,7 +32,8 @@ def test_export_and_load_back_gives_the_runs_logits(run_dir, tmp_path, capsys):
     meta = json.loads((out / "config.json").read_text())
     summary = RunDir(run_dir).read_summary()
     assert meta["config_hash"] == summary["config_hash"] and meta["selected_epoch"] == summary["selected_epoch"]
-    assert meta["architecture"] == {"name": "cnn", "width": 8, "dropout": 0.1, "num_classes": 10, "image_size": 16}
+    size = load_config("quickstart", TINY)["data"]["image_size"]
+    assert meta["architecture"] == {"name": "cnn", "width": 8, "dropout": 0.1, "num_classes": 10, "image_size": size}
     assert meta["classes"] == [str(i) for i in range(10)] and len(meta["normalization"]["mean"]) == 3
 
     model = load_pretrained(out)

@@ -696,8 +696,15 @@ def evaluation_tag(result: dict) -> str:
     return f"{where}-{result.get('corruption')}-{config_mod.config_hash(data, 8)}"
 
 
-def format_severity_table(columns: dict[str, dict], title: str = "") -> str:
-    """Side-by-side per-severity accuracy (%) table: ``columns`` maps a label to an evaluate_sets() block."""
+def severity_gap(block: dict) -> float:
+    """Accuracy at severity 0 minus accuracy at the highest severity of an evaluate_sets() block."""
+    acc = block["accuracy"]
+    return acc["0"] - acc[str(max(int(s) for s in acc))]
+
+
+def format_severity_table(columns: dict[str, dict], title: str = "", gap: bool = False) -> str:
+    """Side-by-side per-severity accuracy (%) table: ``columns`` maps a label to an evaluate_sets() block;
+    ``gap`` adds the row severity 0 minus the highest severity."""
     labels = list(columns)
     sevs = sorted({int(s) for c in columns.values() for s in c["accuracy"]})
     w = max(10, *(len(x) + 2 for x in labels))
@@ -708,4 +715,7 @@ def format_severity_table(columns: dict[str, dict], title: str = "") -> str:
                                                 for x in labels))
     lines.append("average".ljust(10) + "".join(f"{100 * columns[x]['average']:.2f}".rjust(w) for x in labels))
     lines.append("worst".ljust(10) + "".join(f"{100 * columns[x]['worst']:.2f}".rjust(w) for x in labels))
+    if gap:
+        lines.append(f"gap 0-{sevs[-1]}".ljust(10) + "".join(f"{100 * severity_gap(columns[x]):.2f}".rjust(w)
+                                                             for x in labels))
     return "\n".join(lines)
