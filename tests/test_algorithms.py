@@ -502,7 +502,7 @@ def _pristine(name, size):
     return _PRISTINE[(name, size)]
 
 
-PAIRS = [(a, m, 32) for m in ("cnn", "resnet18", "resnet50", "wrn28_2", "wrn28_10") for a in ALGORITHMS]
+PAIRS = [(a, m, 32) for m in ("cnn", "cnn7", "resnet18", "resnet50", "wrn28_2", "wrn28_10") for a in ALGORITHMS]
 PAIRS += [(a, "resnet18", 64) for a in ("erm", "sharpdro")]
 
 

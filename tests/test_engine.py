@@ -182,3 +182,16 @@ def test_evaluate_run_matches_training_evaluation(tmp_path, splits):
     other = evaluate_run(tmp_path / "r", ["data.corruption=jpeg_compression"], severities=[0, 5], progress=False)
     assert set(other["test"]["accuracy"]) == {"0", "5"}
     assert other["test"]["accuracy"]["0"] == summary["test_accuracy"]["0"]  # severity 0 is clean either way
+
+
+def test_cnn7_trains_and_evaluates(tmp_path, splits):
+    """One epoch of cnn7 on the 16 px digits: the checkpoint holds a cnn7; evaluating it again gives its figures."""
+    from sharpdro.backends.torch.checkpoints import read_checkpoint
+
+    summary = train(tiny("model.name=cnn7", "train.epochs=1"), out_dir=tmp_path / "r", splits=splits)
+    record = read_jsonl(tmp_path / "r" / "metrics.jsonl")[0]
+    assert np.isfinite(record["train"]["loss"])
+    state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["algorithm"]
+    assert state["model.stem.0.weight"].shape == (16, 3, 3, 3)  # width 8: the stem's floor of 16 channels
+    assert state["model.head.3.weight"].shape == (splits.num_classes, 32)
+    assert evaluate_run(tmp_path / "r", progress=False)["test"]["accuracy"] == summary["test_accuracy"]

@@ -212,6 +212,26 @@ def test_mindspore_run_evaluates_on_torch(tmp_path, splits):
     assert acc == pytest.approx(summary["test_accuracy"]["0"], abs=1.5 / len(images))
 
 
+def test_cnn7_runs_on_both_backends_and_converts_both_ways(tmp_path, splits):
+    """One epoch of cnn7 per backend, then `sharpdro convert` each run into the other backend's format:
+    the converted checkpoint predicts what the original does, and the MindSpore run re-evaluates to its figures."""
+    from sharpdro.commands import convert as convert_command
+
+    images = splits.test[4].images[:64]
+    for backend, other in (("torch", "mindspore"), ("mindspore", "torch")):
+        run, out = tmp_path / backend, tmp_path / f"{backend}-as-{other}.{'npz' if other == 'mindspore' else 'pt'}"
+        summary = train(tiny("model.name=cnn7", "train.epochs=1", backend=backend), out_dir=run, splits=splits)
+        assert summary["backend"] == backend
+        assert convert_command.run(Namespace(src=str(run), out=str(out), to="auto")) == 0
+        assert convert.checkpoint_backend(out) == other
+        source, _ = get_backend(backend).load_for_inference(find_checkpoint(run))
+        converted, cfg = get_backend(other).load_for_inference(out)
+        assert cfg["model"]["name"] == "cnn7" and cfg["backend"] == other
+        assert rel_err(converted.predict_logits(images, 32), source.predict_logits(images, 32)) <= 1e-5
+        if backend == "mindspore":
+            assert evaluate_run(run, progress=False)["test"]["accuracy"] == summary["test_accuracy"]
+
+
 def test_export_native_mindspore_ckpt(tmp_path, torch_run, splits):
     out = convert.export_mindspore_ckpt(torch_run / "checkpoints" / "last.pt", tmp_path / "net.ckpt")
     net = build_model("cnn", splits.num_classes, splits.image_shape[0], width=8, seed=None)

@@ -97,7 +97,7 @@ def sessions(cfg, size=SIZE):
     return ts, ms_s
 
 
-def compare_sessions(ts, ms_s) -> float:
+def compare_sessions(ts, ms_s, rtol=RTOL) -> float:
     """Max relative error over every float entry of the algorithm state and the momentum buffers."""
     t_state = {k: v.detach().cpu().numpy() for k, v in ts.algorithm.state_dict().items()
                if not k.endswith("num_batches_tracked")}
@@ -113,7 +113,7 @@ def compare_sessions(ts, ms_s) -> float:
                 assert np.array_equal(np.isnan(tv), np.isnan(mv)), k
                 tv, mv = np.nan_to_num(tv), np.nan_to_num(mv)
             e = rel_err(mv, tv)
-            assert e <= RTOL, f"{k}: relative error {e:.2e}"
+            assert e <= rtol, f"{k}: relative error {e:.2e}"
             worst = max(worst, e)
         else:
             assert np.array_equal(mv, tv), k
@@ -124,12 +124,12 @@ def compare_sessions(ts, ms_s) -> float:
     for i, key in enumerate(names):
         tb = ts.optimizer.state[ts.optimizer.param_groups[0]["params"][i]]["momentum_buffer"].numpy()
         e = rel_err(moments[convert.mindspore_name(key, bn)], tb)
-        assert e <= RTOL, f"momentum of {key}: relative error {e:.2e}"
+        assert e <= rtol, f"momentum of {key}: relative error {e:.2e}"
         worst = max(worst, e)
     return worst
 
 
-def run_three_steps(algorithm, hp=None, model="cnn", data_seed=0):
+def run_three_steps(algorithm, hp=None, model="cnn", data_seed=0, rtol=RTOL):
     cfg = make_cfg(algorithm, hp, model)
     ts, ms_s = sessions(cfg)
     data = make_data(data_seed)
@@ -141,15 +141,15 @@ def run_three_steps(algorithm, hp=None, model="cnn", data_seed=0):
     sm = ms_s.train_epoch(0, iter(batches), 0.1, len(batches))
     assert st["steps"] == sm["steps"] == 3
     assert st["group_count"] == sm["group_count"]
-    assert rel_err(sm["group_loss"], st["group_loss"]) <= RTOL
+    assert rel_err(sm["group_loss"], st["group_loss"]) <= rtol
     if "q" in st:
-        assert rel_err(sm["q"], st["q"]) <= RTOL
+        assert rel_err(sm["q"], st["q"]) <= rtol
         assert not np.allclose(st["q"], 1.0 / len(st["q"]))  # q moved
     for key in ("agnostic_selected_severity", "agnostic_batch_severity"):
         assert (key in st) == (key in sm)
         if key in st:
             assert sm[key] == pytest.approx(st[key], rel=1e-12)  # same selections
-    return ts, ms_s, compare_sessions(ts, ms_s)
+    return ts, ms_s, compare_sessions(ts, ms_s, rtol)
 
 
 # ----------------------------------------------------------------------------- three steps of each algorithm
@@ -247,6 +247,22 @@ def test_global_selection_over_epochs_matches_torch(hp):
     assert rel_err(ms_s.ood_scores(images, labels, 16), ts.ood_scores(images, labels, 16)) <= 10 * RTOL
 
 
+# cnn7's gradients are less well conditioned than the small ReLU CNN's in this setting (noise images,
+# random labels, width 8): PyTorch in float32 against itself in float64 already differs by 7e-6
+# after one ERM step and 2.6e-5 after three (cnn: 1.4e-6), starting in the BatchNorm parameters,
+# whose gradients are sums that largely cancel; GELU's erf is also rounded differently by the two
+# libraries (~1e-6 per element; ReLU's 0/1 derivative is exact).  Measured MindSpore against
+# PyTorch after three steps: 3.3e-5 (ERM), 7.9e-5 (SharpDRO, two passes a step).  The tanh
+# approximation in place of the exact GELU gives 6e-3 and more, so this bound still tells them apart.
+RTOL_GELU = 3e-4
+
+
+@pytest.mark.parametrize("algorithm,hp", [("erm", {}), ("sharpdro", {"rho": 0.3, "eta": 0.5})], ids=["erm", "sharpdro"])
+def test_three_steps_match_torch_on_cnn7(algorithm, hp):
+    """cnn7 (exact GELU, max-pool before BatchNorm, global max pool) trains alike in both backends."""
+    RESULTS[f"{algorithm}-cnn7"] = run_three_steps(algorithm, hp, model="cnn7", rtol=RTOL_GELU)[2]
+
+
 DEEP = {  # model: (algorithm, hyperparameters, image size, data seed, lr)
     "resnet18": ("erm", {}, 16, 0, 0.02),
     "wrn28_2": ("sharpdro", {"rho": 0.1, "eta": 0.5}, 8, 1, 0.02),
@@ -285,8 +301,8 @@ def test_report_parity_figures(capsys):
 
 
 # ----------------------------------------------------------------------------- weights and logits
-MODELS = [("cnn", 32, 4), ("cnn", 8, 4), ("resnet18", 32, 2), ("resnet18", 64, 2), ("resnet50", 16, 1),
-          ("wrn28_2", 32, 2), ("wrn28_10", 16, 1)]
+MODELS = [("cnn", 32, 4), ("cnn", 8, 4), ("cnn7", 32, 4), ("cnn7", 16, 4), ("cnn7", 4, 4), ("resnet18", 32, 2),
+          ("resnet18", 64, 2), ("resnet50", 16, 1), ("wrn28_2", 32, 2), ("wrn28_10", 16, 1)]
 
 
 @pytest.mark.parametrize("name,size,n", MODELS, ids=[f"{m}-{s}px" for m, s, _ in MODELS])
@@ -320,10 +336,11 @@ def test_converted_weights_give_the_same_logits(name, size, n):
     fresh.load_state_dict(back, strict=True)
 
 
-def test_training_mode_forward_matches_including_batchnorm_statistics():
+@pytest.mark.parametrize("name", ["resnet18", "cnn7"])
+def test_training_mode_forward_matches_including_batchnorm_statistics(name):
     torch.manual_seed(0)
-    tm = torch_build("resnet18", 10, 16).train()
-    mm = ms_build("resnet18", 10, 16, seed=None)
+    tm = torch_build(name, 10, 16).train()
+    mm = ms_build(name, 10, 16, seed=None)
     load_parameters(mm, convert.torch_state_to_mindspore(tm.state_dict()))
     mm.set_train(True)
     x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)

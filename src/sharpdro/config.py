@@ -28,7 +28,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile"
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression")
 # The built-in methods (the live list, with methods registered later: sharpdro.methods.names()).
 ALGORITHMS = methods.names()
-MODELS = ("cnn", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
+MODELS = ("cnn", "cnn7", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
 
 SCHEMA: dict[str, Any] = {
     "backend": Field("torch", str, "training backend", choices=("torch", "mindspore")),
@@ -67,7 +67,7 @@ SCHEMA: dict[str, Any] = {
     },
     "model": {
         "name": Field("cnn", str, "network", choices=MODELS),
-        "width": Field(32, int, "base width of the small cnn", min=4),
+        "width": Field(32, int, "base width of the small cnns (cnn, cnn7)", min=4),
         "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
         "init_from": Field(None, str, "start from the weights of a `sharpdro export` folder (fine-tuning; "
                            "same model.name and width, a new classifier when the classes differ)", nullable=True),

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
 
     p.add_argument("--algorithm", default=methods.FLAGSHIP,
                    help="algorithm (NAME or NAME:key=value:..., e.g. sharpdro_agnostic:fraction=0.2)")
-    p.add_argument("--model", default="cnn", help="network: cnn, resnet18, resnet50, wrn28_2, wrn28_10")
+    p.add_argument("--model", default="cnn", help="network: cnn, cnn7, resnet18, resnet50, wrn28_2, wrn28_10")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--width", type=int, default=32, help="base width of the cnn model")
+    p.add_argument("--width", type=int, default=32, help="base width of the cnn and cnn7 models")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

@@ -7,9 +7,11 @@ name with BatchNorm's suffixes renamed (``weight``/``bias``/``running_mean``/
 layouts are identical (convolutions OIHW, dense ``[out, in]``).  ``convert.py`` relies
 on this; ``tests/test_mindspore_parity.py`` checks it for every model.
 
-Two MindSpore conventions differ from PyTorch and are handled here:
+Three MindSpore conventions differ from PyTorch and are handled here:
 - BatchNorm ``momentum`` is the weight of the OLD running value (PyTorch's 0.1 is
   MindSpore's 0.9);
+- ``nn.GELU`` defaults to the tanh approximation (PyTorch's default is the exact erf
+  form, which ``approximate=False`` gives);
 - cells are built in eval mode (the session calls ``set_train``).
 
 Initialisation: :func:`init_weights` gives the same distributions as the PyTorch
@@ -32,8 +34,8 @@ from mindspore import nn, ops
 
 from sharpdro.config import ConfigError
 
-__all__ = ["MODELS", "build_model", "init_weights", "parameter_dict", "load_parameters", "SmallCNN", "ResNet",
-           "WideResNet"]
+__all__ = ["MODELS", "build_model", "init_weights", "parameter_dict", "load_parameters", "SmallCNN", "CNN7",
+           "ResNet", "WideResNet"]
 
 _TORCH_BN_MOMENTUM = 0.1  # PyTorch's default; MindSpore's momentum is its complement
 
@@ -114,6 +116,58 @@ class SmallCNN(nn.Cell):
 
     def construct(self, x):
         return self.head(self.features(x))
+
+
+# --------------------------------------------------------------------------- cnn7
+class GlobalMaxPool(nn.Cell):
+    """Max over H and W, keeping [N, C, 1, 1] (ties share the gradient, as PyTorch's ``amax``)."""
+
+    def construct(self, x):
+        return ops.amax(x, (2, 3), True)
+
+
+def _gelu() -> nn.GELU:
+    return nn.GELU(approximate=False)  # the exact erf form, PyTorch's nn.GELU()
+
+
+class _Cnn7Block(nn.Cell):
+    """conv3x3 -> max-pool 2 (identity at 1 px) -> BN -> GELU -> conv3x3 -> BN -> GELU (see the PyTorch model)."""
+
+    def __init__(self, cin: int, cout: int, pool: bool):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2) if pool else nn.Identity()
+        self.bn1 = _bn(cout)
+        self.act1 = _gelu()
+        self.conv2 = _conv3x3(cout, cout)
+        self.bn2 = _bn(cout)
+        self.act2 = _gelu()
+
+    def construct(self, x):
+        x = self.act1(self.bn1(self.pool(self.conv1(x))))
+        return self.act2(self.bn2(self.conv2(x)))
+
+
+class CNN7(nn.Cell):
+    """Stem of width max(16, 3w/4), three pooled blocks of width w, 2w, 4w, global max pool, dense
+    (see the PyTorch model)."""
+
+    def __init__(self, num_classes: int, image_size: int = 32, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        stem = max(16, 3 * width // 4)
+        self.stem = nn.SequentialCell([_conv3x3(3, stem), _bn(stem), _gelu()])
+        blocks, cin, size = [], stem, int(image_size)
+        for cout in (width, 2 * width, 4 * width):
+            blocks.append(_Cnn7Block(cin, cout, pool=size >= 2))
+            size = size // 2 if size >= 2 else size
+            cin = cout
+        self.blocks = nn.SequentialCell(blocks)
+        drop = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.SequentialCell([GlobalMaxPool(), Flatten(), drop,
+                                       nn.Dense(cin, num_classes, weight_init="zeros", bias_init="zeros")])
+
+    def construct(self, x):
+        return self.head(self.blocks(self.stem(x)))
 
 
 # --------------------------------------------------------------------------- ResNet
@@ -288,6 +342,10 @@ def _cnn(num_classes, image_size, width, dropout):
     return SmallCNN(num_classes, image_size=image_size, width=width, dropout=dropout)
 
 
+def _cnn7(num_classes, image_size, width, dropout):
+    return CNN7(num_classes, image_size=image_size, width=width, dropout=dropout)
+
+
 def _resnet18(num_classes, image_size, width, dropout):
     return ResNet(_Basic, (2, 2, 2, 2), num_classes, image_size=image_size, dropout=dropout)
 
@@ -307,6 +365,7 @@ def _wrn28_10(num_classes, image_size, width, dropout):
 #: name -> constructor(num_classes, image_size, width, dropout), as the PyTorch registry.
 MODELS: dict[str, Callable[..., nn.Cell]] = {
     "cnn": _cnn,
+    "cnn7": _cnn7,
     "resnet18": _resnet18,
     "resnet50": _resnet50,
     "wrn28_2": _wrn28_2,
