@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sharpdro.experiments.stats import paired_differences, t_interval
+from sharpdro.methods import PAIRED_REFERENCES as REFERENCES  # method keys, in the order the comparisons are listed
 
-REFERENCES = ("erm", "jtt", "eiil")  # method keys, in the order the comparisons are listed
 METRICS = ("average", "worst")
 
 

@@ -17,7 +17,10 @@ from sharpdro.methods import erm, sam, groupdro, sharpdro, sharpdro_agnostic, jt
 DEFAULT = erm.SPEC.name         # the config's default algorithm
 BASELINE = erm.SPEC.name        # what the bench's ratios are relative to
 FLAGSHIP = sharpdro.SPEC.name   # the paper's method (the bench's default)
+# The baselines the report pairs every method against, seed by seed (the paper's table compares
+# SharpDRO with JTT and EIIL; ERM is the floor every method must clear), in the order listed.
+PAIRED_REFERENCES = (erm.SPEC.name, jtt.SPEC.name, eiil.SPEC.name)
 
 __all__ = ["MethodSpec", "Prestage", "register", "unregister", "get", "find", "all_methods", "names",
            "hparam_fields", "display_order", "rank", "label", "group_agnostic", "on_change", "Q_RECORD",
-           "SELECTED_RECORD", "DEFAULT", "BASELINE", "FLAGSHIP"]
+           "SELECTED_RECORD", "DEFAULT", "BASELINE", "FLAGSHIP", "PAIRED_REFERENCES"]
