@@ -229,23 +229,32 @@ def test_single_run_folder_and_empty_folder(sweep_dir, tmp_path):
         rp.collect(empty)
 
 
-def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
-    """`sharpdro report` on the committed reproduction gives the committed tables exactly."""
+# committed sweep folder -> (its table's prefix, the report options run.sh/report.sh use)
+COMMITTED_TABLES = {
+    "cifar10_small": ("cifar10_small_table", []),
+    "cifar10_cpu/imagenet_table": ("cifar10_cpu/imagenet_table_table", ["--select-hparams", "worst"]),
+    "cifar10_cpu/cifar_table": ("cifar10_cpu/cifar_table_table", ["--select-hparams", "worst"]),
+}
+
+
+@pytest.mark.parametrize("sweep_name", sorted(COMMITTED_TABLES))
+def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path, sweep_name):
+    """`sharpdro report` on a committed reproduction gives its committed tables exactly."""
     from pathlib import Path
 
     from sharpdro.cli import main
 
     results = Path(__file__).resolve().parents[1] / "docs" / "results"
-    committed = results / "cifar10_small_table.md"
-    if not committed.exists():
-        pytest.skip("no committed reproduction table")
-    sweep = results / "cifar10_small"
+    prefix, options = COMMITTED_TABLES[sweep_name]
+    if not (results / f"{prefix}.md").exists():
+        pytest.skip(f"no committed table for {sweep_name}")
+    sweep = results / sweep_name
     if any(not (d / "done").exists() for d in sweep.iterdir() if d.is_dir()):
         pytest.skip("a reproduction job is still running in this work tree")
-    assert main(["report", str(sweep), "--out", str(tmp_path / "t"), "--format", "md,csv,tex,json"]) == 0
+    assert main(["report", str(sweep), *options, "--out", str(tmp_path / "t"), "--format", "md,csv,tex,json"]) == 0
     for ext in ("md", "csv", "tex", "json", "_paired.csv"):
         ext = ext if ext.startswith("_") else "." + ext
-        assert (tmp_path / f"t{ext}").read_bytes() == (results / f"cifar10_small_table{ext}").read_bytes(), ext
+        assert (tmp_path / f"t{ext}").read_bytes() == (results / f"{prefix}{ext}").read_bytes(), ext
 
 
 # --------------------------------------------------------------------------- intervals and paired differences
