@@ -1,9 +1,11 @@
-"""Figures: every plot writes non-empty PNG and SVG files."""
+"""Figures: every plot writes non-empty PNG and SVG files; the selected rows of a tuning sweep, their bands."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -17,7 +19,7 @@ from sharpdro.metrics import summarize
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(root: Path, overrides: list[str], offset: float, with_q: bool) -> None:
+def _run(root: Path, overrides: list[str], offset: float, with_q: bool, q=None) -> None:
     cfg = load_config(None, ["data.max_severity=3", "data.dataset=cifar10"] + overrides)
     d = root / job_hash(cfg)
     d.mkdir(parents=True)
@@ -28,8 +30,7 @@ def _run(root: Path, overrides: list[str], offset: float, with_q: bool) -> None:
         block = {"accuracy": acc, **summarize(acc)}
         rec = {"epoch": e, "lr": 0.1, "train": {"loss": 2.0 / (e + 1) + offset}, "val": block, "test": block}
         if with_q:
-            q = [0.25 - 0.02 * e, 0.25 - 0.01 * e, 0.25 + 0.01 * e, 0.25 + 0.02 * e]
-            rec["q"] = q
+            rec["q"] = q(e) if q else [0.25 - 0.02 * e, 0.25 - 0.01 * e, 0.25 + 0.01 * e, 0.25 + 0.02 * e]
         lines.append(json.dumps(rec) + "\n")
     (d / "metrics.jsonl").write_text("".join(lines))
     (d / "summary.json").write_text(json.dumps({"finished": True}))
@@ -131,3 +132,168 @@ def test_plot_of_runs_that_differ_in_a_list_valued_key(tmp_path):
     paths = plots.plot_accuracy_vs_severity(table, tmp_path / "plots", formats=("png",))
     assert len(paths) == 2 and all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
     assert len({p.name for p in paths}) == 2  # one figure per milestones setting
+
+
+# --------------------------------------------------------------------------- bands and the q axis
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plots save, by file name without suffix (each is still written)."""
+    saved = {}
+    real = plots.save_figure
+
+    def save(fig, path, formats=plots.FORMATS):
+        saved[Path(path).name] = fig
+        return real(fig, path, formats)
+
+    monkeypatch.setattr(plots, "save_figure", save)
+    return saved
+
+
+def _band_at(collection, x: float) -> tuple[float, float]:
+    """The (lowest, highest) y of a fill_between band at ``x``."""
+    v = np.concatenate([p.vertices for p in collection.get_paths()])
+    ys = v[np.isclose(v[:, 0], x), 1]
+    return float(ys.min()), float(ys.max())
+
+
+def test_accuracy_band_is_the_t_interval_or_the_std(sweep_dir, tmp_path, figures):
+    # ERM's runs: at the selected (last) epoch, accuracy 0.66 - 0.08 s + 0.01 seed for seeds 0, 1, 2
+    # (see _run): in percent, mean 66 - 8 s and sample std 1 over the three seeds
+    table = collect(sweep_dir)
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · 1 / sqrt(3)
+    for band, width in (("ci95", half), ("std", 1.0)):
+        plots.plot_accuracy_vs_severity(table, tmp_path / band, formats=("png",), band=band)
+        ax = figures["accuracy_vs_severity_CIFAR10_gaussian_noise"].axes[0]
+        assert ("95% interval over 3 seeds" in ax.get_title()) == (band == "ci95")
+        erm = ax.collections[0]  # rows in the table's order: ERM first
+        for s in range(4):
+            lo, hi = _band_at(erm, s)
+            assert (lo, hi) == pytest.approx((66 - 8 * s - width, 66 - 8 * s + width))
+    with pytest.raises(ValueError, match="band must be one of"):
+        plots.plot_accuracy_vs_severity(table, tmp_path, band="sem")
+
+
+def _q_axis(figures, name):
+    ax = figures[name].axes[0]
+    (mark,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("q = 0.02")]
+    assert list(mark.get_ydata()) == [0.02, 0.02] and mark.get_linestyle() == ":"
+    return ax
+
+
+def test_q_axis_is_log_when_a_rare_severity_is_starved(sweep_dir, tmp_path, figures):
+    plots.plot_group_weights(collect(sweep_dir), tmp_path / "lin", formats=("png",))
+    ax = _q_axis(figures, "q_CIFAR10_gaussian_noise_sharpdro")
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "group weight q (linear scale)"
+    root = tmp_path / "starved"
+    for seed in (0, 1):  # severity 3's weight falls to 1e-3 after the first epoch, 400 times below severity 0's
+        _run(root, ["algorithm.name=groupdro", f"seed={seed}"], 0.0, with_q=True,
+             q=lambda e: [0.4, 0.3, 0.299 if e else 0.2, 0.001 if e else 0.1])
+    plots.plot_group_weights(collect(root), tmp_path / "log", formats=("png",))
+    ax = _q_axis(figures, "q_CIFAR10_gaussian_noise_groupdro")
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "group weight q (log scale)"
+    lo, hi = ax.get_ylim()
+    assert lo <= 0.001 and hi == 1.0
+    sev3 = next(ln for ln in ax.get_lines() if ln.get_label() == "severity 3")
+    assert list(sev3.get_ydata()) == pytest.approx([0.1, 0.001, 0.001, 0.001])
+
+
+# --------------------------------------------------------------------------- a tuning sweep: the selected rows
+
+TUNE_SET = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
+            "train.epochs=2", "train.batch_size=40", "train.progress=false", "train.threads=1",
+            "eval.batch_size=256"]
+VARIANT = "SharpDRO, released reading"
+CORRUPTIONS = ("gaussian_noise", "jpeg_compression")
+
+
+@pytest.fixture(scope="module")
+def tuned_sweep(tmp_path_factory) -> Path:
+    """A real tuning sweep on the embedded digits: 2 trials per method on seed 0, the selected trial on
+    seeds 1 and 2, and a SharpDRO variant, for two corruptions."""
+    root = tmp_path_factory.mktemp("tuned")
+    sweep = root / "tune.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": "quickstart", "set": TUNE_SET, "grid": {"data.corruption": list(CORRUPTIONS)},
+        "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro", "sharpdro", "sharpdro_agnostic"],
+                 "seeds": [0], "final_seeds": [1, 2],
+                 "variants": [{"name": VARIANT, "method": "sharpdro",
+                               "set": {"data.sampler": "uniform", "algorithm.q_absent": "zero"}}]}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHARPDRO_CACHE", str(root / "cache"))
+        assert main(["sweep", str(sweep), "--out", str(root / "out"), "--no-progress"]) == 0
+    return root / "out"
+
+
+def _selected_test_accuracy(run_dir: Path, severity: int) -> float:
+    """A run's test accuracy (%) at the epoch of its best validation worst-severity accuracy (earliest on
+    ties), read from its metrics file."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in records if "val" in r]
+    best = max(evaluated, key=lambda r: (r["val"]["worst"], -r["epoch"]))
+    return 100.0 * best["test"]["accuracy"][str(severity)]
+
+
+def test_selected_rows_figures(tuned_sweep, tmp_path, figures):
+    from scipy.stats import t as student_t
+
+    out = tmp_path / "figs"
+    paths = plots.plot_dir(tuned_sweep, out, formats=("svg",), select_hparams="worst")
+    table = collect(tuned_sweep, "worst", select_hparams="worst")
+    labels = ["ERM", "GroupDRO", "SharpDRO", VARIANT, "SharpDRO (agnostic)"]
+    for corruption in CORRUPTIONS:
+        assert [r.method for r in table.rows if r.corruption == corruption] == labels
+    kinds = {"q_{}_groupdro", "q_{}_sharpdro", "q_{}_sharpdro_SharpDRO_released_reading",
+             "agnostic_{}_sharpdro_agnostic", "accuracy_vs_severity_{}", "curves_{}"}
+    assert {p.stem for p in paths} == {k.format(f"Digits_{c}") for k in kinds for c in CORRUPTIONS}
+    for corruption in CORRUPTIONS:
+        rows = [r for r in table.rows if r.corruption == corruption]
+        assert all(sorted(r.seed for r in row.runs) == [1, 2] for row in rows)
+        name = f"accuracy_vs_severity_Digits_{corruption}"
+        ax = figures[name].axes[0]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"{m} (n=2)" for m in labels]
+        svg = (out / f"{name}.svg").read_text()
+        assert all(f"{m} (n=2)" in svg for m in labels) and "95% interval over 2 seeds" in svg
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        method, variant = lines["SharpDRO (n=2)"], lines[f"{VARIANT} (n=2)"]
+        assert method.get_color() == variant.get_color() and method.get_linestyle() != variant.get_linestyle()
+        # each row's band, severity by severity, is the t-interval of its runs' accuracies read directly
+        assert len(ax.collections) == len(rows)
+        for row, band in zip(rows, ax.collections):
+            for s in row.severities:
+                acc = [_selected_test_accuracy(tuned_sweep / r.name, s) for r in row.runs]
+                half = student_t.ppf(0.975, len(acc) - 1) * np.std(acc, ddof=1) / math.sqrt(len(acc))
+                assert _band_at(band, s) == pytest.approx((np.mean(acc) - half, np.mean(acc) + half), abs=1e-9)
+        # training curves: the same rows; agnostic diagnostics: the selected trial's, drawn over both epochs
+        curves = figures[f"curves_Digits_{corruption}"].axes[0]
+        assert [t.get_text() for t in curves.get_legend().get_texts()] == labels
+        diag = figures[f"agnostic_Digits_{corruption}_sharpdro_agnostic"].axes[1]
+        (val,) = [ln for ln in diag.get_lines() if ln.get_label() == "validation"]
+        assert list(val.get_xdata()) == [1, 2]
+        for key in ("groupdro", "sharpdro", f"sharpdro_{VARIANT.replace(', ', '_').replace(' ', '_')}"):
+            ax = _q_axis(figures, f"q_Digits_{corruption}_{key}")
+            assert len([ln for ln in ax.get_lines() if ln.get_label().startswith("severity")]) == 6
+    # without the selection, each of the agnostic method's two trials has its figure
+    assert len(plots.plot_agnostic_selection(collect(tuned_sweep), tmp_path / "all", formats=("png",))) == 4
+
+
+def test_plot_select_hparams_command_line(tuned_sweep, sweep_dir, tmp_path, capsys, figures):
+    assert main(["plot", str(tuned_sweep), "--select-hparams", "worst", "--out", str(tmp_path / "a"),
+                 "--format", "png"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 12 and all(Path(p).stat().st_size > 1000 for p in printed)
+    assert main(["plot", str(tuned_sweep), "--select-hparams", "worst", "--tuning-seeds", "0,x"]) == 2
+    err = capsys.readouterr().err
+    assert "--tuning-seeds: expected integers" in err and len(err.strip().splitlines()) == 1
+    # no tune block: as report --select-hparams, each method's best configuration over every seed
+    for seed in (0, 1, 2):  # a second SharpDRO configuration, worse on validation
+        _run(sweep_dir, ["algorithm.name=sharpdro", "algorithm.rho=0.2", f"seed={seed}"], 0.01 * seed,
+             with_q=True)
+    assert main(["report", str(sweep_dir), "--select-hparams", "worst"]) == 0
+    assert "(every seed)" in capsys.readouterr().out
+    assert main(["plot", str(sweep_dir), "--select-hparams", "worst", "--out", str(tmp_path / "b")]) == 0
+    ax = figures["accuracy_vs_severity_CIFAR10_gaussian_noise"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ERM (n=3)", "SharpDRO (n=3)"]
+    sharp = ax.get_lines()[1]
+    assert list(sharp.get_ydata()) == pytest.approx([71 - 8 * s for s in range(4)])  # offset 0.05: the better

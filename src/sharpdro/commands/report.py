@@ -55,17 +55,27 @@ def parse_group_by(text: str):
     return [k.strip() for k in text.split(",") if k.strip()]
 
 
+def parse_seeds(text: str | None):
+    """``--tuning-seeds 0,1`` -> [0, 1]; None when not given."""
+    from sharpdro.experiments.report import ReportError
+
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ReportError(f"--tuning-seeds: expected integers separated by commas, got {text!r}") from None
+
+
 def run(args) -> int:
     from sharpdro.experiments import report as rp
 
     formats = rp.parse_formats(args.format) if args.format else (list(rp.FORMATS) if args.out else ["md"])
     if args.decimals < 0:
         raise rp.ReportError(f"--decimals must be >= 0, got {args.decimals}")
-    seeds = None
-    if args.tuning_seeds:
-        seeds = [int(x) for x in args.tuning_seeds.split(",") if x.strip()]
     table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals,
-                       calibration=args.calibration, select_hparams=args.select_hparams, tuning_seeds=seeds)
+                       calibration=args.calibration, select_hparams=args.select_hparams,
+                       tuning_seeds=parse_seeds(args.tuning_seeds))
     if args.out:
         for path in rp.write_report(table, args.out, formats):
             print(path)

@@ -1,13 +1,21 @@
 """Figures of a sweep or a run (matplotlib, Agg backend; each figure as PNG and SVG).
 
 - accuracy vs severity: one figure per (dataset, corruption, swept hyperparameters), a line
-  per method, mean ± std (ddof=1) band over seeds, at the epoch chosen by the selection rule;
-- group weights q over training: one figure per run group with ``q`` in its metrics, a
-  line per severity (mean over seeds, band ± std);
+  per method, the mean and a 95% Student-t interval over seeds per severity (``band="std"``:
+  ± the sample std), at the epoch chosen by the selection rule;
+- group weights q over training: one figure per row with ``q`` in its metrics, a line per
+  severity (mean and 95% interval over seeds), on a log axis when the weights span more than
+  a factor 20, with the 0.02 mark of a group that is not starved;
 - training curves: train loss, averaged and worst-severity accuracy (validation dashed,
-  test solid) against the epoch, a line per method;
+  test solid) against the epoch, a line per method (± std bands);
+- the agnostic selection's diagnostics, one figure per row that logged them (± std bands);
 - :func:`plot_sharpness`: loss increase against the perturbation radius per severity, and
   the worst-case increase per severity, a line per method.
+
+With ``select_hparams`` (``sharpdro plot --select-hparams worst``) the rows are those of
+``sharpdro report --select-hparams``: one per method, the selected trial's runs on the final
+seeds, and a row per tune-block variant (its name as label, its method's colour, its own line
+style); a block is then a (dataset, corruption) pair whatever the rows' hyperparameters.
 
 Every function returns the paths it wrote.  Aggregation over seeds uses the rows of
 :mod:`sharpdro.experiments.report`, so the figures and the tables agree.
@@ -18,10 +26,14 @@ import hashlib
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sharpdro.experiments.report import Row, Table, _fmt_value, collect, mean_std
+from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log_floor, log_scale, row_styles,
+                                              seeds_text, severity_series)
+from sharpdro.experiments.report import Row, Table, _fmt_value, collect
+from sharpdro.experiments.tune_block import tuned_keys
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
 
 FORMATS = ("png", "svg")
@@ -119,8 +131,13 @@ def _title_hp(table: Table, hp: tuple) -> str:
     return ", ".join(f"{k.split('.')[-1]}={_fmt_value(v)}" for k, v in zip(table.hparams, hp))
 
 
+def _block_hp(table: Table, row: Row) -> tuple:
+    """The hyperparameters that split blocks: none when the rows were selected per method."""
+    return () if table.select_hparams else row.hparams
+
+
 def _block_title(table: Table, row: Row) -> str:
-    hp = _title_hp(table, row.hparams)
+    hp = _title_hp(table, _block_hp(table, row))
     if len(hp) > _MAX_TITLE:  # a list of many keys is not a title: name the settings, the legend lists them
         hp = f"settings {_settings_id(hp)}, see {LEGEND_FILE}"
     return f"{row.data} / {row.type}" + (f" ({hp})" if hp else "")
@@ -128,20 +145,58 @@ def _block_title(table: Table, row: Row) -> str:
 
 def _blocks(table: Table) -> list:
     """Rows grouped by (dataset, corruption, hyperparameters): ``[((data, corruption, hp), rows), ...]``
-    (one row per method).  Hyperparameter values can be lists (``train.milestones``), which cannot key a
-    dict: rows are grouped by their JSON form."""
+    (one row per method, and its variants).  Hyperparameter values can be lists (``train.milestones``),
+    which cannot key a dict: rows are grouped by their JSON form."""
     groups: dict = {}
     for row in table.rows:
-        key = (row.data, row.corruption, json.dumps(row.hparams, sort_keys=True, default=str))
-        groups.setdefault(key, (row.hparams, []))[1].append(row)
+        hp = _block_hp(table, row)
+        key = (row.data, row.corruption, json.dumps(hp, sort_keys=True, default=str))
+        groups.setdefault(key, (hp, []))[1].append(row)
     return [((data, corruption, hp), rows) for (data, corruption, _), (hp, rows) in groups.items()]
+
+
+def _row_path(out_dir, kind: str, table: Table, row: Row) -> Path:
+    """A per-row figure's path: by method (and variant) when rows were selected, else by hyperparameters."""
+    if table.select_hparams:
+        return Path(out_dir) / slug(kind, row.data, row.corruption, row.method_key, row.variant)
+    return _figure_path(out_dir, kind, table, row.data, row.corruption, row.hparams, row.method_key)
+
+
+def _selected_settings(table: Table, row: Row) -> str:
+    """With selected rows, what was selected: the method's tuned keys that differ between runs, and for a
+    variant the keys it changes from its method's row ('' without a selection or with nothing to say)."""
+    if not table.select_hparams:
+        return ""
+    tuned = set(tuned_keys(row.method_key))
+    base = next((r for r in table.rows if r.variant is None and (r.dataset, r.data, r.corruption, r.method_key)
+                 == (row.dataset, row.data, row.corruption, row.method_key)), None)
+    parts = []
+    for i, (k, v) in enumerate(zip(table.hparams, row.hparams)):
+        changed = row.variant is not None and base is not None and base.hparams[i] != v
+        if k in tuned or changed:
+            parts.append(f"{k.split('.')[-1]}={_fmt_value(v)}")
+    what = "variant of the selected trial" if row.variant is not None else (
+        f"selected of {row.trials} trial{'s' if row.trials != 1 else ''}" if row.trials else "selected")
+    return f"{what}: " + (", ".join(parts) if parts else "nothing tuned")
+
+
+def _footer(fig, text: str, y: float = -0.02) -> None:
+    if text:
+        fig.text(0.01, y, textwrap.fill(text, 120), fontsize=7, color="0.4", va="top")
+
+
+def _row_color(row: Row, i: int):
+    return _color(row.method_key, i)
 
 
 # --------------------------------------------------------------------------- accuracy vs severity
 
 
-def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike,
-                              formats: Sequence[str] = FORMATS) -> list[Path]:
+def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
+                              band: str = "ci95") -> list[Path]:
+    """A figure per block, a line per row: mean test accuracy per severity over seeds, with the 95%
+    t-interval of each severity (``band="ci95"``, as the report's CI columns) or ± the sample std
+    (``band="std"``)."""
     plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
@@ -149,32 +204,25 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike,
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for i, row in enumerate(rows):
-            sev, mean, lo, hi = [], [], [], []
-            for s in row.severities:
-                m, sd, n = row.stat(s)
-                if m is None:
-                    continue
-                sev.append(s)
-                mean.append(m)
-                lo.append(m - (sd or 0.0))
-                hi.append(m + (sd or 0.0))
-            color = _color(row.method_key, i)
-            ax.plot(sev, mean, marker="o", color=color, label=f"{row.method} (n={len(row.finished)})")
-            if len(row.finished) >= 2:
-                ax.fill_between(sev, lo, hi, color=color, alpha=0.2, linewidth=0)
+        for row, (color, style, marker) in zip(rows, row_styles(rows, _row_color)):
+            draw(ax, severity_series(row, band), color, alpha=0.2, linestyle=style, marker=marker,
+                 label=f"{row.method} (n={len(row.finished)})")
         ax.set_xlabel("severity")
         ax.set_ylabel("test accuracy (%)")
         ax.set_xticks(table.severities)
         title = _block_title(table, rows[0])
         if table.oracle:
             title += " [ORACLE selection]"
-        ax.set_title(title, fontsize=10)
+        what = "mean and 95% interval" if band == "ci95" else "mean ± std"
+        ax.set_title(f"{title}\n{what} {seeds_text([len(r.finished) for r in rows])}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.text(0.01, -0.02, f"selection: {table.selection}; band: ± sample std (ddof=1) over seeds",
-                 fontsize=7, color="0.4")
+        hps = (f"; hyperparameters: per method, the trial of the best mean {table.select_hparams}-severity "
+               f"validation accuracy (variants: its settings changed)" if table.select_hparams else "")
+        _footer(fig, f"epoch selection: {table.selection}{hps}; band: {BAND_TEXT[band]}")
         _readable_accuracy_axis(ax)
+        lo, hi = ax.get_ylim()  # an interval of few seeds can reach past what an accuracy can be
+        ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
         paths += save_figure(fig, _figure_path(out_dir, "accuracy_vs_severity", table, data, corruption, hp),
                              formats)
     return paths
@@ -185,30 +233,6 @@ def _hp_parts(table: Table, hp: tuple) -> list[str]:
 
 
 # --------------------------------------------------------------------------- per-epoch series
-
-
-def _series(runs, getter) -> tuple[list[int], list[float], list[float | None]]:
-    """Mean and std over runs, per epoch, of ``getter(record)`` (None: the record lacks it)."""
-    by_epoch: dict[int, list[float]] = {}
-    for run in runs:
-        for rec in run.records:
-            try:
-                v = getter(rec)
-            except (KeyError, TypeError, IndexError, ValueError):
-                v = None
-            if v is not None:
-                by_epoch.setdefault(int(rec["epoch"]) + 1, []).append(float(v))  # epochs count from 1 on screen
-    epochs = sorted(by_epoch)
-    stats = [mean_std(by_epoch[e]) for e in epochs]
-    return epochs, [m for m, _ in stats], [s for _, s in stats]
-
-
-def _band(ax, x, mean, std, color, **kw):
-    ax.plot(x, mean, color=color, **kw)
-    if any(s is not None for s in std):
-        lo = [m - (s or 0.0) for m, s in zip(mean, std)]
-        hi = [m + (s or 0.0) for m, s in zip(mean, std)]
-        ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
 
 
 def _epoch_axis(ax) -> None:
@@ -224,8 +248,9 @@ def _runs_with_records(row: Row) -> list:
 
 
 def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per method
-    (a star per run at its selected epoch for runs that evaluated the test set there only)."""
+    """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per row
+    (a star per run at its selected epoch for runs that evaluated the test set there only); a variant
+    row has its own marker (and its line style in the train loss)."""
     plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
@@ -233,21 +258,20 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
         if not rows:
             continue
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for i, row in enumerate(rows):
+        for row, (color, line, mark) in zip(rows, row_styles(rows, _row_color)):
             runs = _runs_with_records(row)
-            color = _color(row.method_key, i)
-            x, m, s = _series(runs, lambda r: r["train"]["loss"])
-            if x:
-                _band(axes[0], x, m, s, color, label=row.method)
+            point = "." if row.variant is None else mark
+            s = epoch_series(runs, lambda r: r["train"]["loss"])
+            if s.x:
+                draw(axes[0], s, color, linestyle=line, label=row.method)
             # eval.test=selected: a run's test block is at its selected epoch only, a point rather than a curve
             curves = [r for r in runs if all("test" in rec for rec in r.records if "val" in rec)]
             points = [r for r in runs if r not in curves]
             for ax, key in ((axes[1], "average"), (axes[2], "worst")):
                 for split, style, of in (("val", "--", runs), ("test", "-", curves)):
-                    x, m, s = _series(of, lambda r, sp=split, k=key: 100.0 * r[sp][k])
-                    if x:
-                        _band(ax, x, m, s, color, linestyle=style, marker=".",
-                              label=f"{row.method} ({split})")
+                    s = epoch_series(of, lambda r, sp=split, k=key: 100.0 * r[sp][k])
+                    if s.x:
+                        draw(ax, s, color, linestyle=style, marker=point, label=f"{row.method} ({split})")
                 tested = [(int(rec["epoch"]) + 1, 100.0 * rec["test"][key]) for r in points for rec in r.records
                           if "test" in rec]
                 if tested:
@@ -269,8 +293,14 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
     return paths
 
 
-def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """q (the weight of each severity group) against the epoch, one figure per row that logged q."""
+Q_MARK = 0.02  # the reproduction's threshold: a severity group whose weight stays above it is not starved
+
+
+def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
+                       band: str = "ci95") -> list[Path]:
+    """q (the weight of each severity group) against the epoch, one figure per row that logged q: a line
+    per severity, the mean and 95% t-interval over seeds, on a log axis when the means span more than
+    :data:`~sharpdro.experiments.plot_series.LOG_RATIO` (a rare severity's q near 1e-3), with 0.02 marked."""
     plt = _plt()
     paths = []
     for row in table.rows:
@@ -278,20 +308,28 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
         if not runs:
             continue
         groups = max(len(rec["q"]) for r in runs for rec in r.records if isinstance(rec.get("q"), list))
+        series = [epoch_series(runs, lambda r, g=g: r["q"][g], band) for g in range(groups)]
+        means = [m for s in series for m in s.mean]
+        log = log_scale(means)
+        floor = log_floor(means, Q_MARK) if log else None
         cmap = plt.get_cmap("viridis")
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for g in range(groups):
-            x, m, s = _series(runs, lambda r, g=g: r["q"][g])
-            if x:
-                _band(ax, x, m, s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
+        for g, s in enumerate(series):
+            if s.x:
+                draw(ax, s, cmap(g / max(1, groups - 1)), floor=floor, marker=".", label=f"severity {g}")
+        ax.axhline(Q_MARK, color="0.3", linestyle=":", linewidth=0.9, label=f"q = {Q_MARK} (not starved above)")
         _epoch_axis(ax)
-        ax.set_ylabel("group weight q")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"{_block_title(table, row)}: {row.method} (n={len(runs)})", fontsize=10)
-        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(floor, 1.0)
+        else:
+            ax.set_ylim(0.0, min(ax.get_ylim()[1], 1.0))
+        ax.set_ylabel(f"group weight q ({'log' if log else 'linear'} scale)")
+        what = "mean and 95% interval" if band == "ci95" else "mean ± std"
+        ax.set_title(f"{_block_title(table, row)}: {row.method}\n{what} {seeds_text([len(runs)])}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
-        paths += save_figure(fig, _figure_path(out_dir, "q", table, row.data, row.corruption, row.hparams,
-                                               row.method_key), formats)
+        _footer(fig, _selected_settings(table, row))
+        paths += save_figure(fig, _row_path(out_dir, "q", table, row), formats)
     return paths
 
 
@@ -310,16 +348,15 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         for key, label, style in (("agnostic_selected_severity", "selected", "-"),
                                   ("agnostic_batch_severity", "batch", "--")):
-            x, m, s = _series(runs, lambda r, k=key: r[k])
-            if x:
-                _band(axes[0], x, m, s, "C3" if label == "selected" else "C7", linestyle=style, marker=".",
-                      label=label)
+            s = epoch_series(runs, lambda r, k=key: r[k])
+            if s.x:
+                draw(axes[0], s, "C3" if label == "selected" else "C7", linestyle=style, marker=".", label=label)
         axes[0].set_ylabel("mean severity")
         for key, label, color in (("agnostic_auroc_train", "train (memory)", "C0"),
                                   ("agnostic_auroc_val", "validation", "C1")):
-            x, m, s = _series(runs, lambda r, k=key: r[k])
-            if x:
-                _band(axes[1], x, m, s, color, marker=".", label=label)
+            s = epoch_series(runs, lambda r, k=key: r[k])
+            if s.x:
+                draw(axes[1], s, color, marker=".", label=label)
         axes[1].axhline(0.5, color="0.6", linewidth=0.8)
         axes[1].set_ylabel("AUROC, severity >= 3 vs 0")
         axes[1].set_ylim(0, 1)
@@ -329,9 +366,9 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
             groups = max(len(f) for f in fractions)
             cmap = plt.get_cmap("viridis")
             for g in range(groups):
-                x, m, s = _series(runs, lambda r, g=g: r["agnostic_selected_fraction"][g])
-                if x:
-                    _band(axes[2], x, m, s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
+                s = epoch_series(runs, lambda r, g=g: r["agnostic_selected_fraction"][g])
+                if s.x:
+                    draw(axes[2], s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
         axes[2].set_ylabel("share of the severity's samples selected")
         axes[2].set_ylim(bottom=0)
         for ax in axes:
@@ -341,8 +378,8 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
         fig.suptitle(f"{_block_title(table, row)}: {row.method} (n={len(runs)}, mean ± std over seeds)",
                      fontsize=10)
         fig.tight_layout()
-        paths += save_figure(fig, Path(out_dir) / slug("agnostic", row.data, row.corruption, row.method_key,
-                                                       *_hp_parts(table, row.hparams)), formats)
+        _footer(fig, _selected_settings(table, row))
+        paths += save_figure(fig, _row_path(out_dir, "agnostic", table, row), formats)
     return paths
 
 
@@ -423,12 +460,18 @@ def _sev_entry(by_sev: Mapping, sev: int):
 
 
 def plot_dir(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, selection: str = "worst",
-             formats: Sequence[str] = FORMATS, group_by: Sequence[str] | None = None) -> list[Path]:
-    """Every figure of a sweep folder or a run folder; ``out_dir`` defaults to ``PATH/plots``."""
-    table = collect(path, selection, group_by)
+             formats: Sequence[str] = FORMATS, group_by: Sequence[str] | None = None,
+             select_hparams: str | None = None, tuning_seeds: Sequence[int] | None = None,
+             band: str = "ci95") -> list[Path]:
+    """Every figure of a sweep folder or a run folder; ``out_dir`` defaults to ``PATH/plots``.
+
+    ``select_hparams`` / ``tuning_seeds``: as in :func:`sharpdro.experiments.report.collect` (``sharpdro
+    report --select-hparams``): the figures draw the selected rows and the variants only, the table's rows.
+    ``band``: ``ci95`` (a 95% t-interval over seeds) or ``std`` for accuracy vs severity and q."""
+    table = collect(path, selection, group_by, select_hparams=select_hparams, tuning_seeds=tuning_seeds)
     out = Path(out_dir) if out_dir is not None else Path(path) / "plots"
-    paths = plot_accuracy_vs_severity(table, out, formats)
-    paths += plot_group_weights(table, out, formats)
+    paths = plot_accuracy_vs_severity(table, out, formats, band)
+    paths += plot_group_weights(table, out, formats, band)
     paths += plot_agnostic_selection(table, out, formats)
     paths += plot_training_curves(table, out, formats)
     return paths
