@@ -6,5 +6,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 for arm in imagenet_table cifar_table; do
   [ -d "$here/$arm" ] || continue
   sharpdro report "$here/$arm" --select-hparams worst --out "$here/${arm}_table" --format md,csv,tex,json
-  sharpdro plot "$here/$arm" --out "$here/plots/$arm"
+  sharpdro plot "$here/$arm" --select-hparams worst --out "$here/plots/$arm"
 done
