@@ -5,10 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 archive="${1:-$here/../../../shared/data/cifar10-jpeg.tar.gz}"
-data="${SHARPDRO_DATA:-$HOME/.cache/sharpdro/data}/cifar10-jpeg"
-if [ ! -d "$data/train" ]; then
-  mkdir -p "$data" && tar xzf "$archive" -C "$data"
-fi
+data="$(bash "$here/../results/extract_cifar10.sh" "$archive")"
 sharpdro sweep "$here/baselines.yaml" --out "$here/sweep" --set data.root="$data" --set train.threads=1 \
   --launcher parallel --workers 2 --no-progress
 python "$here/prestage.py" --data "$data" --out "$here/prestage.json"

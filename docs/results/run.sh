@@ -5,10 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 archive="${1:-$here/../../../shared/data/cifar10-jpeg.tar.gz}"
-data="${SHARPDRO_DATA:-$HOME/.cache/sharpdro/data}/cifar10-jpeg"
-if [ ! -d "$data/train" ]; then
-  mkdir -p "$data" && tar xzf "$archive" -C "$data"
-fi
+data="$(bash "$here/extract_cifar10.sh" "$archive")"
 sweep="$here/cifar10_small"
 sharpdro sweep "$here/cifar10_small.yaml" --out "$sweep" --set data.root="$data" --no-progress
 sharpdro report "$sweep" --out "$here/cifar10_small_table" --format md,csv,tex,json

@@ -5,10 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 archive="${1:-$here/../../../../shared/data/cifar10-jpeg.tar.gz}"
-data="${SHARPDRO_DATA:-$HOME/.cache/sharpdro/data}/cifar10-jpeg"
-if [ ! -d "$data/train" ]; then
-  mkdir -p "$data" && tar xzf "$archive" -C "$data"
-fi
+data="$(bash "$here/../extract_cifar10.sh" "$archive")"
 if [ ! -f "$here/scores.json" ]; then
   python "$here/measure_scores.py" --data "$data" --out "$here/scores.json" | tee "$here/scores.txt"
 fi

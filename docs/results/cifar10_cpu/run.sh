@@ -8,10 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 archive="${1:-$here/../../../../shared/data/cifar10-jpeg.tar.gz}"
-data="${SHARPDRO_DATA:-$HOME/.cache/sharpdro/data}/cifar10-jpeg"
-if [ ! -d "$data/train" ]; then
-  mkdir -p "$data" && tar xzf "$archive" -C "$data"
-fi
+data="$(bash "$here/../extract_cifar10.sh" "$archive")"
 for arm in ${SHARPDRO_ARMS:-imagenet_table cifar_table}; do
   sharpdro sweep "$here/$arm.yaml" --out "$here/$arm" --set data.root="$data" \
     --launcher parallel --workers "${SHARPDRO_WORKERS:-2}" --no-progress
