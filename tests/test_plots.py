@@ -206,6 +206,7 @@ TUNE_SET = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_cl
             "eval.batch_size=256"]
 VARIANT = "SharpDRO, released reading"
 CORRUPTIONS = ("gaussian_noise", "jpeg_compression")
+DATA = "Digits_ImageNet-C_constants"  # the quickstart's digits with data.table=imagenet: the Data label says so
 
 
 @pytest.fixture(scope="module")
@@ -246,11 +247,11 @@ def test_selected_rows_figures(tuned_sweep, tmp_path, figures):
         assert [r.method for r in table.rows if r.corruption == corruption] == labels
     kinds = {"q_{}_groupdro", "q_{}_sharpdro", "q_{}_sharpdro_SharpDRO_released_reading",
              "agnostic_{}_sharpdro_agnostic", "accuracy_vs_severity_{}", "curves_{}"}
-    assert {p.stem for p in paths} == {k.format(f"Digits_{c}") for k in kinds for c in CORRUPTIONS}
+    assert {p.stem for p in paths} == {k.format(f"{DATA}_{c}") for k in kinds for c in CORRUPTIONS}
     for corruption in CORRUPTIONS:
         rows = [r for r in table.rows if r.corruption == corruption]
         assert all(sorted(r.seed for r in row.runs) == [1, 2] for row in rows)
-        name = f"accuracy_vs_severity_Digits_{corruption}"
+        name = f"accuracy_vs_severity_{DATA}_{corruption}"
         ax = figures[name].axes[0]
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"{m} (n=2)" for m in labels]
         svg = (out / f"{name}.svg").read_text()
@@ -266,13 +267,13 @@ def test_selected_rows_figures(tuned_sweep, tmp_path, figures):
                 half = student_t.ppf(0.975, len(acc) - 1) * np.std(acc, ddof=1) / math.sqrt(len(acc))
                 assert _band_at(band, s) == pytest.approx((np.mean(acc) - half, np.mean(acc) + half), abs=1e-9)
         # training curves: the same rows; agnostic diagnostics: the selected trial's, drawn over both epochs
-        curves = figures[f"curves_Digits_{corruption}"].axes[0]
+        curves = figures[f"curves_{DATA}_{corruption}"].axes[0]
         assert [t.get_text() for t in curves.get_legend().get_texts()] == labels
-        diag = figures[f"agnostic_Digits_{corruption}_sharpdro_agnostic"].axes[1]
+        diag = figures[f"agnostic_{DATA}_{corruption}_sharpdro_agnostic"].axes[1]
         (val,) = [ln for ln in diag.get_lines() if ln.get_label() == "validation"]
         assert list(val.get_xdata()) == [1, 2]
         for key in ("groupdro", "sharpdro", f"sharpdro_{VARIANT.replace(', ', '_').replace(' ', '_')}"):
-            ax = _q_axis(figures, f"q_Digits_{corruption}_{key}")
+            ax = _q_axis(figures, f"q_{DATA}_{corruption}_{key}")
             assert len([ln for ln in ax.get_lines() if ln.get_label().startswith("severity")]) == 6
     # without the selection, each of the agnostic method's two trials has its figure
     assert len(plots.plot_agnostic_selection(collect(tuned_sweep), tmp_path / "all", formats=("png",))) == 4
@@ -297,3 +298,55 @@ def test_plot_select_hparams_command_line(tuned_sweep, sweep_dir, tmp_path, caps
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ERM (n=3)", "SharpDRO (n=3)"]
     sharp = ax.get_lines()[1]
     assert list(sharp.get_ydata()) == pytest.approx([71 - 8 * s for s in range(4)])  # offset 0.05: the better
+
+
+def test_report_selected_column_lists_only_each_methods_tuned_keys(tuned_sweep):
+    """The report of the same sweep: one "Selected" column; each row names its own method's tuned keys only,
+    with the selected run's values, leaving out those at the base config's; a trial 0 reads "defaults"."""
+    from sharpdro.config import get
+    from sharpdro.experiments import tuning, tuning_report
+    from sharpdro.experiments.report import render
+    from sharpdro.experiments.sweep_jobs import read_index
+
+    table = collect(tuned_sweep, "worst", select_hparams="worst")
+    header = [c.strip() for c in render(table, "md").splitlines()[2].strip("|").split("|")]
+    assert header[2:5] == ["Method", "Selected", "Averaged accuracy (%)"]
+    assert not [c for c in header if c.startswith(("algorithm.", "data.", "train."))]
+    assert len(table.hparams) > 1  # the sweep varies several keys; the table shows them in one column
+    base = load_config("quickstart", TUNE_SET)
+
+    def parse(text):
+        return {} if text == "defaults" else dict(part.split("=", 1) for part in text.split(", "))
+
+    for row in table.rows:
+        cfg, keys = row.runs[0].config, tuning.tuned_keys(row.method_key)
+        if not keys:
+            assert row.selected_text == "–"
+            continue
+        head, _, tail = row.selected_text.partition(" + ")
+        own = {"sampler": "uniform", "q_absent": "zero"} if row.variant else {}
+        assert parse(tail) if row.variant else not tail
+        assert (parse(tail) if row.variant else {}) == own
+        shown = parse(head)
+        for k in keys:
+            name = k.split(".")[-1]
+            if name in own:
+                continue
+            if get(cfg, k) == get(base, k):
+                assert name not in shown, (row.method, k)
+            else:
+                assert shown.pop(name) == str(get(cfg, k)), (row.method, k)
+        assert shown == {}, (row.method, shown)  # nothing but the method's own tuned keys
+    # every trial of every method, labelled as if selected: trial 0 is "defaults", trial 1 its draws
+    index = read_index(tuned_sweep)
+    sweep = json.loads((tuned_sweep / "sweep.json").read_text())["last_sweep"]
+    rows = tuning_report.without_runs(collect(tuned_sweep).rows, tuning_report.variant_only_runs(index))
+    everything = collect(tuned_sweep).hparams
+    tuning_report.label_selection(rows, rows, everything, sweep, index)
+    for method in ("groupdro", "sharpdro", "sharpdro_agnostic"):
+        for corruption in CORRUPTIONS:
+            texts = {r.selected_text for r in rows if r.method_key == method and r.corruption == corruption}
+            drawn = tuning.trial_values(method, 1, 0)
+            trial1 = ", ".join(sorted(f"{k.split('.')[-1]}={v}" for k, v in drawn.items() if v != get(base, k)))
+            assert texts == {"defaults", trial1}, method
+    assert {r.selected_text for r in rows if r.method_key == "erm"} == {"–"}

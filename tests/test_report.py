@@ -178,6 +178,31 @@ def test_display_names_and_row_order(tmp_path):
     assert rp.corruption_name("impulse_noise") == "Impulse" and rp.method_name("jtt") == "JTT"
 
 
+def test_data_column_names_severity_constants_other_than_the_images_own(tmp_path):
+    def name(*overrides):
+        return rp.dataset_name(load_config(None, list(overrides)))
+
+    # digits at 8x8 (the quickstart's): auto resolves to CIFAR-10-C's constants, so ImageNet-C's are named
+    assert name("data.dataset=digits", "data.image_size=8", "data.table=imagenet") == "Digits (ImageNet-C constants)"
+    for table in ("auto", "cifar"):
+        assert name("data.dataset=digits", "data.image_size=8", f"data.table={table}") == "Digits"
+    # large images: CIFAR-10-C's constants are the odd ones
+    assert name("data.dataset=tinyimagenet", "data.root=/d", "data.table=cifar") == \
+        "TinyImageNet (CIFAR-10-C constants)"
+    assert name("data.dataset=cifar10", "data.image_size=64", "data.table=imagenet") == "CIFAR10"
+    assert name("data.dataset=cifar10", "data.image_size=64", "data.table=auto") == "CIFAR10"
+    assert name("data.dataset=folder", "data.root=/data/cifar10-jpeg", "data.table=imagenet") == \
+        "cifar10-jpeg (ImageNet-C constants)"
+    assert name("data.dataset=folder", "data.root=/data/cifar10-jpeg", "data.table=cifar") == "cifar10-jpeg"
+    # in the table: the two tables are two rows, told apart by the Data column alone
+    for table in ("imagenet", "auto"):
+        write_run(tmp_path, ["data.dataset=digits", "data.image_size=8", f"data.table={table}",
+                             "data.max_severity=2"], [0.5, 0.5, 0.5])
+    report = rp.collect(tmp_path)
+    assert [r.data for r in report.rows] == ["Digits", "Digits (ImageNet-C constants)"]
+    assert "| Digits (ImageNet-C constants) | Gaussian | ERM | imagenet |" in rp.to_markdown(report)
+
+
 def test_oracle_selection_is_labelled(sweep_dir):
     table = rp.collect(sweep_dir, selection="oracle_worst")
     assert "ORACLE" in table.title and table.oracle

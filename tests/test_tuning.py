@@ -13,7 +13,7 @@ import yaml
 
 from sharpdro import methods
 from sharpdro.cli import main
-from sharpdro.config import schema_field
+from sharpdro.config import get, load_config, schema_field
 from sharpdro.experiments import report as rp
 from sharpdro.experiments import tuning
 from sharpdro.experiments.sweep_spec import SweepError, expand, load_sweep
@@ -217,8 +217,10 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     variant's settings on every final seed, run once; the report puts each after its method's row."""
     variants = [
         {"name": "GroupDRO, eta=0.5", "method": "groupdro", "set": {"algorithm.eta": 0.5}},
-        {"name": "GroupDRO, released reading", "method": "groupdro",
-         "set": {"data.sampler": "uniform", "algorithm.q_absent": "zero"}},
+        # settings no trial has (trial 0: sampler auto, q_absent zero; trial 1 draws uniform and zero), so that
+        # its jobs are its own
+        {"name": "GroupDRO, balanced, skip", "method": "groupdro",
+         "set": {"data.sampler": "group_balanced", "algorithm.q_absent": "skip"}},
         {"name": "ERM, lr 0.05", "method": "erm", "set": {"train.lr": 0.05}},  # the quickstart's lr: no change
     ]
     sweep = tmp_path / "tune.yaml"
@@ -234,7 +236,7 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     assert main(["sweep", str(sweep), "--out", str(out), "--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert "3 jobs: 3 new" in dry  # erm's 2 trials are one job; groupdro's 2
-    assert "GroupDRO: the selected trial and its variants 'GroupDRO, eta=0.5', 'GroupDRO, released reading' " \
+    assert "GroupDRO: the selected trial and its variants 'GroupDRO, eta=0.5', 'GroupDRO, balanced, skip' " \
            "on seeds 1, 2 (up to 6 jobs)" in dry
     assert "up to 10 more jobs after selection" in dry
 
@@ -274,31 +276,59 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     table = rp.collect(out, select_hparams="worst")
     assert [(r.method_key, r.variant) for r in table.rows] == [
         ("erm", None), ("erm", "ERM, lr 0.05"), ("groupdro", None), ("groupdro", "GroupDRO, eta=0.5"),
-        ("groupdro", "GroupDRO, released reading")]
+        ("groupdro", "GroupDRO, balanced, skip")]
     erm, erm_v, gdr, v1, v2 = table.rows
     assert erm.n_text() == "2; 1 configuration" and gdr.n_text() == "2; best of 2 trials"
     assert v1.n_text() == v2.n_text() == erm_v.n_text() == "2; variant of the selected trial"
-    assert [r.name for r in erm_v.runs] == [r.name for r in erm.runs]  # coincident: the same runs
+    assert sorted(r.name for r in erm_v.runs) == sorted(r.name for r in erm.runs)  # coincident: the same runs
     assert [r.seed for r in v1.runs] == [1, 2] and all(r.config["algorithm"]["eta"] == 0.5 for r in v1.runs)
     assert v1.stat("worst")[0] == pytest.approx(50.0 * (v1.runs[0].worst + v1.runs[1].worst))
     notes = "\n".join(table.notes())
     assert "Search space narrowed for this sweep: algorithm.eta: log_uniform [0.02, 0.2] " \
            "(declared: log_uniform [0.001, 1.0])" in notes
     assert "Variants (not tuned" in notes and "GroupDRO, eta=0.5 = GroupDRO with algorithm.eta=0.5" in notes
-    assert "Digits Gaussian ERM, lr 0.05: the selected ERM trial already has this variant's settings" in notes
+    assert ("Digits (ImageNet-C constants) Gaussian ERM, lr 0.05: the selected ERM trial already has this "
+            "variant's settings") in notes
     assert "ERM has no method hyperparameters" in notes
+    # "Selected": ERM tunes nothing; GroupDRO its drawn keys that differ from the base config (trial 1, drawn
+    # here again) or "defaults" (trial 0); a variant, what it inherits and its own settings after +
+    base = load_config("quickstart", yaml.safe_load(sweep.read_text())["set"])
+    drawn = tuning.trial_values("groupdro", 1, 0, space={"algorithm.eta": ("log_uniform", 0.02, 0.2)})
+    trial = 1 if gdr.runs[0].config["algorithm"]["eta"] == drawn["algorithm.eta"] else 0
+    values = drawn if trial else {}
+
+    def expected(drop=()):
+        parts = sorted(f"{k.split('.')[-1]}={v}" for k, v in values.items()
+                       if k not in drop and v != get(base, k))
+        return ", ".join(parts) or "defaults"
+
+    assert gdr.runs[0].config["algorithm"]["eta"] == (drawn["algorithm.eta"] if trial else 0.01)
+    assert erm.selected_text == "–" and erm_v.selected_text == "+ lr=0.05"
+    assert gdr.selected_text == expected()
+    assert v1.selected_text == expected(drop=("algorithm.eta",)) + " + eta=0.5"
+    # (the variant's settings in the tune block's order, as sweep.json holds it)
+    head = expected(drop=("data.sampler", "algorithm.q_absent"))
+    assert v2.selected_text == head + " + q_absent=skip, sampler=group_balanced"
     # every format labels the variant rows
     md = rp.render(table, "md")
-    assert "| GroupDRO, released reading |" in md and "2; variant of the selected trial" in md
+    header = md.splitlines()[2]
+    assert "| Method | Selected | Averaged accuracy (%) |" in header and "algorithm." not in header
+    assert f"| GroupDRO | {gdr.selected_text} |" in md
+    assert "| GroupDRO, balanced, skip |" in md and "2; variant of the selected trial" in md
     csv_rows = list(csv.DictReader(io.StringIO(rp.render(table, "csv"))))
+    # CSV keeps every key's column beside the Selected text
+    assert [r["selected"] for r in csv_rows] == [r.selected_text for r in table.rows]
+    assert [r["algorithm.eta"] for r in csv_rows][2:4] == [str(gdr.runs[0].config["algorithm"]["eta"]), "0.5"]
     assert [(r["method"], r["algorithm"]) for r in csv_rows] == [
         ("ERM", "erm"), ("ERM, lr 0.05", "erm"), ("GroupDRO", "groupdro"), ("GroupDRO, eta=0.5", "groupdro"),
-        ("GroupDRO, released reading", "groupdro")]
+        ("GroupDRO, balanced, skip", "groupdro")]
     assert "GroupDRO, eta=0.5 &" in rp.render(table, "tex")
     rows = json.loads(rp.render(table, "json"))["rows"]
     assert [r.get("variant") for r in rows] == [None, "ERM, lr 0.05", None, "GroupDRO, eta=0.5",
-                                                 "GroupDRO, released reading"]
+                                                 "GroupDRO, balanced, skip"]
     assert rows[3]["method"] == "GroupDRO, eta=0.5" and rows[3]["algorithm"] == "groupdro"
+    assert [r["selected_text"] for r in rows] == [r.selected_text for r in table.rows]
+    assert rows[3]["hyperparameters"]["algorithm.eta"] == 0.5
     # the dry run now lists the variant jobs, done, and nothing waits
     assert main(["sweep", str(sweep), "--out", str(out), "--dry-run"]) == 0
     dry = capsys.readouterr().out
@@ -307,6 +337,21 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     # a second invocation finds everything done, variants included
     assert main(["sweep", str(sweep), "--out", str(out), "--no-progress"]) == 0
     assert "0 done" in capsys.readouterr().out
+
+
+def test_selected_column_shows_the_methods_tuned_keys_the_sweep_does_not_fix():
+    from sharpdro.experiments import tuning_report as tr
+
+    sweep = {"set": ["data.sampler=uniform", "train.epochs=1"], "grid": {"algorithm.eta": [0.1, 0.2]},
+             "tune": {"methods": ["erm", "groupdro"]}}
+    assert tr.shown_keys("groupdro", sweep) == ["algorithm.q_absent"]  # eta and the sampler are the sweep's
+    assert tr.shown_keys("erm", sweep) == [] and tr.shown_keys("erm", sweep, ["algorithm.rho"]) == []
+    # keys the candidates differ in are shown, but an algorithm key only to a method that reads it
+    assert tr.shown_keys("groupdro", sweep, ["algorithm.eta", "algorithm.rho", "train.lr"]) == \
+        ["algorithm.q_absent", "algorithm.eta", "train.lr"]
+    assert tr.shown_keys("sharpdro", sweep, ["algorithm.rho", "algorithm.jtt_epochs"]) == ["algorithm.rho"]
+    assert tr._short_names({"train.lr", "model.lr", "algorithm.rho"}) == {
+        "train.lr": "train.lr", "model.lr": "model.lr", "algorithm.rho": "rho"}
 
 
 def test_slurm_launches_submit_the_final_seeds_once_the_trials_are_done(tmp_path, monkeypatch, capsys):

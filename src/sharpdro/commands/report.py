@@ -37,8 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--select-hparams", default=None, choices=("worst", "average"),
                    help="one row per dataset, corruption and method: the configuration (of the sweep's tuning "
                         "trials) with the best mean worst-severity (or averaged) validation accuracy; the n column "
-                        "says how many trials it was chosen from; the tune block's variants follow their method's "
-                        "row, and the notes list its narrowed search spaces")
+                        "says how many trials it was chosen from, one Selected column what was chosen (the "
+                        "method's own tuned keys; CSV and JSON keep every key's value too); the tune block's "
+                        "variants follow their method's row, and the notes list its narrowed search spaces")
     p.add_argument("--tuning-seeds", default=None, metavar="S[,S...]",
                    help="with --select-hparams: select on the runs of these seeds and report the selected "
                         "configuration's runs on the other seeds (default: the sweep's tune.seeds when it has "

@@ -33,7 +33,6 @@ from typing import Any, Mapping, Sequence
 from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log_floor, log_scale, row_styles,
                                               seeds_text, severity_series)
 from sharpdro.experiments.report import Row, Table, _fmt_value, collect
-from sharpdro.experiments.tune_block import tuned_keys
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
 
 FORMATS = ("png", "svg")
@@ -59,7 +58,7 @@ def _color(method_key: str, i: int = 0):
 
 
 LEGEND_FILE = "legend.tsv"  # short file names -> the settings they stand for
-_MAX_NAME = 80  # file names stay far below the 255 bytes file systems allow
+_MAX_NAME = 100  # file names stay far below the 255 bytes file systems allow (a Data label with its constants fits)
 _MAX_TITLE = 70
 
 
@@ -163,21 +162,13 @@ def _row_path(out_dir, kind: str, table: Table, row: Row) -> Path:
 
 
 def _selected_settings(table: Table, row: Row) -> str:
-    """With selected rows, what was selected: the method's tuned keys that differ between runs, and for a
-    variant the keys it changes from its method's row ('' without a selection or with nothing to say)."""
+    """With selected rows, what was selected: the report's "Selected" text ('' without a selection)."""
     if not table.select_hparams:
         return ""
-    tuned = set(tuned_keys(row.method_key))
-    base = next((r for r in table.rows if r.variant is None and (r.dataset, r.data, r.corruption, r.method_key)
-                 == (row.dataset, row.data, row.corruption, row.method_key)), None)
-    parts = []
-    for i, (k, v) in enumerate(zip(table.hparams, row.hparams)):
-        changed = row.variant is not None and base is not None and base.hparams[i] != v
-        if k in tuned or changed:
-            parts.append(f"{k.split('.')[-1]}={_fmt_value(v)}")
     what = "variant of the selected trial" if row.variant is not None else (
         f"selected of {row.trials} trial{'s' if row.trials != 1 else ''}" if row.trials else "selected")
-    return f"{what}: " + (", ".join(parts) if parts else "nothing tuned")
+    text = row.selected_text
+    return f"{what}: " + ("nothing tuned" if text in (None, "–") else text)
 
 
 def _footer(fig, text: str, y: float = -0.02) -> None:

@@ -15,6 +15,9 @@ cell shows ``mean ± std`` over the group's finished runs, in percent, where std
 **sample standard deviation (ddof=1)**; a cell of a single run shows its value alone.
 Unfinished, failed and never-started runs are counted in the ``n`` column (e.g.
 ``2/3 seeds; 1 failed``) and failed runs are listed under the table.
+The Data column names the severity constants when they are not those ``data.table: auto`` picks for
+the images (:func:`constants_label`).  With ``--select-hparams`` the rows are one per method and one
+"Selected" column replaces the per-key columns (:func:`sharpdro.experiments.tuning_report.label_selection`).
 
 The averaged and worst-severity columns also get a 95% Student-t interval over seeds
 (:mod:`sharpdro.experiments.stats`), and a second table compares each row with the reference
@@ -51,6 +54,12 @@ DATASET_NAMES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet30": "Im
                  "tinyimagenet": "TinyImageNet"}
 CORRUPTION_NAMES = {"gaussian_noise": "Gaussian", "shot_noise": "Shot", "impulse_noise": "Impulse",
                     "speckle_noise": "Speckle", "jpeg_compression": "JPEG"}
+# data.table -> the Data column's note when a run uses constants other than its images' own (constants_label)
+TABLE_NAMES = {"cifar": "CIFAR-10-C constants", "imagenet": "ImageNet-C constants"}
+# image side of each dataset when data.image_size is unset (digits: its loader's default size; ImageNet-30:
+# ImageNet-sized, only "above 32 px" matters); folder and labelfile: FOLDER_SIDE (see constants_label)
+NATIVE_SIDES = {"cifar10": 32, "cifar100": 32, "digits": 32, "tinyimagenet": 64, "imagenet30": 224}
+FOLDER_SIDE = 32
 # Row order: the README's datasets first; methods in their descriptions' order (sharpdro.methods).
 _DATASET_ORDER = ("cifar10", "cifar100", "imagenet30", "tinyimagenet", "digits", "labelfile", "folder")
 
@@ -88,14 +97,37 @@ class ReportError(SharpDROError):
 
 
 def dataset_name(cfg: Mapping) -> str:
+    """The Data column: the dataset, and the severity constants when they are not the dataset's own."""
     data = cfg.get("data", {})
     ds = data.get("dataset", "?")
     if ds == "folder":
         root = str(data.get("root") or "folder").rstrip("/\\")
-        return os.path.basename(root) or "folder"
-    if ds == "labelfile":
-        return str(data.get("name") or "labelfile")
-    return DATASET_NAMES.get(ds, str(ds))
+        name = os.path.basename(root) or "folder"
+    elif ds == "labelfile":
+        name = str(data.get("name") or "labelfile")
+    else:
+        name = DATASET_NAMES.get(ds, str(ds))
+    constants = constants_label(cfg)
+    return f"{name} ({constants})" if constants else name
+
+
+def constants_label(cfg: Mapping) -> str:
+    """``'ImageNet-C constants'`` / ``'CIFAR-10-C constants'`` for a ``data.table`` that is not what ``auto``
+    resolves to for the run's images; '' for ``auto`` and for the table ``auto`` would pick.
+
+    The image side is ``data.image_size``, else the dataset's (:data:`NATIVE_SIDES`); a folder or label
+    file kept at its own size is not read here and counts as 32 px, as the project's are (the CIFAR-10
+    JPEG copy, the MindSpore release's files), so only ``imagenet`` constants are named there."""
+    from sharpdro.data.corruptions import resolve_table
+
+    data = cfg.get("data", {})
+    table = data.get("table", "auto")
+    if table not in TABLE_NAMES:
+        return ""
+    side = data.get("image_size") or NATIVE_SIDES.get(data.get("dataset"), FOLDER_SIDE)
+    if resolve_table("auto", int(side)) == table:
+        return ""
+    return TABLE_NAMES[table]
 
 
 def corruption_name(key: str) -> str:
@@ -233,6 +265,7 @@ class Row:
     runs: list = field(default_factory=list)
     trials: int | None = None  # --select-hparams: the number of configurations the row was chosen from
     variant: str | None = None  # a tune block variant's name: the selected trial of method_key rerun with its settings
+    selected_text: str | None = None  # --select-hparams: what was selected (tuning_report.label_selection)
 
     @property
     def type(self) -> str:
@@ -336,6 +369,8 @@ class Table:
 
 
 def _row_label(table: Table, row: Row) -> str:
+    if table.select_hparams:
+        return f"{row.data} {row.type} {row.method} [{row.selected_text}]"
     hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in zip(table.hparams, row.hparams))
     return f"{row.data} {row.type} {row.method}" + (f" [{hp}]" if hp else "")
 
@@ -428,7 +463,8 @@ def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequenc
     from sharpdro.experiments.sweep_jobs import read_index
     from sharpdro.experiments.tuning import select_rows
 
-    tune = _sweep_tune(path)
+    sweep = _last_sweep(path)
+    tune = dict(sweep.get("tune") or {})
     if tuning_seeds is None and tune.get("seeds") and tune.get("final_seeds"):
         tuning_seeds = list(tune["seeds"])
     index = read_index(path)
@@ -441,21 +477,23 @@ def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequenc
     notes.insert(0, f"Hyperparameters selected per method by the best mean {select_hparams}-severity validation "
                     f"accuracy over the tuning runs ({seeds}); n counts the reported runs, 'best of k trials' the "
                     f"configurations compared")
-    notes[1:1] = tr.tune_notes(tune, rows)
+    tr.label_selection(rows, candidates, table.hparams, sweep, index)
+    notes[1:1] = [SELECTED_NOTE] + tr.tune_notes(tune, rows)
     table.rows, table.extra_notes, table.select_hparams = rows, notes + variant_notes, select_hparams
     return table
 
 
-def _sweep_tune(path) -> dict:
-    """The ``tune`` block of the last ``sharpdro sweep`` on ``path`` (empty when there is none)."""
+def _last_sweep(path) -> dict:
+    """The last ``sharpdro sweep`` on ``path`` as ``sweep.json`` records it (base, set, grid, tune; empty when
+    there is none)."""
     from sharpdro.experiments.sweep_jobs import INDEX
 
     index = Path(path) / INDEX
     if not index.is_file():
         return {}
     try:
-        return dict((json.loads(index.read_text(encoding="utf-8")).get("last_sweep") or {}).get("tune") or {})
-    except (ValueError, AttributeError):
+        return dict(json.loads(index.read_text(encoding="utf-8")).get("last_sweep") or {})
+    except (ValueError, AttributeError, TypeError):
         return {}
 
 
@@ -477,15 +515,33 @@ def _ci_cell(iv: Interval, d: int, empty: str = "–") -> str:
 CI_HEADERS = ["Avg. 95% CI", "Worst 95% CI"]
 
 
+SELECTED_HEADER = "Selected"
+SELECTED_NOTE = ("Selected: the selected configuration's keys that its method tunes in this sweep (or that its "
+                 "candidates differ in), by the last part of their names, those at the base config's value left "
+                 "out; defaults: all at the base config's (trial 0); –: the method has nothing to tune; a "
+                 "variant's own settings follow +; the CSV and JSON outputs give every hyperparameter's value")
+
+
+def _hp_header(table: Table) -> list[str]:
+    """The hyperparameter columns: one per key that splits rows, or one "Selected" with rows selected per method."""
+    return [SELECTED_HEADER] if table.select_hparams else list(table.hparams)
+
+
+def _hp_cells(table: Table, row: Row) -> list[str]:
+    if table.select_hparams:
+        return [row.selected_text or "–"]
+    return [_fmt_value(v) for v in row.hparams]
+
+
 def _header(table: Table, sev_label: str = "Sev. ") -> list[str]:
-    return (["Data", "Type", "Method"] + list(table.hparams) + ["Averaged accuracy (%)", "Worst severity (%)"]
+    return (["Data", "Type", "Method"] + _hp_header(table) + ["Averaged accuracy (%)", "Worst severity (%)"]
             + [f"{sev_label}{s}" for s in table.severities] + ["n"] + CI_HEADERS
             + ([h for h, _ in CALIBRATION_COLUMNS.values()] if table.calibration else []))
 
 
 def _cells(table: Table, row: Row, pm: str = "±", empty: str = "–", na: str = "n/a") -> list[str]:
     d = table.decimals
-    out = [row.data, row.type, row.method] + [_fmt_value(v) for v in row.hparams]
+    out = [row.data, row.type, row.method] + _hp_cells(table, row)
     for what in ("average", "worst"):
         m, s, _ = row.stat(what)
         out.append(_cell(m, s, d, pm, empty))
@@ -554,7 +610,8 @@ def to_markdown(table: Table) -> str:
     head = _header(table)
     lines = [f"**{table.title}**", ""]
     lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
-    aligns = [":--", ":-:", ":-:"] + [":-:"] * len(table.hparams) + ["--:"] * (len(head) - 3 - len(table.hparams))
+    nhp = len(_hp_header(table))
+    aligns = [":--", ":-:", ":-:"] + [":-:"] * nhp + ["--:"] * (len(head) - 3 - nhp)
     lines.append("| " + " | ".join(aligns) + " |")
     for row in table.rows:
         lines.append("| " + " | ".join(_md_escape(c) for c in _cells(table, row)) + " |")
@@ -586,7 +643,8 @@ def to_csv(table: Table) -> str:
     d = table.decimals + 2
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = (["data", "type", "method", "dataset", "corruption", "algorithm"] + list(table.hparams)
+    selected = ["selected"] if table.select_hparams else []  # beside every key's own column
+    head = (["data", "type", "method", "dataset", "corruption", "algorithm"] + list(table.hparams) + selected
             + ["selection", "n", "n_expected", "n_failed", "n_unfinished", "n_not_started",
                "average_mean", "average_std", "worst_mean", "worst_std"])
     for s in table.severities:
@@ -598,7 +656,7 @@ def to_csv(table: Table) -> str:
     w.writerow(head)
     for row in table.rows:
         line = [row.data, row.type, row.method, row.dataset, row.corruption, row.method_key]
-        line += [_fmt_value(v) for v in row.hparams]
+        line += [_fmt_value(v) for v in row.hparams] + ([row.selected_text or "–"] if selected else [])
         line += [table.selection, row.count("done"), len(row.runs), row.count("failed"), row.count("partial"),
                  row.count("missing")]
         for what in ("average", "worst"):
@@ -653,7 +711,7 @@ def to_latex(table: Table) -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``), notes under the tabular."""
     head = _header(table)
     ncols = len(head)
-    nleft = 3 + len(table.hparams)
+    nleft = 3 + len(_hp_header(table))
     spec = "l" * nleft + "r" * (ncols - nleft)
     tex_head = [_tex(h) for h in head[:nleft]] + ["Avg. (\\%)", "Worst (\\%)"] + \
         [str(s) for s in table.severities] + ["$n$"] + [_tex(h) for h in head[nleft + 3 + len(table.severities):]]
@@ -723,6 +781,7 @@ def to_dict(table: Table) -> dict:
             "dataset": row.dataset, "corruption": row.corruption, "algorithm": row.method_key,
             **({"variant": row.variant} if row.variant is not None else {}),
             "hyperparameters": {k: v for k, v in zip(table.hparams, row.hparams)},
+            **({"selected_text": row.selected_text or "–"} if table.select_hparams else {}),
             "n": row.count("done"), "n_expected": len(row.runs), "n_failed": row.count("failed"),
             "n_unfinished": row.count("partial"), "n_not_started": row.count("missing"),
         }
