@@ -149,8 +149,9 @@ def spawned(tmp_path_factory):
             "train.epochs=2", "train.batch_size=40", "train.progress=false", "train.threads=1",
             "algorithm.name=sharpdro", f"data.cache_dir={out / 'cache'}"]
     cfg = load_config("quickstart", base)
-    # ERM for 3 epochs (selects epoch index 1), with the test set at every epoch and once, after training
-    three = base + ["train.epochs=3", "algorithm.name=erm"]
+    # ERM for 3 epochs (selects epoch index 1 on the 16x16 digits: not the last, so best.pt's weights are what
+    # is tested), with the test set at every epoch and once, after training
+    three = base + ["train.epochs=3", "algorithm.name=erm", "data.image_size=16"]
     engine = [(cfg, str(out / "run")), (load_config("quickstart", three), str(out / "every")),
               (load_config("quickstart", three + ["eval.test=selected"]), str(out / "selected"))]
     torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out), engine), nprocs=W, join=True)
