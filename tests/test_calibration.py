@@ -111,6 +111,7 @@ def test_report_calibration_columns_are_optional(tmp_path):
 
     from sharpdro.config import load_config
     from sharpdro.experiments import report as rp
+    from sharpdro.experiments import report_formats as rf
     from sharpdro.metrics import summarize
 
     def block(acc, ece):
@@ -131,15 +132,15 @@ def test_report_calibration_columns_are_optional(tmp_path):
         (d / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
         (d / "summary.json").write_text(json.dumps({"finished": True}))
     plain = rp.collect(root)
-    assert "ECE" not in rp.to_markdown(plain) and "ece_mean" not in rp.to_csv(plain)
+    assert "ECE" not in rf.to_markdown(plain) and "ece_mean" not in rf.to_csv(plain)
     table = rp.collect(root, calibration=True)
-    row = next(csv.DictReader(io.StringIO(rp.to_csv(table))))
+    row = next(csv.DictReader(io.StringIO(rf.to_csv(table))))
     assert float(row["ece_mean"]) == pytest.approx(15.0) and float(row["nll_mean"]) == pytest.approx(0.3)
     assert float(row["brier_std"]) == pytest.approx(np.std([0.3, 0.6], ddof=1), abs=1e-4)
-    md = rp.to_markdown(table)
+    md = rf.to_markdown(table)
     assert "| ECE (%) | NLL | Brier |" in md and "15.00 ± 7.07" in md
-    assert "ECE (\\%)" in rp.to_latex(table)
-    assert rp.to_dict(table)["rows"][0]["ece"]["mean"] == pytest.approx(15.0)
+    assert "ECE (\\%)" in rf.to_latex(table)
+    assert rf.to_dict(table)["rows"][0]["ece"]["mean"] == pytest.approx(15.0)
 
 
 def test_evaluate_command_prints_calibration(tmp_path, capsys):

@@ -305,7 +305,7 @@ def test_report_selected_column_lists_only_each_methods_tuned_keys(tuned_sweep):
     with the selected run's values, leaving out those at the base config's; a trial 0 reads "defaults"."""
     from sharpdro.config import get
     from sharpdro.experiments import tuning, tuning_report
-    from sharpdro.experiments.report import render
+    from sharpdro.experiments.report_formats import render
     from sharpdro.experiments.sweep_jobs import read_index
 
     table = collect(tuned_sweep, "worst", select_hparams="worst")

@@ -14,6 +14,7 @@ import yaml
 from sharpdro.cli import main
 from sharpdro.config import load_config
 from sharpdro.experiments import report as rp
+from sharpdro.experiments import report_formats as rf
 from sharpdro.experiments import sweep as sw
 from sharpdro.metrics import summarize
 
@@ -77,7 +78,7 @@ def test_mean_and_sample_std_match_hand_computation(sweep_dir):
     assert row.stat("worst")[1] == pytest.approx(math.sqrt(sum((x - wm) ** 2 for x in worsts) / 2))
     sev1 = [80.0, 84.0, 76.0]
     assert row.stat(1)[:2] == pytest.approx((80.0, 4.0))
-    md = rp.to_markdown(table)
+    md = rf.to_markdown(table)
     assert f"| CIFAR10 | Gaussian | SharpDRO | {m:.2f} ± {sd:.2f} | {wm:.2f} ± " in md
     assert "| 80.00 ± 4.00 |" in md and "ddof=1" in md and sev1
     assert md.splitlines()[2].startswith("| Data | Type | Method | Averaged accuracy (%) |")
@@ -130,10 +131,10 @@ def test_missing_unfinished_and_failed_runs_are_explicit(sweep_dir):
     row = table.rows[1]
     assert row.n_text() == "3/6 seeds; 1 failed; 1 unfinished; 1 not started"
     assert row.stat("average")[2] == 3  # only finished runs enter the means
-    md = rp.to_markdown(table)
+    md = rf.to_markdown(table)
     assert "3/6 seeds; 1 failed; 1 unfinished; 1 not started" in md
     assert f"Failed: {failed.name} (CIFAR10 Gaussian SharpDRO, seed 4): RuntimeError: out of memory" in md
-    data = rp.to_dict(table)
+    data = rf.to_dict(table)
     assert data["rows"][1]["n_failed"] == 1 and data["rows"][1]["n_not_started"] == 1
     assert {r["status"] for r in data["rows"][1]["runs"]} == {"done", "failed", "partial", "missing"}
 
@@ -142,7 +143,7 @@ def test_group_without_finished_runs_still_has_a_row(tmp_path):
     write_run(tmp_path, BASE + ["algorithm.name=jtt"], [0, 0, 0], status="failed")
     table = rp.collect(tmp_path)
     assert len(table.rows) == 1
-    md = rp.to_markdown(table)
+    md = rf.to_markdown(table)
     assert "| CIFAR10 | Gaussian | JTT | – | – |" in md and "0/1 seeds; 1 failed" in md
 
 
@@ -155,7 +156,7 @@ def test_swept_hyperparameters_split_rows_and_seed_does_not(tmp_path):
     assert table.hparams == ["train.lr"]  # not seed, not the runtime-only train.threads
     assert [r.hparams for r in table.rows] == [(0.03,), (0.1,)]
     assert all(len(r.finished) == 2 for r in table.rows)
-    assert "| SAM | 0.03 |" in rp.to_markdown(table)
+    assert "| SAM | 0.03 |" in rf.to_markdown(table)
     merged = rp.collect(tmp_path, group_by=[])
     assert len(merged.rows) == 1 and merged.rows[0].count("done") == 4
     with pytest.raises(rp.ReportError, match="train.nope"):
@@ -200,14 +201,14 @@ def test_data_column_names_severity_constants_other_than_the_images_own(tmp_path
                              "data.max_severity=2"], [0.5, 0.5, 0.5])
     report = rp.collect(tmp_path)
     assert [r.data for r in report.rows] == ["Digits", "Digits (ImageNet-C constants)"]
-    assert "| Digits (ImageNet-C constants) | Gaussian | ERM | imagenet |" in rp.to_markdown(report)
+    assert "| Digits (ImageNet-C constants) | Gaussian | ERM | imagenet |" in rf.to_markdown(report)
 
 
 def test_oracle_selection_is_labelled(sweep_dir):
     table = rp.collect(sweep_dir, selection="oracle_worst")
     assert "ORACLE" in table.title and table.oracle
-    assert "ORACLE" in rp.to_markdown(table).splitlines()[0]
-    assert "ORACLE" in rp.to_latex(table) and rp.to_dict(table)["oracle"] is True
+    assert "ORACLE" in rf.to_markdown(table).splitlines()[0]
+    assert "ORACLE" in rf.to_latex(table) and rf.to_dict(table)["oracle"] is True
     assert "ORACLE" not in rp.collect(sweep_dir, selection="worst").title
 
 
@@ -221,7 +222,7 @@ def test_report_is_byte_for_byte_deterministic(sweep_dir, tmp_path):
     for d in sorted(sweep_dir.iterdir(), reverse=True):
         shutil.copytree(d, copy / d.name)
     assert main(["report", str(copy), "--out", str(out2)]) == 0
-    for fmt in rp.FORMATS:
+    for fmt in rf.FORMATS:
         a = (out1.parent / f"table.{fmt}").read_bytes()
         b = (out2.parent / f"table.{fmt}").read_bytes()
         assert a == b and len(a) > 100, fmt
@@ -229,13 +230,13 @@ def test_report_is_byte_for_byte_deterministic(sweep_dir, tmp_path):
 
 def test_formats_parse(sweep_dir, capsys):
     table = rp.collect(sweep_dir)
-    rows = list(csv.DictReader(io.StringIO(rp.to_csv(table))))
+    rows = list(csv.DictReader(io.StringIO(rf.to_csv(table))))
     assert len(rows) == 2 and rows[1]["method"] == "SharpDRO" and rows[1]["n"] == "3"
     assert float(rows[1]["sev1_mean"]) == pytest.approx(80.0) and float(rows[1]["sev1_std"]) == pytest.approx(4.0)
-    data = json.loads(rp.to_json(table))
+    data = json.loads(rf.to_json(table))
     assert data["rows"][1]["severity"]["1"] == {"mean": 80.0, "std": 4.0}
     assert [r["seed"] for r in data["rows"][1]["runs"]] == [0, 1, 2]
-    tex = rp.to_latex(table)
+    tex = rf.to_latex(table)
     for cmd in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\begin{tabular}{lllrrrrrrrr}"):
         assert cmd in tex
     assert "±" not in tex
@@ -247,7 +248,7 @@ def test_single_run_folder_and_empty_folder(sweep_dir, tmp_path):
     one = sorted(sweep_dir.iterdir())[0]
     table = rp.collect(one)
     assert len(table.rows) == 1 and table.rows[0].n_text() == "1"
-    assert " ± " not in rp.to_markdown(table).split("\n")[4]  # a single run shows values alone
+    assert " ± " not in rf.to_markdown(table).split("\n")[4]  # a single run shows values alone
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(rp.ReportError, match="no runs"):
@@ -306,18 +307,18 @@ def test_row_intervals_match_a_direct_t_interval(sweep_dir):
         m, lo, hi = _direct_interval(vals)
         iv = row.ci95(what)
         assert (iv.n, iv.mean, iv.lo, iv.hi) == (3, pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
-        assert rp.to_dict(table)["rows"][1]["ci95"][what] == [pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4)]
-        csv_row = list(csv.DictReader(io.StringIO(rp.to_csv(table))))[1]
+        assert rf.to_dict(table)["rows"][1]["ci95"][what] == [pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4)]
+        csv_row = list(csv.DictReader(io.StringIO(rf.to_csv(table))))[1]
         assert float(csv_row[f"{what}_ci95_lo"]) == pytest.approx(lo, abs=1e-4)
         assert float(csv_row[f"{what}_ci95_hi"]) == pytest.approx(hi, abs=1e-4)
     m, lo, hi = _direct_interval(averages)
-    assert f"| 3 | [{lo:.2f}, {hi:.2f}] |" in rp.to_markdown(table)
+    assert f"| 3 | [{lo:.2f}, {hi:.2f}] |" in rf.to_markdown(table)
     # a single run: no interval anywhere
     one = rp.collect(min(sweep_dir.iterdir()))
     assert one.rows[0].ci95("average").lo is None
-    assert rp.to_dict(one)["rows"][0]["ci95"] == {"average": None, "worst": None}
-    assert next(csv.DictReader(io.StringIO(rp.to_csv(one))))["average_ci95_lo"] == ""
-    assert rp.to_markdown(one).splitlines()[4].endswith("| 1 | – | – |")
+    assert rf.to_dict(one)["rows"][0]["ci95"] == {"average": None, "worst": None}
+    assert next(csv.DictReader(io.StringIO(rf.to_csv(one))))["average_ci95_lo"] == ""
+    assert rf.to_markdown(one).splitlines()[4].endswith("| 1 | – | – |")
 
 
 # seed -> per-severity test accuracy (S = 1); dyadic values, so that differences are exact in floating point
@@ -346,7 +347,7 @@ def _metric(acc, metric):
 
 def test_paired_differences_match_a_direct_computation(paired_dir):
     table = rp.collect(paired_dir)
-    got = {(e["algorithm"], e["reference_algorithm"], e["metric"]): e for e in rp.to_dict(table)["paired"]}
+    got = {(e["algorithm"], e["reference_algorithm"], e["metric"]): e for e in rf.to_dict(table)["paired"]}
     # every method against each reference of the block; a reference only against those before it
     assert sorted({k[:2] for k in got}) == sorted([
         ("sam", "erm"), ("sam", "jtt"), ("sam", "eiil"), ("jtt", "erm"), ("eiil", "erm"), ("eiil", "jtt"),
@@ -383,14 +384,14 @@ def test_constant_difference_gives_a_zero_width_interval(paired_dir):
 
 def test_paired_section_in_every_format(paired_dir, tmp_path):
     table = rp.collect(paired_dir)
-    md = rp.to_markdown(table)
+    md = rf.to_markdown(table)
     assert "**Paired differences (method - reference), percentage points, 95% t-interval over n seeds**" in md
     assert "| CIFAR10 | Gaussian | JTT | ERM | 3 | -12.50 | [-12.50, -12.50] | yes | -12.50 |" in md
     assert "| CIFAR10 | Gaussian | EIIL | ERM | 3 | +0.00 | [0.00, 0.00] | no |" in md
     assert "| CIFAR10 | Gaussian | SAM | ERM | 1 | -12.50 | – | – |" in md
-    tex = rp.to_latex(table)
+    tex = rf.to_latex(table)
     assert "tab:sharpdro-worst-paired" in tex and "JTT & ERM & 3 & -12.50 & [-12.50, -12.50] & yes" in tex
-    paths = rp.write_report(table, tmp_path / "out" / "t", ["csv"])
+    paths = rf.write_report(table, tmp_path / "out" / "t", ["csv"])
     assert [p.name for p in paths] == ["t.csv", "t_paired.csv"]
     rows = list(csv.DictReader(io.StringIO(paths[1].read_text())))
     assert len(rows) == 2 * 9 and {r["metric"] for r in rows} == {"average", "worst"}
@@ -400,8 +401,8 @@ def test_paired_section_in_every_format(paired_dir, tmp_path):
     assert next(r for r in rows if r["algorithm"] == "sam")["ci95_lo"] == ""
     # no reference in the sweep: no paired section, a paired CSV with its header only
     solo = rp.collect(min(paired_dir.iterdir()))
-    assert "Paired" not in rp.to_markdown(solo) and rp.to_dict(solo)["paired"] == []
-    assert rp.to_paired_csv(solo).count("\n") == 1
+    assert "Paired" not in rf.to_markdown(solo) and rf.to_dict(solo)["paired"] == []
+    assert rf.to_paired_csv(solo).count("\n") == 1
 
 
 def test_pairs_stay_within_a_hyperparameter_group_or_the_selected_rows(tmp_path):
@@ -417,12 +418,12 @@ def test_pairs_stay_within_a_hyperparameter_group_or_the_selected_rows(tmp_path)
     # lr 0.01 has no ERM row; each other group against its own ERM (mean worst-severity differences)
     assert pairs == [((0.05,), (0.05,), pytest.approx(100 * (0.5625 - 0.375))),
                      ((0.1,), (0.1,), pytest.approx(100 * (0.6875 - 0.25)))]
-    assert "| SharpDRO | ERM | 0.05 | 2 |" in rp.to_markdown(table)
+    assert "| SharpDRO | ERM | 0.05 | 2 |" in rf.to_markdown(table)
     # --select-hparams: one row per method, paired whatever their configurations
     selected = rp.collect(tmp_path, select_hparams="worst")
     (pair,) = selected.paired()
     assert pair.row.hparams == (0.1,) and pair.reference.hparams == (0.05,)  # the best of each method
-    assert rp.to_dict(selected)["paired"][0]["reference_hyperparameters"] == {"train.lr": 0.05}
+    assert rf.to_dict(selected)["paired"][0]["reference_hyperparameters"] == {"train.lr": 0.05}
     # rows merged over lr hold two runs per seed: such seeds have no single partner and are left out
     merged = rp.collect(tmp_path, group_by=[])
     assert [p.seeds for p in merged.paired()] == []

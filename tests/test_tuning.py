@@ -15,6 +15,7 @@ from sharpdro import methods
 from sharpdro.cli import main
 from sharpdro.config import get, load_config, schema_field
 from sharpdro.experiments import report as rp
+from sharpdro.experiments import report_formats as rf
 from sharpdro.experiments import tuning
 from sharpdro.experiments.sweep_spec import SweepError, expand, load_sweep
 
@@ -310,20 +311,20 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     head = expected(drop=("data.sampler", "algorithm.q_absent"))
     assert v2.selected_text == head + " + q_absent=skip, sampler=group_balanced"
     # every format labels the variant rows
-    md = rp.render(table, "md")
+    md = rf.render(table, "md")
     header = md.splitlines()[2]
     assert "| Method | Selected | Averaged accuracy (%) |" in header and "algorithm." not in header
     assert f"| GroupDRO | {gdr.selected_text} |" in md
     assert "| GroupDRO, balanced, skip |" in md and "2; variant of the selected trial" in md
-    csv_rows = list(csv.DictReader(io.StringIO(rp.render(table, "csv"))))
+    csv_rows = list(csv.DictReader(io.StringIO(rf.render(table, "csv"))))
     # CSV keeps every key's column beside the Selected text
     assert [r["selected"] for r in csv_rows] == [r.selected_text for r in table.rows]
     assert [r["algorithm.eta"] for r in csv_rows][2:4] == [str(gdr.runs[0].config["algorithm"]["eta"]), "0.5"]
     assert [(r["method"], r["algorithm"]) for r in csv_rows] == [
         ("ERM", "erm"), ("ERM, lr 0.05", "erm"), ("GroupDRO", "groupdro"), ("GroupDRO, eta=0.5", "groupdro"),
         ("GroupDRO, balanced, skip", "groupdro")]
-    assert "GroupDRO, eta=0.5 &" in rp.render(table, "tex")
-    rows = json.loads(rp.render(table, "json"))["rows"]
+    assert "GroupDRO, eta=0.5 &" in rf.render(table, "tex")
+    rows = json.loads(rf.render(table, "json"))["rows"]
     assert [r.get("variant") for r in rows] == [None, "ERM, lr 0.05", None, "GroupDRO, eta=0.5",
                                                  "GroupDRO, balanced, skip"]
     assert rows[3]["method"] == "GroupDRO, eta=0.5" and rows[3]["algorithm"] == "groupdro"

@@ -70,16 +70,17 @@ def parse_seeds(text: str | None):
 
 def run(args) -> int:
     from sharpdro.experiments import report as rp
+    from sharpdro.experiments import report_formats as rf
 
-    formats = rp.parse_formats(args.format) if args.format else (list(rp.FORMATS) if args.out else ["md"])
+    formats = rf.parse_formats(args.format) if args.format else (list(rf.FORMATS) if args.out else ["md"])
     if args.decimals < 0:
         raise rp.ReportError(f"--decimals must be >= 0, got {args.decimals}")
     table = rp.collect(args.sweep_dir, args.selection, parse_group_by(args.group_by), args.decimals,
                        calibration=args.calibration, select_hparams=args.select_hparams,
                        tuning_seeds=parse_seeds(args.tuning_seeds))
     if args.out:
-        for path in rp.write_report(table, args.out, formats):
+        for path in rf.write_report(table, args.out, formats):
             print(path)
     else:
-        print("\n".join(rp.render(table, f) for f in formats), end="")
+        print("\n".join(rf.render(table, f) for f in formats), end="")
     return 0
