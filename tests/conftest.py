@@ -53,3 +53,14 @@ def rng() -> np.random.Generator:
 def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's ~/.cache from tests."""
     monkeypatch.setenv("SHARPDRO_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine spin-wait on each other)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,14 +14,7 @@ from sharpdro.backends.torch.models import build_model
 from sharpdro.cli import main
 from sharpdro.errors import SharpDROError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine spin-wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_json_is_the_last_line_with_the_required_keys(capsys):

@@ -23,14 +23,7 @@ from sharpdro.backends.torch.models import build_model
 
 N, SIZE, CLASSES, GROUPS = 24, 16, 10, 6
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine spin-wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

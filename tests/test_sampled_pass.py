@@ -28,13 +28,7 @@ from sharpdro.methods.sampling import draw_numpy, sample_count, step_seed
 C, G, B = 3, 4, 16
 RHO, ETA = 0.5, 0.3
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(nn.Module):

@@ -45,6 +45,12 @@ MASK64 = (1 << 64) - 1
 SAMPLER_BUFFERS = ("sample_seed", "sample_draws")  # present only when second_pass_fraction < 1
 
 
+def second_pass_settings(h) -> tuple[float, str, str, bool]:
+    """(fraction, sampling scheme, BatchNorm statistics of the sampled pass, sampled?) of a step's hparams."""
+    fraction = float(h["second_pass_fraction"])
+    return fraction, h["second_pass_sampling"], h["sampled_bn_stats"], fraction < 1.0
+
+
 def sample_count(fraction: float, batch: int) -> int:
     """m = ceil(f B), at least 1 and at most B (a tiny tolerance absorbs 0.1 * 30 = 3.0000000000000004)."""
     return max(1, min(int(batch), math.ceil(float(fraction) * batch - 1e-9)))

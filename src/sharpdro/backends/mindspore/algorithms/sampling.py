@@ -21,7 +21,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from sharpdro.backends.mindspore.algorithms.base import BNSecondPass, F32
-from sharpdro.methods.sampling import draw_numpy, sample_count, step_seed
+from sharpdro.methods.sampling import draw_numpy, sample_count, second_pass_settings, step_seed
 
 MASK63 = (1 << 63) - 1
 
@@ -82,11 +82,7 @@ class SampledSecondPass:
     last_draw: np.ndarray | None = None
 
     def _init_sampler(self) -> None:
-        h = self.hparams
-        self.second_pass_fraction = float(h["second_pass_fraction"])
-        self.sampling = h["second_pass_sampling"]
-        self.sampled_bn = h["sampled_bn_stats"]
-        self.sampled = self.second_pass_fraction < 1.0
+        self.second_pass_fraction, self.sampling, self.sampled_bn, self.sampled = second_pass_settings(self.hparams)
         self._bn_stats: dict = {}
         if self.sampled:
             seed = ms.get_seed()

@@ -23,7 +23,7 @@ from torch import nn
 
 from sharpdro.backends.torch.algorithms.functional import bn_second_pass
 from sharpdro.errors import ConfigError
-from sharpdro.methods.sampling import sample_count, step_seed
+from sharpdro.methods.sampling import sample_count, second_pass_settings, step_seed
 
 MASK63 = (1 << 63) - 1
 
@@ -131,11 +131,7 @@ class SampledSecondPass:
     last_draw: torch.Tensor | None = None
 
     def _init_sampler(self) -> None:
-        h = self.hparams
-        self.second_pass_fraction = float(h["second_pass_fraction"])
-        self.sampling = h["second_pass_sampling"]
-        self.sampled_bn = h["sampled_bn_stats"]
-        self.sampled = self.second_pass_fraction < 1.0
+        self.second_pass_fraction, self.sampling, self.sampled_bn, self.sampled = second_pass_settings(self.hparams)
         self._bn_stats: dict = {}
         self._generator: torch.Generator | None = None
         if self.sampled:
