@@ -21,6 +21,7 @@ COMMANDS = (
     "sweep",
     "report",
     "plot",
+    "cost",
     "sharpness",
     "bench",
     "convert",
