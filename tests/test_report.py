@@ -474,3 +474,8 @@ def test_a_variant_row_is_compared_but_never_the_reference():
     # the variant itself is compared with every reference, its own method's row included
     assert pairs[("erm", "ERM, other", "erm")] == -25.0 and pairs[("erm", "ERM, other", "jtt")] == -50.0
     assert ("erm", None, "erm") not in pairs
+    # a variant of a method that is no reference is compared with its own method's row first
+    sd_v = row("sharpdro", [0.5, 0.75, 1.0], variant="SharpDRO, other")
+    order = [(p.reference.method_key, p.intervals["average"].mean) for p in pair_rows([erm, jtt, sd, sd_v])
+             if p.row.variant == "SharpDRO, other"]
+    assert order == [("sharpdro", -25.0), ("erm", 25.0), ("jtt", 0.0)]

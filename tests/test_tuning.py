@@ -279,6 +279,12 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
         ("erm", None), ("erm", "ERM, lr 0.05"), ("groupdro", None), ("groupdro", "GroupDRO, eta=0.5"),
         ("groupdro", "GroupDRO, balanced, skip")]
     erm, erm_v, gdr, v1, v2 = table.rows
+    # each variant is paired with its own method's row first
+    firsts = {}
+    for p in table.paired():
+        firsts.setdefault((p.row.method_key, p.row.variant), p.reference.method)
+    assert firsts[("groupdro", "GroupDRO, eta=0.5")] == firsts[("groupdro", "GroupDRO, balanced, skip")] == "GroupDRO"
+    assert "a variant row also against its own method's row" in " ".join(rf.paired_notes(table))
     assert erm.n_text() == "2; 1 configuration" and gdr.n_text() == "2; best of 2 trials"
     assert v1.n_text() == v2.n_text() == erm_v.n_text() == "2; variant of the selected trial"
     assert sorted(r.name for r in erm_v.runs) == sorted(r.name for r in erm.runs)  # coincident: the same runs

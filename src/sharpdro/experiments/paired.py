@@ -58,12 +58,17 @@ def compare(row, reference) -> Paired | None:
 
 
 def pair_rows(rows: Sequence, by_hparams: bool = True) -> list[Paired]:
-    """Every row against each reference method of its block, in row order, then reference order."""
-    # a variant row (tune.variants) is compared, never compared with: the reference is the method's own row
+    """Every row against each reference method of its block, in row order, then reference order; a variant
+    row against its own method's row first."""
+    # a variant row (tune.variants) is compared, never compared with: the reference is the method's own row.
+    # A variant is compared first with its own method's row (what its settings changed), then the references.
     index = {(_block(r, by_hparams), r.method_key): r for r in rows if getattr(r, "variant", None) is None}
     out = []
     for row in rows:
-        refs = REFERENCES if getattr(row, "variant", None) is not None else _references(row.method_key)
+        if getattr(row, "variant", None) is not None:
+            refs = (row.method_key,) + tuple(r for r in REFERENCES if r != row.method_key)
+        else:
+            refs = _references(row.method_key)
         for ref in refs:
             other = index.get((_block(row, by_hparams), ref))
             pair = None if other is None else compare(row, other)

@@ -84,7 +84,8 @@ PAIRED_NOTE = ("Per seed, the method's test accuracy minus the reference's at th
                "sample std of the per-seed differences; excludes 0: whether that interval excludes zero "
                "(– for n = 1); each interval is for one comparison, not corrected for multiple comparisons")
 REFERENCE_NOTE = ("References: ERM, JTT and EIIL, each against the other rows of the same data and corruption{group}; "
-                  "a reference only against those listed before it (JTT - ERM, not ERM - JTT)")
+                  "a reference only against those listed before it (JTT - ERM, not ERM - JTT){variants}")
+VARIANT_REFERENCE = "; a variant row also against its own method's row, listed first"
 
 
 def _paired_hparams(table: Table) -> list[str]:
@@ -95,7 +96,8 @@ def _paired_hparams(table: Table) -> list[str]:
 def paired_notes(table: Table) -> list[str]:
     group = (" (the rows selected per method, whatever their hyperparameters)" if table.select_hparams
              else " and hyperparameters" if table.hparams else "")
-    return [PAIRED_NOTE + ".", REFERENCE_NOTE.format(group=group) + "."]
+    variants = VARIANT_REFERENCE if any(getattr(r, "variant", None) is not None for r in table.rows) else ""
+    return [PAIRED_NOTE + ".", REFERENCE_NOTE.format(group=group, variants=variants) + "."]
 
 
 def _paired_header(table: Table) -> list[str]:
