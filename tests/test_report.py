@@ -479,3 +479,33 @@ def test_a_variant_row_is_compared_but_never_the_reference():
     order = [(p.reference.method_key, p.intervals["average"].mean) for p in pair_rows([erm, jtt, sd, sd_v])
              if p.row.variant == "SharpDRO, other"]
     assert order == [("sharpdro", -25.0), ("erm", 25.0), ("jtt", 0.0)]
+
+
+def test_pre_stage_caveats_are_said_under_the_table(tmp_path):
+    """An EIIL run whose inference did not converge, and a JTT run whose error set is most of the data, are
+    reported with a caveat naming the seed; a converged inference and a minority error set are not."""
+    src = Path(__file__).resolve().parents[1] / "docs" / "results" / "cifar10_cpu" / "superseded_16_epochs" / \
+        "imagenet_table"
+    picked = {}
+    for d in sorted(src.iterdir()):
+        if not (d / "done").is_file():
+            continue
+        pre = json.loads((d / "summary.json").read_text()).get("prestage") or {}
+        method = yaml.safe_load((d / "config.yaml").read_text())["algorithm"]["name"]
+        key = (method, pre.get("converged", pre.get("error_set_fraction", 0) > 0.5))
+        picked.setdefault(key, d)
+    # the committed 16-epoch trials hold both kinds of EIIL inference and a JTT error set over half the data
+    assert {("eiil", True), ("eiil", False), ("jtt", True)} <= set(picked)
+    sweep = tmp_path / "s"
+    for key in (("eiil", True), ("eiil", False), ("jtt", True)):
+        shutil.copytree(picked[key], sweep / picked[key].name, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    notes = [n for n in rp.collect(sweep).notes() if n.startswith("Caveat:")]
+    steps = json.loads((picked[("eiil", False)] / "summary.json").read_text())["prestage"]["steps"]
+    frac = json.loads((picked[("jtt", True)] / "summary.json").read_text())["prestage"]["error_set_fraction"]
+    assert len(notes) == 2
+    assert any("EIIL [" in n and f"seed 0: environment inference not converged ({steps} steps)" in n for n in notes)
+    assert any("JTT [" in n and f"error set {100 * frac:.0f}% of the training data" in n for n in notes)
+    # a minority error set says nothing
+    from sharpdro.methods.jtt import error_set_caveat
+
+    assert error_set_caveat({"error_set_fraction": 0.2}) is None and error_set_caveat({}) is None

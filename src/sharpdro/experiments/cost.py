@@ -69,7 +69,7 @@ def _variant_names(index: dict) -> dict[str, str]:
     for h, e in index.items():
         of = e.get("variant_of") or {}
         if of and h not in of.values():
-            out[h] = sorted(of)[0]
+            out[h] = min(of)
     return out
 
 

@@ -150,6 +150,7 @@ class Run:
     average: float | None = None
     worst: float | None = None
     error: str | None = None
+    prestage: dict | None = None  # a finished run's summary "prestage" (what its method's pre-stage found)
 
     @property
     def seed(self) -> int:
@@ -188,6 +189,7 @@ def load_run(d: Path, selection: str = "worst", config: dict | None = None, name
         except ValueError as exc:
             return Run(name, cfg, "failed", records, error=f"finished but unusable {run_dir.metrics.name}: {exc}")
         run.selected, run.accuracy = rec, {}
+        run.prestage = _read_prestage(run_dir)
         if "test" in rec:  # eval.test=selected: only at the epoch the run's own rule picked (see _check_tested)
             run.accuracy = {int(k): float(v) for k, v in rec["test"]["accuracy"].items()}
             s = summarize({str(k): v for k, v in run.accuracy.items()})
@@ -196,6 +198,24 @@ def load_run(d: Path, selection: str = "worst", config: dict | None = None, name
     if run_dir.error.exists():
         return Run(name, cfg, "failed", records, error=run_dir.last_error_line())
     return Run(name, cfg, "partial", records)
+
+
+def _read_prestage(run_dir: RunDir) -> dict | None:
+    try:
+        pre = run_dir.read_summary().get("prestage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pre if isinstance(pre, dict) else None
+
+
+def caveats(run: Run) -> str | None:
+    """What a report must say about a finished run's numbers, from its method's pre-stage record
+    (``Prestage.caveat``: EIIL's inference not converged, JTT's error set most of the data)."""
+    if not run.prestage:
+        return None
+    spec = methods.find(str(run.config.get("algorithm", {}).get("name")))
+    check = spec.prestage.caveat if spec is not None and spec.prestage is not None else None
+    return check(run.prestage) if check is not None else None
 
 
 def load_runs(path: str | os.PathLike, selection: str = "worst") -> list[Run]:
@@ -359,6 +379,10 @@ class Table:
         for row in self.rows:
             if row.seeds_duplicated():
                 notes.append(f"{_row_label(self, row)}: several runs share a seed; n counts runs.")
+        for row in self.rows:
+            said = [f"seed {r.seed}: {c}" for r in row.finished if (c := caveats(r))]
+            if said:
+                notes.append(f"Caveat: {_row_label(self, row)}: {'; '.join(said)}")
         for row in self.rows:
             for r in sorted(row.runs, key=lambda r: (r.seed, r.name)):
                 if r.status == "failed":

@@ -6,6 +6,7 @@ once here in NumPy and both backends call it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -129,6 +130,13 @@ def infer_environments(logits: np.ndarray, labels: np.ndarray, steps: int, lr: f
 
 ROBUST_CHOICES = ("groupdro", "sharpdro")
 
+def inference_caveat(prestage: Mapping[str, Any]) -> str | None:
+    """A run whose environment inference did not converge (by the stopping rule) is reported as such."""
+    if prestage.get("converged", True):
+        return None
+    return f"environment inference not converged ({prestage.get('steps', '?')} steps)"
+
+
 SPEC = register(MethodSpec(
     name="eiil", label="EIIL", order=4,
     summary="ERM reference, two environments maximising its IRM penalty, GroupDRO/SharpDRO over them",
@@ -155,5 +163,5 @@ SPEC = register(MethodSpec(
           "algorithm.q_absent", "data.sampler"),
     prestage=Prestage("ERM reference (eiil_epochs, chosen on validation loss); two environments "
                       "inferred from its logits", "env",
-                      stand_in=lambda n: (np.arange(n) % 3 == 0).astype(np.int64)),
+                      stand_in=lambda n: (np.arange(n) % 3 == 0).astype(np.int64), caveat=inference_caveat),
 ))

@@ -67,6 +67,15 @@ def check(h: Mapping[str, Any]) -> None:
                           f"jtt_lambda_up must be a whole number, got {lam}; round it or use jtt_mode='reweight'")
 
 
+def error_set_caveat(prestage: Mapping[str, Any]) -> str | None:
+    """JTT upweights the points its identification model gets wrong, assuming they are a minority: a run
+    whose error set is most of the training data is reported as such."""
+    frac = prestage.get("error_set_fraction")
+    if frac is None or frac <= 0.5:
+        return None
+    return f"error set {100 * frac:.0f}% of the training data (JTT assumes a minority)"
+
+
 SPEC = register(MethodSpec(
     name="jtt", label="JTT", order=3,
     summary="ERM identification model, then retraining with its misclassified points upsampled (or upweighted)",
@@ -83,5 +92,5 @@ SPEC = register(MethodSpec(
     buffers=("error_set", "weights"),
     record_keys=SELECTED_RECORD,
     prestage=Prestage("ERM for jtt_epochs epochs at a constant lr; the error set is what it misclassifies",
-                      "error_set", stand_in=lambda n: np.arange(n) % 5 == 0),
+                      "error_set", stand_in=lambda n: np.arange(n) % 5 == 0, caveat=error_set_caveat),
 ))

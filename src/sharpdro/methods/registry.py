@@ -25,6 +25,8 @@ class Prestage:
     summary: str
     records: str                               # the checkpointed buffer holding the result
     stand_in: Callable[[int], np.ndarray]      # a plausible record for n training points (the bench skips the stage)
+    # what a report must say about a run's results given its pre-stage record (summary.json "prestage"), or None
+    caveat: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 @dataclass(frozen=True, eq=False)
