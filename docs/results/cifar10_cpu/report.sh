@@ -9,3 +9,4 @@ for arm in imagenet_table cifar_table; do
   sharpdro cost "$here/$arm" --out "$here/${arm}_cost"
   sharpdro plot "$here/$arm" --select-hparams worst --out "$here/plots/$arm"
 done
+python "$here/findings.py" "$here" > "$here/findings.md"
