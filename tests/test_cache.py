@@ -202,6 +202,36 @@ def test_load_returns_verified_writable_arrays(tmp_path):
         cache_mod.load_entry(built.path, key={"k": 3})
 
 
+def test_npy_headers_are_never_parsed_in_two_threads_at_once(tmp_path, monkeypatch):
+    """numpy parses .npy headers with ast.literal_eval, which CPython 3.11 cannot run in two threads at once
+    (SystemError: AST constructor recursion depth mismatch, seen in this suite). A parse held open for a
+    while shows whether the parallel load of an entry's arrays ever overlaps two of them."""
+    import ast
+    import threading
+    import time
+
+    arrays = {f"a{i}": np.arange(i + 3, dtype=np.int32) for i in range(6)}
+    built = cache_mod.get_or_build(tmp_path, {"k": 4}, lambda: arrays)
+    real, lock = ast.literal_eval, threading.Lock()
+    state = {"inside": 0, "most": 0}
+
+    def slow_literal_eval(source):
+        with lock:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+        time.sleep(0.02)  # long enough for every other thread to reach its own parse
+        try:
+            return real(source)
+        finally:
+            with lock:
+                state["inside"] -= 1
+
+    monkeypatch.setattr(ast, "literal_eval", slow_literal_eval)
+    loaded = cache_mod.load_entry(built.path, key={"k": 4})
+    assert all(np.array_equal(loaded.arrays[k], v) for k, v in arrays.items())
+    assert state["most"] == 1
+
+
 def test_stale_temp_folders_are_cleaned(tmp_path):
     stale = tmp_path / ".tmp-old-abc"
     stale.mkdir()

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -108,17 +109,24 @@ def _read_verified(path: Path, info: Mapping) -> np.ndarray:
     if digest != info["sha256"]:
         raise _tampered(path, f"has SHA-256 {digest[:16]}..., the manifest says {info['sha256'][:16]}...")
     header = io.BytesIO(bytes(view[:min(size, 65536)]))
-    version = np.lib.format.read_magic(header)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    with _HEADER_LOCK:
+        version = np.lib.format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
     count = int(np.prod(shape, dtype=np.int64))
     arr = np.frombuffer(mm if count else b"", dtype=dtype, count=count, offset=header.tell() if count else 0)
     arr = arr.reshape(shape, order="F" if fortran else "C")
     if list(arr.shape) != list(info["shape"]) or str(arr.dtype) != info["dtype"]:
         raise _tampered(path, f"holds {arr.dtype} {arr.shape}, the manifest says {info['dtype']} {info['shape']}")
     return arr
+
+
+# numpy parses a .npy header with ast.literal_eval. On CPython 3.11, AST objects built in several threads at once
+# can fail with "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905; seen here loading a
+# cache entry), so the headers are parsed one at a time; the hashing, the costly part, stays parallel.
+_HEADER_LOCK = threading.Lock()
 
 
 def _tampered(path: Path, what: str) -> CacheError:
