@@ -64,3 +64,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep_set() -> list[str]:
+    """Overrides of the quickstart that make each job of a real tuning sweep take about a second."""
+    return ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
+            "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1",
+            "eval.batch_size=256"]

@@ -14,14 +14,12 @@ from sharpdro.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def sweep_out(tmp_path_factory):
+def sweep_out(tmp_path_factory, tiny_sweep_set):
     tmp = tmp_path_factory.mktemp("cost")
     sweep = tmp / "tune.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": "quickstart",
-        "set": ["data.train_per_class=30", "data.val_per_class=5", "data.test_per_class=5", "model.width=8",
-                "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1",
-                "eval.batch_size=256"],
+        "set": tiny_sweep_set,
         "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1],
                  "variants": [{"name": "GroupDRO, balanced, skip", "method": "groupdro",
                                "set": {"data.sampler": "group_balanced", "algorithm.q_absent": "skip"}}]}}))

@@ -70,14 +70,12 @@ def test_tune_block_expands_methods_trials_and_seeds(tmp_path):
         load_sweep(bad)
 
 
-def test_tuning_end_to_end_on_quickstart(tmp_path, capsys):
+def test_tuning_end_to_end_on_quickstart(tmp_path, capsys, tiny_sweep_set):
     """Trials on the tuning seed, then the selected trial on the final seed, then the report's selection."""
     sweep = tmp_path / "tune.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": "quickstart",
-        "set": ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
-                "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1",
-                "eval.batch_size=256"],
+        "set": tiny_sweep_set,
         "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1]}}))
     out = tmp_path / "out"
     assert main(["sweep", str(sweep), "--out", str(out), "--no-progress"]) == 0
@@ -213,7 +211,7 @@ def _set(cfg: dict, dotted: str, value) -> None:
     cfg[leaf] = value
 
 
-def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys):
+def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys, tiny_sweep_set):
     """A real tiny tuning sweep with variants: the variant jobs are the selected trial's overrides plus the
     variant's settings on every final seed, run once; the report puts each after its method's row."""
     variants = [
@@ -227,9 +225,7 @@ def test_variants_rerun_the_selected_trial_with_their_settings(tmp_path, capsys)
     sweep = tmp_path / "tune.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": "quickstart",
-        "set": ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
-                "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1",
-                "eval.batch_size=256"],
+        "set": tiny_sweep_set,
         "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1, 2],
                  "space": {"algorithm.eta": ["log_uniform", 0.02, 0.2]}, "variants": variants}}))
     out = tmp_path / "out"
@@ -361,7 +357,8 @@ def test_selected_column_shows_the_methods_tuned_keys_the_sweep_does_not_fix():
         "train.lr": "train.lr", "model.lr": "model.lr", "algorithm.rho": "rho"}
 
 
-def test_slurm_launches_submit_the_final_seeds_once_the_trials_are_done(tmp_path, monkeypatch, capsys):
+def test_slurm_launches_submit_the_final_seeds_once_the_trials_are_done(tmp_path, monkeypatch, capsys,
+                                                                         tiny_sweep_set):
     """Slurm returns before its jobs run: a later launch of the same command submits the final-seed jobs."""
     from sharpdro.experiments import sweep as sw
 
@@ -386,8 +383,7 @@ def test_slurm_launches_submit_the_final_seeds_once_the_trials_are_done(tmp_path
     sweep = tmp_path / "tune.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": "quickstart",
-        "set": ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
-                "train.epochs=1", "train.batch_size=40", "train.threads=1", "eval.batch_size=256"],
+        "set": tiny_sweep_set,
         "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1, 2]}}))
     out = tmp_path / "out"
     argv = ["sweep", str(sweep), "--out", str(out), "--launcher", "slurm", "--no-progress"]
