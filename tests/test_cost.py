@@ -74,7 +74,7 @@ def test_cost_splits_tuning_from_reported_runs_as_a_direct_sum_does(sweep_out):
     assert t["all"]["n"] == 6 and t["all"]["cpu_hours"] == pytest.approx(sum(v[1] for v in want.values()))
 
 
-def test_threads_multiply_and_unfinished_runs_are_counted_apart(sweep_out, tmp_path):
+def test_threads_and_processes_multiply_and_unfinished_runs_are_counted_apart(sweep_out, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
@@ -92,6 +92,11 @@ def test_threads_multiply_and_unfinished_runs_are_counted_apart(sweep_out, tmp_p
     cfg["train"]["threads"] = 4
     cfg_path.write_text(yaml.safe_dump(cfg))
     erm_hours = RunDir(out / erm_final).read_summary()["wall_seconds"] / 3600.0
+    # the variant ran data-parallel on 2 processes (summary "processes")
+    variant = next(h for h, e in index.items() if e.get("variant_of") and h not in e["variant_of"].values())
+    summary_path = out / variant / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "processes": 2}))
     # one GroupDRO trial is unfinished: its summary and done marker gone
     gd_hours = RunDir(out / gd_trial).read_summary()["wall_seconds"] / 3600.0
     for f in (out / gd_trial).iterdir():
@@ -102,6 +107,8 @@ def test_threads_multiply_and_unfinished_runs_are_counted_apart(sweep_out, tmp_p
     assert after["erm"].cpu_hours["reported"] == pytest.approx(before["erm"]["reported"] + 3 * erm_hours)
     assert after["groupdro"].cpu_hours["tuning"] == pytest.approx(before["groupdro"]["tuning"] - gd_hours)
     assert after["groupdro"].n["tuning"] == 1 and after["groupdro"].unfinished == 1
+    name = "GroupDRO, balanced, skip"
+    assert after[name].cpu_hours["reported"] == pytest.approx(2 * before[name]["reported"])
     assert "1 unfinished run(s) are not counted" in cost.to_markdown(rows)
 
 

@@ -2,8 +2,8 @@
 its table reports.
 
 A run's cost is the wall-clock time it recorded (``summary.json`` ``wall_seconds``: every session of a
-resumed run, pre-stages included) times its ``train.threads``: CPU-hours on a machine where each run
-had its own threads.  A run without a fixed thread count (``threads: null``) or on an accelerator
+resumed run, pre-stages included) times its ``train.threads`` and its number of data-parallel processes
+(``processes``): CPU-hours on a machine where each run had its own threads.  A run without a fixed thread count (``threads: null``) or on an accelerator
 counts its wall-clock hours once, and the table says so.  The runs of a sweep usually share a machine,
 so the figures include the slowdown from sharing it: they are what the sweep cost there, not a
 benchmark of each method (``sharpdro bench`` is that).
@@ -32,7 +32,8 @@ FORMATS = ("md", "csv", "json")
 TITLE = "Cost of the sweep's finished runs, in CPU-hours (wall-clock × train.threads)"
 NOTES = (
     "A run's cost is the wall-clock time it recorded (every session of a resumed run, pre-stages included) "
-    "times its train.threads; the runs shared the machine, so this includes the slowdown from sharing it",
+    "times its train.threads and data-parallel processes; the runs shared the machine, so this includes the "
+    "slowdown from sharing it",
     "Tuning: runs on the tune block's tuning seeds, which only served the selection; reported: the runs "
     "behind the table (final seeds of the selected configurations, and the variants)",
     "min/run: mean minutes (wall-clock) per finished run of the row, both roles",
@@ -105,12 +106,14 @@ def collect_cost(path: str | Path) -> tuple[list[CostRow], dict]:
         if run.status != "done":
             row.unfinished += run.status == "partial"
             continue
-        seconds = float(RunDir(path / run.name).read_summary().get("wall_seconds") or 0.0)
+        summary = RunDir(path / run.name).read_summary()
+        seconds = float(summary.get("wall_seconds") or 0.0)
+        processes = int(summary.get("processes") or 1)  # a data-parallel run: every process had its threads
         threads = _threads(run.config)
         row.wall_only += threads is None
         role = "tuning" if run.seed in tuning_seeds and variant is None else "reported"
         row.n[role] += 1
-        row.cpu_hours[role] += seconds * (threads or 1) / 3600.0
+        row.cpu_hours[role] += seconds * (threads or 1) * processes / 3600.0
         row.wall_seconds.append(seconds)
     ordered = sorted(rows.values(), key=lambda r: (
         _order(_DATASET_ORDER, r.dataset), r.data, _order(CORRUPTIONS, r.corruption), r.corruption,
