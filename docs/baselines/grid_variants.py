@@ -53,7 +53,7 @@ def _facts(sweep: Path, row) -> str:
     qs = _final_q(sweep, row)
     if qs:
         cols = list(zip(*qs))
-        return "final q " + " ".join(_ms(c, "{:.3f}").split(" ±")[0] for c in cols) + f" (mean over {len(qs)} seeds)"
+        return "final q " + " ".join(f"{statistics.mean(c):.3f}" for c in cols) + f" (mean over {len(qs)} seeds)"
     return ""
 
 

@@ -64,14 +64,10 @@ class CostRow:
 
 
 def _variant_names(index: dict) -> dict[str, str]:
-    """run name -> variant name, for the runs that exist only as a variant (a variant whose settings equal
-    its selected trial's is that trial's final job, reported as such)."""
-    out = {}
-    for h, e in index.items():
-        of = e.get("variant_of") or {}
-        if of and h not in of.values():
-            out[h] = min(of)
-    return out
+    """run name -> variant name, for the runs that exist only as a variant (tuning_report.variant_only_runs)."""
+    from sharpdro.experiments.tuning_report import variant_only_runs
+
+    return {h: min(index[h]["variant_of"]) for h in variant_only_runs(index)}
 
 
 def _threads(cfg: dict) -> int | None:
