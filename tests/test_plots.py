@@ -252,23 +252,30 @@ def test_selected_rows_figures(tuned_sweep, tmp_path, figures):
         rows = [r for r in table.rows if r.corruption == corruption]
         assert all(sorted(r.seed for r in row.runs) == [1, 2] for row in rows)
         name = f"accuracy_vs_severity_{DATA}_{corruption}"
-        ax = figures[name].axes[0]
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"{m} (n=2)" for m in labels]
+        # two panels: the methods; the variant beside its own method (same colour, its own line style)
+        ax, beside = figures[name].axes
+        methods = [m for m in labels if m != VARIANT]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"{m} (n=2)" for m in methods]
+        assert [t.get_text() for t in beside.get_legend().get_texts()] == ["SharpDRO (n=2)", f"{VARIANT} (n=2)"]
         svg = (out / f"{name}.svg").read_text()
         assert all(f"{m} (n=2)" in svg for m in labels) and "95% interval over 2 seeds" in svg
-        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        lines = {ln.get_label(): ln for ln in beside.get_lines()}
         method, variant = lines["SharpDRO (n=2)"], lines[f"{VARIANT} (n=2)"]
         assert method.get_color() == variant.get_color() and method.get_linestyle() != variant.get_linestyle()
         # each row's band, severity by severity, is the t-interval of its runs' accuracies read directly
-        assert len(ax.collections) == len(rows)
-        for row, band in zip(rows, ax.collections):
-            for s in row.severities:
-                acc = [_selected_test_accuracy(tuned_sweep / r.name, s) for r in row.runs]
-                half = student_t.ppf(0.975, len(acc) - 1) * np.std(acc, ddof=1) / math.sqrt(len(acc))
-                assert _band_at(band, s) == pytest.approx((np.mean(acc) - half, np.mean(acc) + half), abs=1e-9)
+        by_label = {r.method: r for r in rows}
+        for axis, panel in ((ax, methods), (beside, ["SharpDRO", VARIANT])):
+            assert len(axis.collections) == len(panel)
+            for band, label in zip(axis.collections, panel):
+                row = by_label[label]
+                for s in row.severities:
+                    acc = [_selected_test_accuracy(tuned_sweep / r.name, s) for r in row.runs]
+                    half = student_t.ppf(0.975, len(acc) - 1) * np.std(acc, ddof=1) / math.sqrt(len(acc))
+                    assert _band_at(band, s) == pytest.approx((np.mean(acc) - half, np.mean(acc) + half),
+                                                              abs=1e-9)
         # training curves: the same rows; agnostic diagnostics: the selected trial's, drawn over both epochs
-        curves = figures[f"curves_{DATA}_{corruption}"].axes[0]
-        assert [t.get_text() for t in curves.get_legend().get_texts()] == labels
+        (legend,) = figures[f"curves_{DATA}_{corruption}"].legends  # one, of the rows, under the panels
+        assert [t.get_text() for t in legend.get_texts()] == labels
         diag = figures[f"agnostic_{DATA}_{corruption}_sharpdro_agnostic"].axes[1]
         (val,) = [ln for ln in diag.get_lines() if ln.get_label() == "validation"]
         assert list(val.get_xdata()) == [1, 2]

@@ -183,34 +183,54 @@ def _row_color(row: Row, i: int):
 # --------------------------------------------------------------------------- accuracy vs severity
 
 
+def _variant_panels(rows: list) -> list[list]:
+    """The rows of each panel: the methods; then, when there are variants, each variant beside its own
+    method's row (a dozen lines in one panel cannot be read, and a variant is compared with its method)."""
+    methods = [r for r in rows if r.variant is None]
+    variants = [r for r in rows if r.variant is not None]
+    if not variants:
+        return [methods]
+    owners = {r.method_key for r in variants}
+    return [methods, [r for r in rows if r.method_key in owners]]
+
+
 def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
                               band: str = "ci95") -> list[Path]:
     """A figure per block, a line per row: mean test accuracy per severity over seeds, with the 95%
     t-interval of each severity (``band="ci95"``, as the report's CI columns) or ± the sample std
-    (``band="std"``)."""
+    (``band="std"``).  With variants, a second panel holds each variant beside its own method's row."""
     plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
         rows = [r for r in rows if r.finished]
         if not rows:
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for row, (color, style, marker) in zip(rows, row_styles(rows, _row_color)):
-            draw(ax, severity_series(row, band), color, alpha=0.2, linestyle=style, marker=marker,
-                 label=f"{row.method} (n={len(row.finished)})")
-        ax.set_xlabel("severity")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_xticks(table.severities)
-        title = _block_title(table, rows[0])
-        if table.oracle:
-            title += " [ORACLE selection]"
+        style = dict(zip(map(id, rows), row_styles(rows, _row_color)))
+        panels = [p for p in _variant_panels(rows) if p]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharey=True, squeeze=False)
         what = "mean and 95% interval" if band == "ci95" else "mean ± std"
-        ax.set_title(f"{title}\n{what} {seeds_text([len(r.finished) for r in rows])}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        title = _block_title(table, rows[0]) + (" [ORACLE selection]" if table.oracle else "")
+        legend_rows = 0
+        for k, (ax, panel) in enumerate(zip(axes[0], panels)):
+            for row in panel:
+                color, line, marker = style[id(row)]
+                draw(ax, severity_series(row, band), color, alpha=0.2, linestyle=line, marker=marker,
+                     label=f"{row.method} (n={len(row.finished)})")
+            ax.set_xlabel("severity")
+            ax.set_xticks(table.severities)
+            ax.grid(alpha=0.3)
+            # below the axes: with many rows a legend inside covers the lines it names
+            ncol = 2 if max(len(r.method) for r in panel) <= 24 else 1
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+            legend_rows = max(legend_rows, -(-len(panel) // ncol))
+            head = title if k == 0 else "variants, each beside its method"
+            ax.set_title(f"{head}\n{what} {seeds_text([len(r.finished) for r in panel])}", fontsize=10)
+        axes[0][0].set_ylabel("test accuracy (%)")
         hps = (f"; hyperparameters: per method, the trial of the best mean {table.select_hparams}-severity "
                f"validation accuracy (variants: its settings changed)" if table.select_hparams else "")
-        _footer(fig, f"epoch selection: {table.selection}{hps}; band: {BAND_TEXT[band]}")
+        _footer(fig, f"epoch selection: {table.selection}{hps}; band: {BAND_TEXT[band]}",
+                y=-0.1 - 0.045 * legend_rows)
+        ax = axes[0][0]
         _readable_accuracy_axis(ax)
         lo, hi = ax.get_ylim()  # an interval of few seeds can reach past what an accuracy can be
         ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
@@ -273,11 +293,14 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
         axes[2].set_ylabel("worst-severity accuracy (%)")
         for ax in axes:
             _epoch_axis(ax)
-        axes[0].legend(fontsize=7)
-        axes[2].legend(fontsize=7)
-        fig.suptitle(_block_title(table, rows[0]) + "  (mean ± std over seeds; val dashed, test solid)",
-                     fontsize=10)
+        # one legend, of the rows (their colour and style), under the panels: a legend per panel covered the
+        # curves once a block had a dozen rows; the splits' styles are in the title
+        fig.suptitle(_block_title(table, rows[0]) + "  (mean ± std over seeds; val dashed, test solid; "
+                     "\u2605 test at a run's selected epoch)", fontsize=10)
         fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=4 if max(map(len, labels)) <= 24 else 3, frameon=False)
         for ax in axes[1:]:
             _readable_accuracy_axis(ax)
         paths += save_figure(fig, _figure_path(out_dir, "curves", table, data, corruption, hp), formats)
