@@ -122,6 +122,33 @@ def test_plot_agnostic_selection(tmp_path):
     assert any(p.stem.startswith("agnostic") for p in plots.plot_dir(root))
 
 
+def test_plot_prestage_selection_bars_are_the_runs_shares(tmp_path, figures):
+    """JTT selects once, before training: its figure has the share of each severity in the error set
+    (from each run's summary), as bars of the mean with the t-interval over seeds, and no empty panels."""
+    from scipy.stats import t as student_t
+
+    root = tmp_path / "sweep"
+    shares = {0: [0.70, 0.72, 0.80, 0.90], 1: [0.74, 0.70, 0.84, 0.96]}
+    for seed, share in shares.items():
+        _run(root, ["algorithm.name=jtt", f"seed={seed}"], 0.0, with_q=False)
+    for d in root.iterdir():
+        seed = yaml.safe_load((d / "config.yaml").read_text())["seed"]
+        pre = {"error_set_fraction": 0.75, "members_fraction_by_severity": {str(g): v for g, v in
+                                                                            enumerate(shares[seed])}}
+        (d / "summary.json").write_text(json.dumps({"finished": True, "prestage": pre}))
+    paths = plots.plot_agnostic_selection(collect(root), tmp_path / "out", formats=("png",))
+    _check(paths, ["agnostic_CIFAR10_gaussian_noise_jtt"])
+    (ax,) = figures["agnostic_CIFAR10_gaussian_noise_jtt"].axes  # no per-epoch diagnostics were logged
+    heights = [b.get_height() for b in ax.patches]
+    assert heights == pytest.approx([np.mean([shares[0][g], shares[1][g]]) for g in range(4)])
+    (bars,) = [c for c in ax.containers if hasattr(c, "errorbar") and c.errorbar is not None]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    for g, seg in enumerate(segments):
+        a, b = shares[0][g], shares[1][g]
+        half = student_t.ppf(0.975, 1) * abs(a - b) / math.sqrt(2) / math.sqrt(2)
+        assert sorted(seg[:, 1]) == pytest.approx([(a + b) / 2 - half, (a + b) / 2 + half])
+
+
 def test_plot_of_runs_that_differ_in_a_list_valued_key(tmp_path):
     """Runs differing in train.milestones (a list) once crashed the plots with 'unhashable type: list'."""
     root = tmp_path / "sweep"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log_floor, log_scale, row_styles,
-                                              seeds_text, severity_series)
+                                              seeds_text, severity_series, summarize_values)
 from sharpdro.experiments.report import Row, Table, _fmt_value, collect
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
 
@@ -347,49 +347,90 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
     return paths
 
 
+def _prestage_members(run) -> list[float] | None:
+    """The share of each severity's training samples that a pre-stage put in its selected set (JTT's error
+    set, EIIL's minority environment), from the run's summary; None when it recorded none."""
+    shares = (run.prestage or {}).get("members_fraction_by_severity")
+    if not isinstance(shares, Mapping) or not shares:
+        return None
+    return [float(shares[k]) for k in sorted(shares, key=int)]
+
+
 def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
                             formats: Sequence[str] = FORMATS) -> list[Path]:
-    """The agnostic selection's diagnostics against the epoch, one figure per row that logged them: the mean
-    severity of the selected samples against the batch's, the AUROC of the score (severity >= 3 against 0) on
-    the training memory and on the validation set, and the share of each severity's samples selected."""
+    """What a severity-agnostic method selects, one figure per row that logged it, a panel per diagnostic the
+    runs have: the mean severity of the selected samples against the batch's per epoch; the AUROC of the
+    score (severity >= 3 against 0) on the training memory and on the validation set; the share of each
+    severity's samples selected per epoch; and, for a pre-stage (JTT, EIIL), the share of each severity's
+    samples in the set it selected once, as bars with their 95% interval over seeds."""
     plt = _plt()
     paths = []
     for row in table.rows:
-        runs = [r for r in _runs_with_records(row) if any("agnostic_auroc_val" in rec or
-                                                          "agnostic_selected_severity" in rec for rec in r.records)]
-        if not runs:
-            continue
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        for key, label, style in (("agnostic_selected_severity", "selected", "-"),
-                                  ("agnostic_batch_severity", "batch", "--")):
-            s = epoch_series(runs, lambda r, k=key: r[k])
-            if s.x:
-                draw(axes[0], s, "C3" if label == "selected" else "C7", linestyle=style, marker=".", label=label)
-        axes[0].set_ylabel("mean severity")
-        for key, label, color in (("agnostic_auroc_train", "train (memory)", "C0"),
-                                  ("agnostic_auroc_val", "validation", "C1")):
-            s = epoch_series(runs, lambda r, k=key: r[k])
-            if s.x:
-                draw(axes[1], s, color, marker=".", label=label)
-        axes[1].axhline(0.5, color="0.6", linewidth=0.8)
-        axes[1].set_ylabel("AUROC, severity >= 3 vs 0")
-        axes[1].set_ylim(0, 1)
-        fractions = [rec["agnostic_selected_fraction"] for r in runs for rec in r.records
+        records = _runs_with_records(row)
+        epoch = [r for r in records if any("agnostic_auroc_val" in rec or "agnostic_selected_severity" in rec
+                                            for rec in r.records)]
+        members = [m for m in map(_prestage_members, sorted(row.runs, key=lambda r: (r.seed, r.name))) if m]
+        fractions = [rec["agnostic_selected_fraction"] for r in epoch for rec in r.records
                      if isinstance(rec.get("agnostic_selected_fraction"), list)]
-        if fractions:
+        has_auroc = any("agnostic_auroc_train" in rec or "agnostic_auroc_val" in rec for r in epoch
+                        for rec in r.records)
+        kinds = [k for k, present in (("severity", epoch), ("auroc", has_auroc), ("fraction", fractions),
+                                      ("prestage", members)) if present]
+        if not kinds:
+            continue
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4.7 * len(kinds), 3.8), squeeze=False)
+        panel = dict(zip(kinds, axes[0]))
+        if "severity" in panel:
+            ax = panel["severity"]
+            for key, label, style in (("agnostic_selected_severity", "selected", "-"),
+                                      ("agnostic_batch_severity", "batch", "--")):
+                s = epoch_series(epoch, lambda r, k=key: r[k])
+                if s.x:
+                    draw(ax, s, "C3" if label == "selected" else "C7", linestyle=style, marker=".", label=label)
+            ax.set_ylabel("mean severity")
+        if "auroc" in panel:
+            ax = panel["auroc"]
+            for key, label, color in (("agnostic_auroc_train", "train (memory)", "C0"),
+                                      ("agnostic_auroc_val", "validation", "C1")):
+                s = epoch_series(epoch, lambda r, k=key: r[k])
+                if s.x:
+                    draw(ax, s, color, marker=".", label=label)
+            ax.axhline(0.5, color="0.6", linewidth=0.8)
+            ax.set_ylabel("AUROC, severity >= 3 vs 0")
+            ax.set_ylim(0, 1)
+        if "fraction" in panel:
+            ax = panel["fraction"]
             groups = max(len(f) for f in fractions)
             cmap = plt.get_cmap("viridis")
             for g in range(groups):
-                s = epoch_series(runs, lambda r, g=g: r["agnostic_selected_fraction"][g])
+                s = epoch_series(epoch, lambda r, g=g: r["agnostic_selected_fraction"][g])
                 if s.x:
-                    draw(axes[2], s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
-        axes[2].set_ylabel("share of the severity's samples selected")
-        axes[2].set_ylim(bottom=0)
-        for ax in axes:
-            _epoch_axis(ax)
+                    draw(ax, s, cmap(g / max(1, groups - 1)), marker=".", label=f"severity {g}")
+            ax.set_ylabel("share of the severity's samples selected")
+            ax.set_ylim(bottom=0)
+        for kind, ax in panel.items():
+            if kind != "prestage":
+                _epoch_axis(ax)
+        if "prestage" in panel:
+            ax = panel["prestage"]
+            groups = min(map(len, members))
+            stats = [summarize_values([m[g] for m in members]) for g in range(groups)]
+            means = [m for m, _, _ in stats]
+            err = ([0.0 if lo is None else m - lo for m, lo, _ in stats],
+                   [0.0 if hi is None else hi - m for m, _, hi in stats])
+            ax.bar(range(groups), means, yerr=err, color=[plt.get_cmap("viridis")(g / max(1, groups - 1))
+                                                         for g in range(groups)], capsize=3)
+            ax.set_xlabel("severity")
+            ax.set_xticks(range(groups))
+            ax.set_ylabel("share of the severity's samples in the set")
+            ax.set_title(f"the pre-stage's selection ({seeds_text([len(members)])})", fontsize=9)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3, axis="y")
+        for ax in panel.values():
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        fig.suptitle(f"{_block_title(table, row)}: {row.method} (n={len(runs)}, mean ± std over seeds)",
+        n = max(len(epoch), len(members))
+        fig.suptitle(f"{_block_title(table, row)}: {row.method} (n={n}; per epoch mean ± std over seeds)",
                      fontsize=10)
         fig.tight_layout()
         _footer(fig, _selected_settings(table, row))
