@@ -55,6 +55,25 @@ def in_words(p: dict) -> str:
     return f"- {what}: {d:+.2f} points [{lo:+.2f}, {hi:+.2f}], n = {p['n']}: {verdict}."
 
 
+QUESTION = ("SharpDRO", "SharpDRO (agnostic)")
+
+
+def summary(report: dict) -> list[str]:
+    """The question first (SharpDRO against the baselines on the worst severity), then every difference whose
+    interval excludes zero: the few lines a reader needs before the full list."""
+    paired = report["paired"]
+    ask = [p for p in paired if p["method"] in QUESTION and p["metric"] == "worst"]
+    lines = ["**The question: SharpDRO's worst-severity accuracy against the baselines** (paired by seed)", ""]
+    lines += [in_words(p) for p in ask] or ["- no finished SharpDRO row yet"]
+    told = [p for p in paired if p["excludes_zero"]]
+    chance = 0.05 * len(paired)  # each interval at 95%, uncorrected: this many exclude zero by chance alone
+    lines += ["", f"**Distinguishable from zero: {len(told)} of {len(paired)} paired differences**"
+              + (" (none)" if not told else "")
+              + f" (each interval is at 95% and uncorrected: about {chance:.1f} would exclude zero by chance alone)",
+              ""]
+    return lines + [in_words(p) for p in told] + [""]
+
+
 def main(argv: list[str]) -> int:
     here = Path(argv[0]) if argv else Path(__file__).resolve().parent
     out = []
@@ -63,8 +82,8 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             continue
         report = json.loads(path.read_text(encoding="utf-8"))
-        out += [f"## {ARMS[arm]}", ""] + beside_original(report, arm)
-        out += ["**Paired differences, in words** (each method against ERM, JTT and EIIL; each variant against "
+        out += [f"## {ARMS[arm]}", ""] + beside_original(report, arm) + summary(report)
+        out += ["**Every paired difference, in words** (each method against ERM, JTT and EIIL; each variant against "
                 "its own method first; per-seed differences, 95% t-interval, not corrected for multiple "
                 "comparisons)", ""]
         out += [in_words(p) for p in report["paired"]] + [""]
