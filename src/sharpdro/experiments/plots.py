@@ -356,6 +356,14 @@ def _prestage_members(run) -> list[float] | None:
     return [float(shares[k]) for k in sorted(shares, key=int)]
 
 
+def _draw_keys(ax, runs, keys) -> None:
+    """One per-epoch series (mean ± std over runs) per (record key, label, colour, line style)."""
+    for key, label, color, style in keys:
+        s = epoch_series(runs, lambda r, k=key: r[k])
+        if s.x:
+            draw(ax, s, color, linestyle=style, marker=".", label=label)
+
+
 def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
                             formats: Sequence[str] = FORMATS) -> list[Path]:
     """What a severity-agnostic method selects, one figure per row that logged it, a panel per diagnostic the
@@ -382,19 +390,13 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
         panel = dict(zip(kinds, axes[0]))
         if "severity" in panel:
             ax = panel["severity"]
-            for key, label, style in (("agnostic_selected_severity", "selected", "-"),
-                                      ("agnostic_batch_severity", "batch", "--")):
-                s = epoch_series(epoch, lambda r, k=key: r[k])
-                if s.x:
-                    draw(ax, s, "C3" if label == "selected" else "C7", linestyle=style, marker=".", label=label)
+            _draw_keys(ax, epoch, (("agnostic_selected_severity", "selected", "C3", "-"),
+                                   ("agnostic_batch_severity", "batch", "C7", "--")))
             ax.set_ylabel("mean severity")
         if "auroc" in panel:
             ax = panel["auroc"]
-            for key, label, color in (("agnostic_auroc_train", "train (memory)", "C0"),
-                                      ("agnostic_auroc_val", "validation", "C1")):
-                s = epoch_series(epoch, lambda r, k=key: r[k])
-                if s.x:
-                    draw(ax, s, color, marker=".", label=label)
+            _draw_keys(ax, epoch, (("agnostic_auroc_train", "train (memory)", "C0", "-"),
+                                   ("agnostic_auroc_val", "validation", "C1", "-")))
             ax.axhline(0.5, color="0.6", linewidth=0.8)
             ax.set_ylabel("AUROC, severity >= 3 vs 0")
             ax.set_ylim(0, 1)
