@@ -37,19 +37,31 @@ def _final_q(sweep: Path, row) -> list[list[float]]:
     return out
 
 
+def _by_severity(pre: list[dict]) -> str:
+    """The share of the clean and of the most severe training images in the selected set (JTT's error set,
+    EIIL's minority environment): equal shares mean the selection does not see the severity."""
+    shares = [p.get("members_fraction_by_severity") for p in pre]
+    if not all(shares):
+        return ""
+    top = max(int(k) for k in shares[0])
+    return (f" (of severity 0: {_ms([s['0'] for s in shares], '{:.2f}')}, of severity {top}: "
+            f"{_ms([s[str(top)] for s in shares], '{:.2f}')})")
+
+
 def _facts(sweep: Path, row) -> str:
     """The pre-stage's findings (JTT, EIIL) or the final q (group-weighted methods), mean ± std over seeds."""
     sums = _summaries(sweep, row)
     pre = [s.get("prestage") or {} for s in sums]
     if row.method_key == "jtt":
-        return (f"\\|E\\|/N {_ms([p.get('error_set_fraction') for p in pre])}; identification train acc. "
+        return (f"\\|E\\|/N {_ms([p.get('error_set_fraction') for p in pre])}{_by_severity(pre)}; "
+                f"identification train acc. "
                 f"{_ms([p.get('identification_train_accuracy') for p in pre])}; epoch samples / N "
                 f"{_ms([p['epoch_samples'] / p['train_size'] if p.get('epoch_samples') else None for p in pre], '{:.2f}')}")
     if row.method_key == "eiil":
         conv = "/".join("yes" if p.get("converged") else "no" for p in pre) or "–"
         return (f"penalty {_ms([p.get('penalty') for p in pre], '{:.4f}')}; steps "
                 f"{'/'.join(str(p.get('steps')) for p in pre)}; converged {conv}; environment sizes "
-                f"{'; '.join(str(p.get('environment_sizes')) for p in pre)}")
+                f"{'; '.join(str(p.get('environment_sizes')) for p in pre)}{_by_severity(pre)}")
     qs = _final_q(sweep, row)
     if qs:
         cols = list(zip(*qs))
