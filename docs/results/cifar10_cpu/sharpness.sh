@@ -26,8 +26,15 @@ for row in table["rows"]:
 for corruption, runs in by_corruption.items():
     print(corruption, ",".join(l.replace(" ", "_") for l, _ in runs), " ".join(d for _, d in runs))
 PY
+    out="$here/sharpness/${arm}_${corruption}"
+    # done already for exactly these runs (about 2 CPU-minutes a run): keep it; SHARPDRO_FORCE=1 measures again
+    if [ -z "${SHARPDRO_FORCE:-}" ] && [ -f "$out/sharpness.json" ] && python -c "
+import json, sys; d = json.load(open(sys.argv[1])); sys.exit([r['label'] for r in d['runs']] != sys.argv[2].split(','))
+" "$out/sharpness.json" "$labels"; then
+      echo "sharpness: $arm $corruption already measured for these runs ($out)"; continue
+    fi
     # shellcheck disable=SC2086
     sharpdro sharpness $dirs --labels "$labels" --split test --max-images 500 --seed 0 \
-      --out "$here/sharpness/${arm}_${corruption}" --no-progress
+      --out "$out" --no-progress
   done
 done
