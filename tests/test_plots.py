@@ -90,6 +90,23 @@ def test_plot_sharpness(tmp_path):
     assert one == [tmp_path / "one.svg"] and one[0].stat().st_size > 1000
 
 
+def test_sharpness_runs_of_one_algorithm_share_a_colour(tmp_path, figures):
+    """Seeds of one method (labels ERM_s1, ERM_s2, ...) are drawn in their method's colour with a line style
+    each, so that a figure of nine runs reads as three methods."""
+    radii = [0.01, 0.05]
+    entry = lambda k: {s: {"radii": radii, "mean_increase": [0.01 * k, 0.02 * k],  # noqa: E731
+                           "worst_increase": 0.1 * k} for s in range(3)}
+    labels = {"ERM_s1": "erm", "ERM_s2": "erm", "SharpDRO_s1": "sharpdro", "SharpDRO_s2": "sharpdro"}
+    results = {label: entry(k + 1) for k, label in enumerate(labels)}
+    plots.plot_sharpness(results, tmp_path / "sharp", formats=("png",), algorithms=labels)
+    worst = figures["sharp"].axes[3]  # after the three severity panels
+    lines = {ln.get_label(): ln for ln in worst.get_lines()}
+    assert lines["ERM_s1"].get_color() == lines["ERM_s2"].get_color() != lines["SharpDRO_s1"].get_color()
+    assert lines["SharpDRO_s1"].get_color() == lines["SharpDRO_s2"].get_color()
+    assert lines["ERM_s1"].get_linestyle() != lines["ERM_s2"].get_linestyle()
+    assert list(lines["SharpDRO_s2"].get_ydata()) == pytest.approx([0.4] * 3)
+
+
 def test_accuracy_plot_labels_oracle(sweep_dir, tmp_path):
     table = collect(sweep_dir, selection="oracle_average")
     paths = plots.plot_accuracy_vs_severity(table, tmp_path, formats=("svg",))

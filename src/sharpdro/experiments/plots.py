@@ -443,8 +443,26 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
 # --------------------------------------------------------------------------- sharpness
 
 
+_RUN_STYLES = ("-", "--", ":", "-.")
+
+
+def _sharpness_styles(methods: Sequence, algorithms: Mapping[str, str] | None) -> dict:
+    """(colour, line style) per label: a colour per algorithm (several seeds of one method share it, each
+    with its own line style) when ``algorithms`` maps the labels to their algorithm keys; else per label."""
+    out, seen = {}, {}
+    for j, m in enumerate(methods):
+        key = (algorithms or {}).get(m)
+        if key is None:
+            out[m] = (_color(str(m), j), "-")
+            continue
+        k = seen.setdefault(key, [len(seen), 0])
+        out[m] = (_color(key, k[0]), _RUN_STYLES[k[1] % len(_RUN_STYLES)])
+        k[1] += 1
+    return out
+
+
 def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
-                   formats: Sequence[str] = FORMATS) -> list[Path]:
+                   formats: Sequence[str] = FORMATS, algorithms: Mapping[str, str] | None = None) -> list[Path]:
     """Sharpness per severity and method.
 
     ``results``: ``{method: {severity: {"radii": [...], "mean_increase": [...], "worst_increase": float}}}``
@@ -452,12 +470,15 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
     ``std_increase`` list (same length as ``radii``) is drawn as a ± band.
     One panel per severity with the mean loss increase against the radius, and a last panel
     with the worst-case increase against the severity.  ``path`` with a suffix writes that
-    format; without one, every format in ``formats``.
+    format; without one, every format in ``formats``.  ``algorithms`` (label -> algorithm key): runs of
+    one algorithm share its colour, with a line style each.
     """
     if not results:
         raise ValueError("plot_sharpness: results is empty")
     plt = _plt()
-    methods = sorted(results, key=lambda m: (method_rank(m), str(m)))
+    rank = lambda m: method_rank((algorithms or {}).get(m, m))  # noqa: E731
+    methods = sorted(results, key=lambda m: (rank(m), str(m)))
+    styles = _sharpness_styles(methods, algorithms)
     severities = sorted({int(s) for m in methods for s in results[m]})
     n = len(severities) + 1
     cols = min(4, n)
@@ -466,13 +487,13 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
     flat = [ax for r in axes for ax in r]
     for i, sev in enumerate(severities):
         ax = flat[i]
-        for j, m in enumerate(methods):
+        for m in methods:
             entry = _sev_entry(results[m], sev)
             if not entry or not entry.get("radii"):
                 continue
-            color = _color(str(m), j)
+            color, line = styles[m]
             x, y = _floats(entry["radii"]), _floats(entry["mean_increase"])
-            ax.plot(x, y, marker=".", color=color, label=method_label(m))
+            ax.plot(x, y, marker=".", color=color, linestyle=line, label=method_label(m))
             std = entry.get("std_increase")
             if std is not None and len(std) == len(y):
                 sd = [0.0 if v != v else v for v in _floats(std)]
@@ -483,7 +504,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
         ax.set_ylabel("mean loss increase")
         ax.grid(alpha=0.3)
     ax = flat[len(severities)]
-    for j, m in enumerate(methods):
+    for m in methods:
         xs, ys = [], []
         for sev in severities:
             entry = _sev_entry(results[m], sev)
@@ -491,7 +512,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
                 xs.append(sev)
                 ys.append(float(entry["worst_increase"]))
         if xs:
-            ax.plot(xs, ys, marker="o", color=_color(str(m), j), label=method_label(m))
+            ax.plot(xs, ys, marker="o", color=styles[m][0], linestyle=styles[m][1], label=method_label(m))
     ax.set_title("worst-case loss increase", fontsize=9)
     ax.set_xlabel("severity")
     ax.set_xticks(severities)

@@ -269,7 +269,8 @@ def plot_results(labelled: Mapping[str, Mapping], path: str | os.PathLike,
     """One figure of every labelled result (label -> ``sharpness.json`` content)."""
     from sharpdro.experiments.plots import plot_sharpness
 
-    return plot_sharpness({label: severity_entries(res) for label, res in labelled.items()}, path, formats)
+    return plot_sharpness({label: severity_entries(res) for label, res in labelled.items()}, path, formats,
+                          algorithms={label: res["run"]["algorithm"] for label, res in labelled.items()})
 
 
 # --------------------------------------------------------------------------- tables
