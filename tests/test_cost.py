@@ -129,3 +129,41 @@ def test_cost_command_writes_every_format_and_refuses_a_bad_one(sweep_out, tmp_p
     err = capsys.readouterr().err
     assert "unknown format 'xlsx'" in err and "Traceback" not in err
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_to_go_counts_unfinished_and_not_yet_listed_final_jobs(sweep_out, tmp_path):
+    """The estimate of the compute ahead: a final run deleted is one job at its row's minutes per finished run;
+    a sweep whose final jobs are not listed yet (its state before selection) has final seeds x (method +
+    its variants) jobs per method ahead, at the tuning runs' minutes."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sweep_out, out)
+    rows, tune = cost.collect_cost(out)
+    assert cost.to_go(rows, tune) == {"jobs": 0, "after_selection": 0, "unestimated": 0, "cpu_hours": 0.0}
+    assert "To go: nothing" in cost.to_markdown(rows, tune)
+    index_path = out / "sweep.json"
+    sweep = json.loads(index_path.read_text())
+    final = [h for h, e in sweep["jobs"].items() if e["config"]["seed"] == 1]
+    erm_final = next(h for h in final if sweep["jobs"][h]["config"]["algorithm"]["name"] == "erm")
+    shutil.rmtree(out / erm_final)  # listed, not started
+    rows, tune = cost.collect_cost(out)
+    g = cost.to_go(rows, tune)
+    erm = next(r for r in rows if r.method_key == "erm" and r.variant is None)
+    assert g["jobs"] == 1 and g["after_selection"] == 0
+    # at the minutes of ERM's remaining (tuning) run, one thread: the deleted run no longer counts
+    assert erm.n == {"tuning": 1, "reported": 0}
+    assert g["cpu_hours"] == pytest.approx(erm.minutes_per_run / 60.0)
+    # before selection: no final job listed; ERM 1 seed x 1, GroupDRO 1 seed x (1 + its variant)
+    for h in final:
+        del sweep["jobs"][h]
+        shutil.rmtree(out / h, ignore_errors=True)
+    index_path.write_text(json.dumps(sweep))
+    rows, tune = cost.collect_cost(out)
+    g = cost.to_go(rows, tune)
+    minutes = {r.method_key: r.minutes_per_run for r in rows}
+    assert g["jobs"] == g["after_selection"] == 3 and g["unestimated"] == 0
+    assert g["cpu_hours"] == pytest.approx((minutes["erm"] + 2 * minutes["groupdro"]) / 60.0)
+    md = cost.to_markdown(rows, tune)
+    assert "To go: 3 jobs" in md and "3 of them are final jobs the tune block adds after selection" in md
+    assert json.loads(cost.render(rows, "json", tune))["to_go"]["jobs"] == 3

@@ -9,8 +9,9 @@ def add_parser(sub) -> None:
         description="Sum, per data, corruption and method (and tune-block variant), the compute of the "
                     "finished runs under SWEEP_DIR: each run's recorded wall-clock time times its "
                     "train.threads, split into tuning runs (the tune block's tuning seeds) and the runs the "
-                    "report shows (final seeds, variants), with block and overall totals. The figures include "
-                    "any slowdown from runs sharing the machine.",
+                    "report shows (final seeds, variants), with block and overall totals, and an estimate of the "
+                    "compute still ahead (unfinished jobs, and the final jobs a tune block adds after selection). "
+                    "The figures include any slowdown from runs sharing the machine.",
     )
     p.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p.add_argument("--format", default=None, metavar="md,csv,json",
@@ -27,8 +28,8 @@ def run(args) -> int:
 
     formats = [f.strip().lower() for f in (args.format or "").split(",") if f.strip()]
     formats = formats or (list(cost.FORMATS) if args.out else ["md"])
-    rows, _ = cost.collect_cost(args.sweep_dir)
-    texts = {fmt: cost.render(rows, fmt) for fmt in formats}  # every format checked before anything is written
+    rows, tune = cost.collect_cost(args.sweep_dir)
+    texts = {fmt: cost.render(rows, fmt, tune) for fmt in formats}  # every format checked before anything is written
     if not args.out:
         for fmt in formats:
             print(texts[fmt], end="")

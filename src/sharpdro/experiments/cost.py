@@ -53,6 +53,9 @@ class CostRow:
     wall_seconds: list = field(default_factory=list)
     unfinished: int = 0
     wall_only: int = 0  # runs counted at wall-clock (threads not fixed, or an accelerator)
+    pending: list = field(default_factory=list)  # per listed job not finished (partial or not started): its threads
+    listed_final: int = 0  # listed jobs that are not tuning runs (final seeds, variants), finished or not
+    threads: int = 1  # the row's train.threads (its last run's), for the jobs a tune block will still add
 
     @property
     def type(self) -> str:
@@ -99,15 +102,18 @@ def collect_cost(path: str | Path) -> tuple[list[CostRow], dict]:
         key = (data.get("dataset", "?"), dataset_name(run.config), data.get("corruption", "?"), method, variant)
         row = rows.setdefault(key, CostRow(key[0], key[1], key[2], method,
                                            variant if variant is not None else methods.label(method), variant))
+        threads = _threads(run.config)
+        row.threads = threads or 1
+        role = "tuning" if run.seed in tuning_seeds and variant is None else "reported"
+        row.listed_final += role == "reported"
         if run.status != "done":
             row.unfinished += run.status == "partial"
+            row.pending.append(threads or 1)
             continue
         summary = RunDir(path / run.name).read_summary()
         seconds = float(summary.get("wall_seconds") or 0.0)
         processes = int(summary.get("processes") or 1)  # a data-parallel run: every process had its threads
-        threads = _threads(run.config)
         row.wall_only += threads is None
-        role = "tuning" if run.seed in tuning_seeds and variant is None else "reported"
         row.n[role] += 1
         row.cpu_hours[role] += seconds * (threads or 1) * processes / 3600.0
         row.wall_seconds.append(seconds)
@@ -124,6 +130,46 @@ def totals(rows: Sequence[CostRow]) -> dict:
            for role in ROLES}
     out["all"] = {"n": sum(v["n"] for v in out.values()), "cpu_hours": math.fsum(v["cpu_hours"] for v in out.values())}
     return out
+
+
+def to_go(rows: Sequence[CostRow], tune: dict) -> dict:
+    """The compute still ahead, estimated: the listed jobs not finished (a partial run counted whole), and the
+    final jobs a tune block adds once a method's trials are done (its final seeds, for the method and each
+    of its variants), each at its row's mean minutes per finished run, else its method's (any data or
+    corruption); jobs with neither are counted apart."""
+    seconds: dict[str, list] = {}
+    for r in rows:
+        seconds.setdefault(r.method_key, []).extend(r.wall_seconds)
+    finals = len(tune.get("final_seeds") or ()) if tune.get("final_seeds") else 0
+    n_variants = {m: sum(v.get("method") == m for v in tune.get("variants") or ()) for m in tune.get("methods") or ()}
+    jobs, waiting, unestimated, hours = 0, 0, 0, 0.0
+    for r in rows:
+        of_method = seconds.get(r.method_key) or []
+        minutes = r.minutes_per_run or (math.fsum(of_method) / len(of_method) / 60.0 if of_method else None)
+        ahead = list(r.pending)
+        if finals and r.variant is None and r.method_key in n_variants and not r.listed_final:
+            extra = finals * (1 + n_variants[r.method_key])  # not listed before the method's selection
+            waiting += extra
+            ahead += [r.threads] * extra
+        jobs += len(ahead)
+        if minutes is None:
+            unestimated += len(ahead)
+        else:
+            hours += math.fsum(minutes * t / 60.0 for t in ahead)
+    return {"jobs": jobs, "after_selection": waiting, "unestimated": unestimated, "cpu_hours": hours}
+
+
+def _to_go_line(rows: Sequence[CostRow], tune: dict) -> str:
+    g = to_go(rows, tune)
+    if not g["jobs"]:
+        return "To go: nothing; every job is finished."
+    text = (f"To go: {g['jobs']} jobs, about {_h(g['cpu_hours'])} CPU-hours at the mean minutes per finished run "
+            f"of each row (else of its method)")
+    if g["after_selection"]:
+        text += f"; {g['after_selection']} of them are final jobs the tune block adds after selection"
+    if g["unestimated"]:
+        text += f"; {g['unestimated']} have no finished run of their method to estimate from and are not in the hours"
+    return text + "."
 
 
 def _blocks(rows: Sequence[CostRow]) -> list[tuple[tuple, list[CostRow]]]:
@@ -160,7 +206,7 @@ def _line(data: str, type_: str, label: str, n: dict, hours: dict, minutes: floa
             "–" if minutes is None else f"{minutes:.1f}"]
 
 
-def to_markdown(rows: Sequence[CostRow]) -> str:
+def to_markdown(rows: Sequence[CostRow], tune: dict | None = None) -> str:
     lines = [f"**{TITLE}**", "", "| " + " | ".join(HEADER) + " |", "| :-- | :-: | :-- | " + " | ".join(["--:"] * 5) + " |"]
     for (data, type_), block in _blocks(rows):
         for r in block:
@@ -171,12 +217,13 @@ def to_markdown(rows: Sequence[CostRow]) -> str:
     t = totals(rows)
     lines += ["", f"Total: {_h(t['all']['cpu_hours'])} CPU-hours in {t['all']['n']} finished runs: "
                   f"{_h(t['tuning']['cpu_hours'])} for tuning ({t['tuning']['n']} runs), "
-                  f"{_h(t['reported']['cpu_hours'])} for the reported runs ({t['reported']['n']}).", ""]
+                  f"{_h(t['reported']['cpu_hours'])} for the reported runs ({t['reported']['n']}).", "",
+              _to_go_line(rows, tune or {}), ""]
     lines += [f"- {n}." for n in _notes(rows)]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: Sequence[CostRow]) -> str:
+def to_csv(rows: Sequence[CostRow], tune: dict | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["data", "type", "method", "dataset", "corruption", "algorithm", "variant", "tuning_runs",
@@ -189,7 +236,7 @@ def to_csv(rows: Sequence[CostRow]) -> str:
     return buf.getvalue()
 
 
-def to_dict(rows: Sequence[CostRow]) -> dict[str, Any]:
+def to_dict(rows: Sequence[CostRow], tune: dict | None = None) -> dict[str, Any]:
     def r4(x: float | None) -> float | None:
         return None if x is None else round(x, 4)
 
@@ -201,15 +248,16 @@ def to_dict(rows: Sequence[CostRow]) -> dict[str, Any]:
                   "runs": dict(r.n), "cpu_hours": {k: r4(v) for k, v in r.cpu_hours.items()},
                   "minutes_per_run": r4(r.minutes_per_run), "unfinished": r.unfinished} for r in rows],
         "totals": {k: {"n": v["n"], "cpu_hours": r4(v["cpu_hours"])} for k, v in totals(rows).items()},
+        "to_go": {k: (r4(v) if k == "cpu_hours" else v) for k, v in to_go(rows, tune or {}).items()},
         "notes": _notes(rows),
     }
 
 
-RENDERERS = {"md": to_markdown, "csv": to_csv, "json": lambda rows: json.dumps(to_dict(rows), indent=2,
-                                                                              ensure_ascii=False) + "\n"}
+RENDERERS = {"md": to_markdown, "csv": to_csv,
+             "json": lambda rows, tune=None: json.dumps(to_dict(rows, tune), indent=2, ensure_ascii=False) + "\n"}
 
 
-def render(rows: Sequence[CostRow], fmt: str) -> str:
+def render(rows: Sequence[CostRow], fmt: str, tune: dict | None = None) -> str:
     if fmt not in RENDERERS:
         raise ReportError(f"unknown format {fmt!r} for the cost table; allowed: {', '.join(FORMATS)}")
-    return RENDERERS[fmt](rows)
+    return RENDERERS[fmt](rows, tune)
