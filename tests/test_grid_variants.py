@@ -1,0 +1,68 @@
+"""docs/baselines/grid_variants.py writes the table docs/baselines.md quotes (each variant against its own
+method, paired by seed, beside the final q); checked on a real tiny tuning sweep against the run folders."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import t as student_t
+
+from sharpdro.cli import main
+
+SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "baselines" / "grid_variants.py"
+VARIANT = "SharpDRO, uniform, skip"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_sweep_set) -> Path:
+    tmp = tmp_path_factory.mktemp("variants")
+    spec = tmp / "tune.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": "quickstart", "set": tiny_sweep_set + ["train.epochs=2"],
+        "tune": {"trials": 1, "seed": 0, "methods": ["erm", "sharpdro"], "seeds": [0], "final_seeds": [1, 2, 3],
+                 "variants": [{"name": VARIANT, "method": "sharpdro",
+                               "set": {"data.sampler": "uniform", "algorithm.q_absent": "skip"}}]}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHARPDRO_CACHE", str(tmp / "cache"))
+        assert main(["sweep", str(spec), "--out", str(tmp / "out"), "--no-progress"]) == 0
+    return tmp / "out"
+
+
+def _final_runs(sweep: Path, variant: bool) -> dict[int, Path]:
+    """seed -> run folder of SharpDRO's final runs (the variant's, or the method's own)."""
+    index = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    out = {}
+    for name, entry in index.items():
+        cfg = entry["config"]
+        if cfg["algorithm"]["name"] != "sharpdro" or cfg["seed"] == 0:
+            continue
+        if (cfg["data"]["sampler"] == "uniform") == variant:
+            out[cfg["seed"]] = sweep / name
+    return out
+
+
+def test_variant_row_is_the_paired_difference_and_the_last_q(sweep, capsys):
+    spec = importlib.util.spec_from_file_location("grid_variants", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(sweep)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (row,) = [ln for ln in lines if f"| {VARIANT} |" in ln]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    own, var = _final_runs(sweep, False), _final_runs(sweep, True)
+    assert sorted(own) == sorted(var) == [1, 2, 3]
+    summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
+    for col, key in ((7, "test_average"), (8, "test_worst")):
+        d = np.array([100 * (summary(var[s])[key] - summary(own[s])[key]) for s in (1, 2, 3)])
+        half = student_t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+        assert cells[col] == f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+    last_q = [json.loads((var[s] / "metrics.jsonl").read_text().splitlines()[-1])["q"] for s in (1, 2, 3)]
+    assert cells[9] == "final q " + " ".join(f"{v:.3f}" for v in np.mean(last_q, axis=0)) + " (mean over 3 seeds)"
+    # the method's own row is there too, without a difference
+    (method,) = [ln for ln in lines if "| SharpDRO |" in ln]
+    assert [c.strip() for c in method.strip("|").split("|")][7:9] == ["", ""]
