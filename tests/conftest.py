@@ -72,3 +72,25 @@ def tiny_sweep_set() -> list[str]:
     return ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
             "train.epochs=1", "train.batch_size=40", "train.progress=false", "train.threads=1",
             "eval.batch_size=256"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tune_sweep(tiny_sweep_set):
+    """Runs a real tiny tuning sweep of the quickstart: ``run(root, tune, extra_set=(), **spec)`` writes the
+    sweep file under ``root`` (``tiny_sweep_set`` + ``extra_set``; ``spec``: more top-level keys, e.g. grid),
+    sweeps it with a dataset cache of its own, and returns the output folder."""
+    import yaml
+
+    from sharpdro.cli import main
+
+    def run(root, tune: dict, extra_set=(), **spec) -> Path:
+        root = Path(root)
+        sweep = root / "tune.yaml"
+        sweep.write_text(yaml.safe_dump({"base": "quickstart", "set": [*tiny_sweep_set, *extra_set], "tune": tune,
+                                         **spec}))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SHARPDRO_CACHE", str(root / "cache"))
+            assert main(["sweep", str(sweep), "--out", str(root / "out"), "--no-progress"]) == 0
+        return root / "out"
+
+    return run

@@ -14,18 +14,11 @@ from sharpdro.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def sweep_out(tmp_path_factory, tiny_sweep_set):
-    tmp = tmp_path_factory.mktemp("cost")
-    sweep = tmp / "tune.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": "quickstart",
-        "set": tiny_sweep_set,
-        "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1],
-                 "variants": [{"name": "GroupDRO, balanced, skip", "method": "groupdro",
-                               "set": {"data.sampler": "group_balanced", "algorithm.q_absent": "skip"}}]}}))
-    out = tmp / "out"
-    assert main(["sweep", str(sweep), "--out", str(out), "--no-progress"]) == 0
-    return out
+def sweep_out(tmp_path_factory, tiny_tune_sweep):
+    return tiny_tune_sweep(tmp_path_factory.mktemp("cost"), {
+        "trials": 2, "seed": 0, "methods": ["erm", "groupdro"], "seeds": [0], "final_seeds": [1],
+        "variants": [{"name": "GroupDRO, balanced, skip", "method": "groupdro",
+                      "set": {"data.sampler": "group_balanced", "algorithm.q_absent": "skip"}}]})
 
 
 def _expected(out):

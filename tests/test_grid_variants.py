@@ -9,28 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from scipy.stats import t as student_t
 
-from sharpdro.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "baselines" / "grid_variants.py"
 VARIANT = "SharpDRO, uniform, skip"
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_sweep_set) -> Path:
-    tmp = tmp_path_factory.mktemp("variants")
-    spec = tmp / "tune.yaml"
-    spec.write_text(yaml.safe_dump({
-        "base": "quickstart", "set": tiny_sweep_set + ["train.epochs=2"],
-        "tune": {"trials": 1, "seed": 0, "methods": ["erm", "sharpdro"], "seeds": [0], "final_seeds": [1, 2, 3],
-                 "variants": [{"name": VARIANT, "method": "sharpdro",
-                               "set": {"data.sampler": "uniform", "algorithm.q_absent": "skip"}}]}}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHARPDRO_CACHE", str(tmp / "cache"))
-        assert main(["sweep", str(spec), "--out", str(tmp / "out"), "--no-progress"]) == 0
-    return tmp / "out"
+def sweep(tmp_path_factory, tiny_tune_sweep) -> Path:
+    return tiny_tune_sweep(tmp_path_factory.mktemp("variants"), {
+        "trials": 1, "seed": 0, "methods": ["erm", "sharpdro"], "seeds": [0], "final_seeds": [1, 2, 3],
+        "variants": [{"name": VARIANT, "method": "sharpdro",
+                      "set": {"data.sampler": "uniform", "algorithm.q_absent": "skip"}}]}, ["train.epochs=2"])
 
 
 def _final_runs(sweep: Path, variant: bool) -> dict[int, Path]:

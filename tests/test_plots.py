@@ -245,30 +245,22 @@ def test_q_axis_is_log_when_a_rare_severity_is_starved(sweep_dir, tmp_path, figu
 
 # --------------------------------------------------------------------------- a tuning sweep: the selected rows
 
-TUNE_SET = ["data.train_per_class=40", "data.val_per_class=5", "data.test_per_class=10", "model.width=8",
-            "train.epochs=2", "train.batch_size=40", "train.progress=false", "train.threads=1",
-            "eval.batch_size=256"]
+TUNE_EXTRA = ["train.epochs=2"]  # on top of the shared tiny_sweep_set
 VARIANT = "SharpDRO, released reading"
 CORRUPTIONS = ("gaussian_noise", "jpeg_compression")
 DATA = "Digits_ImageNet-C_constants"  # the quickstart's digits with data.table=imagenet: the Data label says so
 
 
 @pytest.fixture(scope="module")
-def tuned_sweep(tmp_path_factory) -> Path:
+def tuned_sweep(tmp_path_factory, tiny_tune_sweep) -> Path:
     """A real tuning sweep on the embedded digits: 2 trials per method on seed 0, the selected trial on
     seeds 1 and 2, and a SharpDRO variant, for two corruptions."""
-    root = tmp_path_factory.mktemp("tuned")
-    sweep = root / "tune.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": "quickstart", "set": TUNE_SET, "grid": {"data.corruption": list(CORRUPTIONS)},
-        "tune": {"trials": 2, "seed": 0, "methods": ["erm", "groupdro", "sharpdro", "sharpdro_agnostic"],
-                 "seeds": [0], "final_seeds": [1, 2],
-                 "variants": [{"name": VARIANT, "method": "sharpdro",
-                               "set": {"data.sampler": "uniform", "algorithm.q_absent": "zero"}}]}}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHARPDRO_CACHE", str(root / "cache"))
-        assert main(["sweep", str(sweep), "--out", str(root / "out"), "--no-progress"]) == 0
-    return root / "out"
+    return tiny_tune_sweep(tmp_path_factory.mktemp("tuned"), {
+        "trials": 2, "seed": 0, "methods": ["erm", "groupdro", "sharpdro", "sharpdro_agnostic"],
+        "seeds": [0], "final_seeds": [1, 2],
+        "variants": [{"name": VARIANT, "method": "sharpdro",
+                      "set": {"data.sampler": "uniform", "algorithm.q_absent": "zero"}}]},
+        TUNE_EXTRA, grid={"data.corruption": list(CORRUPTIONS)})
 
 
 def _selected_test_accuracy(run_dir: Path, severity: int) -> float:
@@ -351,7 +343,7 @@ def test_plot_select_hparams_command_line(tuned_sweep, sweep_dir, tmp_path, caps
     assert list(sharp.get_ydata()) == pytest.approx([71 - 8 * s for s in range(4)])  # offset 0.05: the better
 
 
-def test_report_selected_column_lists_only_each_methods_tuned_keys(tuned_sweep):
+def test_report_selected_column_lists_only_each_methods_tuned_keys(tuned_sweep, tiny_sweep_set):
     """The report of the same sweep: one "Selected" column; each row names its own method's tuned keys only,
     with the selected run's values, leaving out those at the base config's; a trial 0 reads "defaults"."""
     from sharpdro.config import get
@@ -364,7 +356,7 @@ def test_report_selected_column_lists_only_each_methods_tuned_keys(tuned_sweep):
     assert header[2:5] == ["Method", "Selected", "Averaged accuracy (%)"]
     assert not [c for c in header if c.startswith(("algorithm.", "data.", "train."))]
     assert len(table.hparams) > 1  # the sweep varies several keys; the table shows them in one column
-    base = load_config("quickstart", TUNE_SET)
+    base = load_config("quickstart", [*tiny_sweep_set, *TUNE_EXTRA])
 
     def parse(text):
         return {} if text == "defaults" else dict(part.split("=", 1) for part in text.split(", "))

@@ -140,7 +140,7 @@ def to_go(rows: Sequence[CostRow], tune: dict) -> dict:
     seconds: dict[str, list] = {}
     for r in rows:
         seconds.setdefault(r.method_key, []).extend(r.wall_seconds)
-    finals = len(tune.get("final_seeds") or ()) if tune.get("final_seeds") else 0
+    finals = len(tune.get("final_seeds") or ())
     n_variants = {m: sum(v.get("method") == m for v in tune.get("variants") or ()) for m in tune.get("methods") or ()}
     jobs, waiting, unestimated, hours = 0, 0, 0, 0.0
     for r in rows:
