@@ -509,3 +509,32 @@ def test_pre_stage_caveats_are_said_under_the_table(tmp_path):
     from sharpdro.methods.jtt import error_set_caveat
 
     assert error_set_caveat({"error_set_fraction": 0.2}) is None and error_set_caveat({}) is None
+
+
+def test_report_json_carries_each_runs_selected_train_accuracy(tmp_path):
+    """The reproduction's premise (ERM fits its mixture) is read from the report JSON: each run's training
+    accuracy at its selected epoch equals its summary.json's selected_train_accuracy, and the row's mean
+    and std are over those runs."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from sharpdro.cli import main
+
+    sweep = Path(__file__).resolve().parents[1] / "docs" / "results" / "cifar10_cpu" / "imagenet_table"
+    assert main(["report", str(sweep), "--select-hparams", "worst", "--out", str(tmp_path / "t"),
+                 "--format", "json"]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    checked = 0
+    for row in data["rows"]:
+        done = [r for r in row["runs"] if r["status"] == "done"]
+        for r in done:
+            summary = json.loads((sweep / r["run"] / "summary.json").read_text())
+            assert r["train_accuracy"] == pytest.approx(100 * summary["selected_train_accuracy"], abs=1e-4)
+            assert r["selected_epoch"] == summary["selected_epoch"]  # the report's rule is the runs' own
+            checked += 1
+        if len(done) >= 2:
+            vals = [r["train_accuracy"] for r in done]
+            assert row["train_accuracy"]["mean"] == pytest.approx(np.mean(vals), abs=1e-3)
+            assert row["train_accuracy"]["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-3)
+    assert checked >= 30

@@ -156,6 +156,13 @@ class Run:
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
+    @property
+    def train_accuracy(self) -> float | None:
+        """The running training accuracy over the selected epoch (summary.json's ``selected_train_accuracy``):
+        whether the run fits its mixture, the premise of the comparison."""
+        value = ((self.selected or {}).get("train") or {}).get("accuracy")
+        return None if value is None else float(value)
+
 
 def _flatten(cfg: Mapping, prefix: str = "") -> dict:
     out = {}
@@ -312,7 +319,7 @@ class Row:
         return sorted(sev)
 
     def values(self, what: str | int) -> list[float]:
-        """The finished runs' 'average', 'worst' or severity accuracy in percent, or a calibration column
+        """The finished runs' 'average', 'worst', 'train_accuracy' or severity accuracy in percent, or a calibration column
         ('ece' in percent, 'nll', 'brier': each run's mean over severities at its selected epoch)."""
         if what in CALIBRATION_COLUMNS:
             return [v for v in (_calibration_mean(r, what) for r in self.finished) if v is not None]

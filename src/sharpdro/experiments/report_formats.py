@@ -311,6 +311,8 @@ def to_dict(table: Table) -> dict:
             for key in CALIBRATION_COLUMNS:
                 m, s, _ = row.stat(key)
                 entry[key] = {"mean": _r(m), "std": _r(s)}
+        m, s, _ = row.stat("train_accuracy")
+        entry["train_accuracy"] = {"mean": _r(m), "std": _r(s)}
         entry["severity"] = {}
         have = set(row.severities)
         for sev in table.severities:
@@ -322,6 +324,7 @@ def to_dict(table: Table) -> dict:
             "selected_epoch": None if r.selected is None else int(r.selected["epoch"]),
             "average": None if r.average is None else _r(100.0 * r.average),
             "worst": None if r.worst is None else _r(100.0 * r.worst),
+            "train_accuracy": None if r.train_accuracy is None else _r(100.0 * r.train_accuracy),
             "accuracy": None if r.accuracy is None else {str(k): _r(100.0 * v) for k, v in sorted(r.accuracy.items())},
             "error": r.error,
         } for r in sorted(row.runs, key=lambda r: (r.seed, r.name))]
@@ -333,6 +336,8 @@ def to_dict(table: Table) -> dict:
         "units": "percent",
         "std": "sample standard deviation (ddof=1) over seeds; null for a single run",
         "ci95": "[lo, hi]: mean ± t(0.975, n-1) · std / sqrt(n) over seeds (Student t); null for a single run",
+        "train_accuracy": "the running training accuracy over each run's selected epoch, in percent (the run's "
+                          "summary.json has it as a fraction, selected_train_accuracy)",
         "hyperparameters": list(table.hparams),
         "severities": list(table.severities),
         "rows": rows,
