@@ -64,3 +64,51 @@ def test_summary_counts_what_excludes_zero(report):
     assert [ln for ln in lines if ln.startswith("- ") and "is better" in ln] == [findings.in_words(p) for p in told]
     # no SharpDRO row in these runs: the question's section says so rather than staying silent
     assert "- no finished SharpDRO row yet" in lines
+
+
+@pytest.fixture(scope="module")
+def committed_reports(tmp_path_factory) -> dict:
+    """The report JSON of each cifar10_cpu arm, rebuilt from its committed run folders (as report.sh does)."""
+    out = tmp_path_factory.mktemp("committed")
+    reports = {}
+    for arm in _findings().ARMS:
+        if (ROOT / arm / "sweep.json").is_file():
+            assert main(["report", str(ROOT / arm), "--select-hparams", "worst", "--out", str(out / arm),
+                         "--format", "json"]) == 0
+            reports[arm] = json.loads((out / f"{arm}.json").read_text())
+    return reports
+
+
+def test_readme_tables_are_the_committed_runs(committed_reports):
+    """Each generated table in the reproduction's README is what findings.py builds from the committed runs
+    today: a number typed by hand, or left from an earlier state of the runs, fails here."""
+    findings = _findings()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    markers = [ln for ln in text.splitlines() if ln.startswith("<!-- findings.py:")]
+    assert findings.HEADLINE in markers and len(markers) >= 2
+    rebuilt, done = findings.render_readme(text, committed_reports)
+    assert sorted(done) == sorted(markers), "a README table names a combination the committed runs do not complete"
+    assert rebuilt == text
+
+
+def test_combination_table_against_the_rows(committed_reports):
+    """Clean, most severe, gap and training accuracy as the table prints them, from the per-run numbers."""
+    findings = _findings()
+    report = committed_reports["imagenet_table"]
+    lines = findings.combination_table(report, "gaussian_noise")
+    rows = [e for e in report["rows"] if e["corruption"] == "gaussian_noise"]
+    assert len(lines) == 2 + len(rows)
+    for line, e in zip(lines[2:], rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        done = [r for r in e["runs"] if r["status"] == "done"]
+        clean = np.mean([r["accuracy"]["0"] for r in done])
+        severe = np.mean([r["accuracy"]["5"] for r in done])
+        assert cells[0] == e["method"] and cells[-1] == str(len(done))
+        assert float(cells[4]) == pytest.approx(clean, abs=0.051)
+        assert float(cells[5]) == pytest.approx(severe, abs=0.051)
+        assert float(cells[6]) == pytest.approx(clean - severe, abs=0.11)
+        assert float(cells[7]) == pytest.approx(np.mean([r["train_accuracy"] for r in done]), abs=0.051)
+        mean, lo, hi = (float(x) for x in cells[3].replace("[", "").replace("]", "").replace(",", "").split())
+        worst = np.array([r["worst"] for r in done])
+        half = student_t.ppf(0.975, len(worst) - 1) * worst.std(ddof=1) / math.sqrt(len(worst))
+        assert (mean, lo, hi) == pytest.approx((worst.mean(), worst.mean() - half, worst.mean() + half), abs=0.051)

@@ -2,6 +2,8 @@
 difference said as distinguishable from zero or not.  Reads the report JSON that report.sh writes.
 
 Usage: python docs/results/cifar10_cpu/findings.py docs/results/cifar10_cpu > docs/results/cifar10_cpu/findings.md
+       python docs/results/cifar10_cpu/findings.py --update-readme [DIR]   (the README's generated tables, from
+       DIR's report JSON; a table's combination must be complete)
 """
 from __future__ import annotations
 
@@ -56,6 +58,77 @@ def in_words(p: dict) -> str:
 
 
 QUESTION = ("SharpDRO", "SharpDRO (agnostic)")
+COMBINATION = "<!-- findings.py: {arm} {corruption} -->"  # README markers around a generated table
+HEADLINE = "<!-- findings.py: headline -->"
+END = "<!-- end of generated table -->"
+
+
+def _interval(e: dict, metric: str) -> str:
+    m, ci = e[metric]["mean"], e["ci95"][metric]
+    return "–" if m is None else f"{m:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+MIN_SEEDS = 3  # the final seeds; a tuning block without them reports its tuning seed alone (n = 1)
+
+
+def _complete(rows: list[dict]) -> bool:
+    """Every row has all its final seeds finished."""
+    return bool(rows) and all(e["n"] == e["n_expected"] >= MIN_SEEDS for e in rows)
+
+
+def combination_table(report: dict, corruption: str) -> list[str]:
+    """One combination's rows as the README shows them: the intervals, where the accuracy is lost (clean,
+    the most severe level, the gap between them) and how well each method fits its training mixture."""
+    rows = [e for e in report["rows"] if e["corruption"] == corruption]
+    top = str(max(report["severities"]))
+    lines = [f"| method | selected | averaged | worst severity | clean | severity {top} | gap 0→{top} | "
+             "train acc. | n |", "| --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
+    for e in rows:
+        clean, severe = e["severity"].get("0", {}).get("mean"), e["severity"].get(top, {}).get("mean")
+        gap = "–" if clean is None or severe is None else f"{clean - severe:.1f}"
+        train = e.get("train_accuracy", {}).get("mean")
+        lines.append(f"| {e['method']} | {e.get('selected_text', '–')} | {_interval(e, 'average')} | "
+                     f"{_interval(e, 'worst')} | {'–' if clean is None else f'{clean:.1f}'} | "
+                     f"{'–' if severe is None else f'{severe:.1f}'} | {gap} | "
+                     f"{'–' if train is None else f'{train:.1f}'} | {e['n']} |")
+    return lines
+
+
+def headline_table(reports: dict) -> list[str]:
+    """Every method's worst-severity accuracy in every complete combination: the question, on one screen."""
+    columns = []
+    for arm, report in reports.items():
+        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
+            rows = [e for e in report["rows"] if e["corruption"] == corruption]
+            if _complete(rows):
+                columns.append((f"{ARMS[arm].split(' (')[0]}, {rows[0]['type']}", {e["method"]: e for e in rows}))
+    if not columns:
+        return ["no complete combination yet"]
+    methods = list(dict.fromkeys(m for _, by in columns for m in by))
+    lines = ["| method | " + " | ".join(c for c, _ in columns) + " |", "| --- |" + " --: |" * len(columns)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(_interval(by[m], "worst") if m in by else "–" for _, by in columns)
+                     + " |")
+    return lines
+
+
+def render_readme(text: str, reports: dict) -> tuple[str, list[str]]:
+    """``text`` with every generated block (between its marker and END) rebuilt from ``reports``; a block
+    whose combination is not complete is left as it is. Returns the text and the markers rebuilt."""
+    blocks = {HEADLINE: headline_table(reports)}
+    for arm, report in reports.items():
+        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
+            if _complete([e for e in report["rows"] if e["corruption"] == corruption]):
+                blocks[COMBINATION.format(arm=arm, corruption=corruption)] = combination_table(report, corruption)
+    done = []
+    for marker, lines in blocks.items():
+        start = text.find(marker)
+        if start < 0:
+            continue
+        stop = text.index(END, start)
+        text = text[:start] + "\n".join([marker, *lines]) + "\n" + text[stop:]
+        done.append(marker)
+    return text, done
 
 
 def summary(report: dict) -> list[str]:
@@ -74,14 +147,23 @@ def summary(report: dict) -> list[str]:
     return lines + [in_words(p) for p in told] + [""]
 
 
+def read_reports(here: Path) -> dict:
+    """The report JSON of each arm that has one, in ARMS order."""
+    return {arm: json.loads((here / f"{arm}_table.json").read_text(encoding="utf-8"))
+            for arm in ARMS if (here / f"{arm}_table.json").is_file()}
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--update-readme"]:
+        here = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+        readme = Path(__file__).resolve().parent / "README.md"
+        text, done = render_readme(readme.read_text(encoding="utf-8"), read_reports(here))
+        readme.write_text(text, encoding="utf-8")
+        print(f"README: {len(done)} generated table(s) rewritten")
+        return 0
     here = Path(argv[0]) if argv else Path(__file__).resolve().parent
     out = []
-    for arm in ARMS:
-        path = here / f"{arm}_table.json"
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text(encoding="utf-8"))
+    for arm, report in read_reports(here).items():
         out += [f"## {ARMS[arm]}", ""] + beside_original(report, arm) + summary(report)
         out += ["**Every paired difference, in words** (each method against ERM, JTT and EIIL; each variant against "
                 "its own method first; per-seed differences, 95% t-interval, not corrected for multiple "
