@@ -219,6 +219,23 @@ def test_accuracy_band_is_the_t_interval_or_the_std(sweep_dir, tmp_path, figures
         plots.plot_accuracy_vs_severity(table, tmp_path, band="sem")
 
 
+def test_a_single_seed_is_not_titled_as_an_interval(sweep_dir, tmp_path, figures):
+    """One finished seed has no interval: the title says so and no band is drawn (it said '95% interval over
+    1 seed' before)."""
+    one = min(sweep_dir.iterdir())
+    plots.plot_accuracy_vs_severity(collect(one), tmp_path / "one", formats=("png",))
+    (name,) = [n for n in figures if n.startswith("accuracy_vs_severity")]
+    ax = figures[name].axes[0]
+    assert ax.get_title().endswith("one seed: its values, no interval") and "95%" not in ax.get_title()
+    assert not ax.collections  # no fill_between band
+    from sharpdro.experiments.plot_series import spread_text
+
+    assert spread_text("mean and 95% interval", [3, 3]) == "mean and 95% interval over 3 seeds"
+    assert spread_text("mean and 95% interval", [3, 1]) == ("mean and 95% interval over n seeds (n per line in "
+                                                            "the legend); no interval where n = 1")
+    assert spread_text("mean and 95% interval", [0]) == "no finished seed"
+
+
 def _q_axis(figures, name):
     ax = figures[name].axes[0]
     (mark,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("q = 0.02")]

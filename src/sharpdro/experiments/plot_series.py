@@ -117,6 +117,18 @@ def seeds_text(counts: Sequence[int]) -> str:
     return "over n seeds (n per line in the legend)"
 
 
+def spread_text(what: str, counts: Sequence[int]) -> str:
+    """``what`` ('mean and 95% interval') with :func:`seeds_text`, or, where a row has one seed, that there
+    is no interval to draw: a single run's line is its value, not a mean with a band."""
+    finished = sorted({c for c in counts if c > 0})
+    if not finished:
+        return "no finished seed"
+    if finished == [1]:
+        return "one seed: its values, no interval"
+    text = f"{what} {seeds_text(finished if len(finished) == 1 else counts)}".strip()
+    return text + ("; no interval where n = 1" if 1 in finished else "")
+
+
 # q of a group drawn on a log axis once the smallest mean is this far below the largest
 LOG_RATIO = 20.0
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log_floor, log_scale, row_styles,
-                                              seeds_text, severity_series, summarize_values)
+                                              severity_series, spread_text, summarize_values)
 from sharpdro.experiments.report import Row, Table, _fmt_value, collect
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
 
@@ -224,7 +224,7 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
             legend_rows = max(legend_rows, -(-len(panel) // ncol))
             head = title if k == 0 else "variants, each beside its method"
-            ax.set_title(f"{head}\n{what} {seeds_text([len(r.finished) for r in panel])}", fontsize=10)
+            ax.set_title(f"{head}\n{spread_text(what, [len(r.finished) for r in panel])}", fontsize=10)
         axes[0][0].set_ylabel("test accuracy (%)")
         hps = (f"; hyperparameters: per method, the trial of the best mean {table.select_hparams}-severity "
                f"validation accuracy (variants: its settings changed)" if table.select_hparams else "")
@@ -340,7 +340,7 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
             ax.set_ylim(0.0, min(ax.get_ylim()[1], 1.0))
         ax.set_ylabel(f"group weight q ({'log' if log else 'linear'} scale)")
         what = "mean and 95% interval" if band == "ci95" else "mean ± std"
-        ax.set_title(f"{_block_title(table, row)}: {row.method}\n{what} {seeds_text([len(runs)])}", fontsize=10)
+        ax.set_title(f"{_block_title(table, row)}: {row.method}\n{spread_text(what, [len(runs)])}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         _footer(fig, _selected_settings(table, row))
         paths += save_figure(fig, _row_path(out_dir, "q", table, row), formats)
@@ -425,7 +425,8 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
             ax.set_xlabel("severity")
             ax.set_xticks(range(groups))
             ax.set_ylabel("share of the severity's samples in the set")
-            ax.set_title(f"the pre-stage's selection ({seeds_text([len(members)])})", fontsize=9)
+            ax.set_title(f"the pre-stage's selection ({spread_text('mean and 95% interval', [len(members)])})",
+                         fontsize=9)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3, axis="y")
         for ax in panel.values():
