@@ -1,10 +1,12 @@
-"""docs/results/cifar10_cpu/findings.py says the reproduction's paired differences in words; the words are
-claims, so they are checked here against the per-seed differences recomputed from committed runs."""
+"""docs/results/cifar10_cpu/findings.py says the reproduction's paired differences in words and writes the README's
+tables; the words, tables and the intervals typed into the READMEs are claims, so they are checked here against
+what the committed runs give."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,53 @@ def test_combination_table_against_the_rows(committed_reports):
         worst = np.array([r["worst"] for r in done])
         half = student_t.ppf(0.975, len(worst) - 1) * worst.std(ddof=1) / math.sqrt(len(worst))
         assert (mean, lo, hi) == pytest.approx((worst.mean(), worst.mean() - half, worst.mean() + half), abs=0.051)
+
+
+INTERVAL = re.compile(r"([−+-]?\d+\.\d) \[([−+-]?\d+\.\d), ([−+-]?\d+\.\d)\]")
+
+
+def _computed_intervals(reports: dict) -> list[tuple[float, float, float]]:
+    """Every mean [95% t-interval] the committed runs give in a complete combination: each row's average,
+    worst and per-severity accuracy, and each ordered pair of rows' per-seed differences of the same."""
+    findings = _findings()
+    out = []
+
+    def interval(values):
+        v = np.asarray(values, dtype=float)
+        half = student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+        out.append((v.mean(), v.mean() - half, v.mean() + half))
+
+    for report in reports.values():
+        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
+            rows = [e for e in report["rows"] if e["corruption"] == corruption]
+            if not findings._complete(rows):
+                continue
+            per_seed = [{r["seed"]: {"average": r["average"], "worst": r["worst"], **r["accuracy"]}
+                         for r in e["runs"] if r["status"] == "done"} for e in rows]
+            metrics = ["average", "worst", *map(str, report["severities"])]
+            for a in per_seed:
+                for m in metrics:
+                    interval([a[s][m] for s in sorted(a)])
+                for b in per_seed:
+                    seeds = sorted(set(a) & set(b))
+                    if a is not b and len(seeds) >= 2:
+                        for m in metrics:
+                            interval([a[s][m] - b[s][m] for s in seeds])
+    return out
+
+
+def test_every_interval_in_the_prose_is_one_the_runs_give(committed_reports):
+    """Each 'x [lo, hi]' the reproduction's README and the top-level README write (a mean or a paired
+    difference with its interval, typed into sentences) is one the committed runs give, to the printed
+    decimal. A typo, or a number left from an earlier state of the runs, fails here."""
+    computed = np.array(_computed_intervals(committed_reports))
+    assert len(computed) > 100
+    checked = 0
+    for path in (ROOT / "README.md", ROOT.parents[2] / "README.md"):
+        text = " ".join(path.read_text(encoding="utf-8").split())  # intervals wrapped over two lines too
+        for match in INTERVAL.finditer(text):
+            shown = np.array([float(x.replace("−", "-")) for x in match.groups()])
+            close = np.all(np.abs(computed - shown) <= 0.05 + 1e-6, axis=1)
+            assert close.any(), f"{path.name}: '{match.group(0)}' is no mean or paired difference of the runs"
+            checked += 1
+    assert checked >= 40
