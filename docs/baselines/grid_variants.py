@@ -1,6 +1,7 @@
 """What the fair-baselines changes did in the CPU reproduction's grid: each tune-block variant (JTT and EIIL
 as the earlier reproduction ran them, SharpDRO's other readings) against its method's selected row, paired
-by seed, with what the pre-stage found (JTT's error set, EIIL's inference) and SharpDRO's final q.
+by seed, with what the pre-stage found (JTT's error set, EIIL's inference) and SharpDRO's final q. Only the
+combinations whose every row has finished all its seeds are shown.
 
 Usage: python docs/baselines/grid_variants.py docs/results/cifar10_cpu/imagenet_table > docs/baselines/grid_variants.md
 """
@@ -41,7 +42,7 @@ def _by_severity(pre: list[dict]) -> str:
     """The share of the clean and of the most severe training images in the selected set (JTT's error set,
     EIIL's minority environment): equal shares mean the selection does not see the severity."""
     shares = [p.get("members_fraction_by_severity") for p in pre]
-    if not all(shares):
+    if not shares or not all(shares):  # no finished run yet, or a run that did not record them
         return ""
     top = max(int(k) for k in shares[0])
     return (f" (of severity 0: {_ms([s['0'] for s in shares], '{:.2f}')}, of severity {top}: "
@@ -51,6 +52,8 @@ def _by_severity(pre: list[dict]) -> str:
 def _facts(sweep: Path, row) -> str:
     """The pre-stage's findings (JTT, EIIL) or the final q (group-weighted methods), mean ± std over seeds."""
     sums = _summaries(sweep, row)
+    if not sums:
+        return "no finished run"
     pre = [s.get("prestage") or {} for s in sums]
     if row.method_key == "jtt":
         return (f"\\|E\\|/N {_ms([p.get('error_set_fraction') for p in pre])}{_by_severity(pre)}; "
@@ -83,7 +86,14 @@ def main(argv: list[str]) -> int:
     lines = [("| Data | Type | Row | Selected | n | Averaged (%) | Worst (%) | Δ avg. vs its method [95% CI] "
               "| Δ worst vs its method [95% CI] | What the pre-stage found / final q |"),
              "| :-- | :-: | :-- | :-- | --: | --: | --: | --: | --: | :-- |"]
+    blocks = {}
     for row in table.rows:
+        blocks.setdefault((row.data, row.corruption), []).append(row)
+    # a combination still running is left out, so the committed table changes only when one completes
+    complete = {k for k, rows in blocks.items() if all(0 < r.count("done") == len(r.runs) for r in rows)}
+    for row in table.rows:
+        if (row.data, row.corruption) not in complete:
+            continue
         if row.variant is None and not any(v.variant and v.method_key == row.method_key and v.data == row.data
                                            and v.corruption == row.corruption for v in table.rows):
             continue
