@@ -89,3 +89,21 @@ def test_a_running_combination_is_left_out(sweep, tmp_path, capsys):
     assert _module().main([str(copy)]) == 0
     out = capsys.readouterr().out
     assert f"| {VARIANT} |" not in out and "| SharpDRO |" not in out
+
+
+def test_baselines_doc_quotes_the_committed_table():
+    """docs/baselines.md retypes the committed table with its own labels; each 'm ± s' and 'Δ [lo, hi]' of its
+    table is in the committed one (a retyped number cannot drift from the runs)."""
+    import re
+
+    doc = (SCRIPT.parents[1] / "baselines.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## In the reproduction grid"):]
+    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    table = (SCRIPT.parent / "grid_variants.md").read_text(encoding="utf-8")
+    # ERM has no variant, so its reference line is not in the table (the reproduction's report has it)
+    section = "\n".join(ln for ln in section.splitlines() if ln.startswith("| ")
+                         and not ln.startswith("| ERM, for reference"))
+    quoted = re.findall(r"\d+\.\d\d ± \d+\.\d\d|[−+-]\d+\.\d\d \[[−+-]\d+\.\d\d, [−+-]\d+\.\d\d\]", section)
+    assert len(quoted) >= 16
+    for text in quoted:
+        assert text.replace("−", "-") in table, text
