@@ -130,22 +130,18 @@ def _computed_intervals(reports: dict) -> list[tuple[float, float, float]]:
         half = student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
         out.append((v.mean(), v.mean() - half, v.mean() + half))
 
-    for report in reports.values():
-        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
-            rows = [e for e in report["rows"] if e["corruption"] == corruption]
-            if not findings._complete(rows):
-                continue
-            per_seed = [{r["seed"]: {"average": r["average"], "worst": r["worst"], **r["accuracy"]}
-                         for r in e["runs"] if r["status"] == "done"} for e in rows]
-            metrics = ["average", "worst", *map(str, report["severities"])]
-            for a in per_seed:
-                for m in metrics:
-                    interval([a[s][m] for s in sorted(a)])
-                for b in per_seed:
-                    seeds = sorted(set(a) & set(b))
-                    if a is not b and len(seeds) >= 2:
-                        for m in metrics:
-                            interval([a[s][m] - b[s][m] for s in seeds])
+    for arm, _, rows in findings.complete_combinations(reports):
+        per_seed = [{r["seed"]: {"average": r["average"], "worst": r["worst"], **r["accuracy"]}
+                     for r in e["runs"] if r["status"] == "done"} for e in rows]
+        metrics = ["average", "worst", *map(str, reports[arm]["severities"])]
+        for a in per_seed:
+            for m in metrics:
+                interval([a[s][m] for s in sorted(a)])
+            for b in per_seed:
+                seeds = sorted(set(a) & set(b))
+                if a is not b and len(seeds) >= 2:
+                    for m in metrics:
+                        interval([a[s][m] - b[s][m] for s in seeds])
     return out
 
 

@@ -76,6 +76,17 @@ def _complete(rows: list[dict]) -> bool:
     return bool(rows) and all(e["n"] == e["n_expected"] >= MIN_SEEDS for e in rows)
 
 
+def complete_combinations(reports: dict) -> list[tuple[str, str, list[dict]]]:
+    """(arm, corruption, rows) of every combination whose rows have all their final seeds, in report order."""
+    out = []
+    for arm, report in reports.items():
+        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
+            rows = [e for e in report["rows"] if e["corruption"] == corruption]
+            if _complete(rows):
+                out.append((arm, corruption, rows))
+    return out
+
+
 def combination_table(report: dict, corruption: str) -> list[str]:
     """One combination's rows as the README shows them: the intervals, where the accuracy is lost (clean,
     the most severe level, the gap between them) and how well each method fits its training mixture."""
@@ -96,12 +107,8 @@ def combination_table(report: dict, corruption: str) -> list[str]:
 
 def headline_table(reports: dict) -> list[str]:
     """Every method's worst-severity accuracy in every complete combination: the question, on one screen."""
-    columns = []
-    for arm, report in reports.items():
-        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
-            rows = [e for e in report["rows"] if e["corruption"] == corruption]
-            if _complete(rows):
-                columns.append((f"{ARMS[arm].split(' (')[0]}, {rows[0]['type']}", {e["method"]: e for e in rows}))
+    columns = [(f"{ARMS[arm].split(' (')[0]}, {rows[0]['type']}", {e["method"]: e for e in rows})
+               for arm, _, rows in complete_combinations(reports)]
     if not columns:
         return ["no complete combination yet"]
     methods = list(dict.fromkeys(m for _, by in columns for m in by))
@@ -116,10 +123,8 @@ def render_readme(text: str, reports: dict) -> tuple[str, list[str]]:
     """``text`` with every generated block (between its marker and END) rebuilt from ``reports``; a block
     whose combination is not complete is left as it is. Returns the text and the markers rebuilt."""
     blocks = {HEADLINE: headline_table(reports)}
-    for arm, report in reports.items():
-        for corruption in dict.fromkeys(e["corruption"] for e in report["rows"]):
-            if _complete([e for e in report["rows"] if e["corruption"] == corruption]):
-                blocks[COMBINATION.format(arm=arm, corruption=corruption)] = combination_table(report, corruption)
+    for arm, corruption, _ in complete_combinations(reports):
+        blocks[COMBINATION.format(arm=arm, corruption=corruption)] = combination_table(reports[arm], corruption)
     done = []
     for marker, lines in blocks.items():
         start = text.find(marker)
