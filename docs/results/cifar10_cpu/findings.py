@@ -19,12 +19,13 @@ ORIGINAL = {("Gaussian", "JTT"): "86.1 ± 0.02", ("Gaussian", "EIIL"): "85.4 ± 
 METRIC_WORDS = {"average": "averaged accuracy", "worst": "worst-severity accuracy"}
 
 
-def _cell(entry: dict, metric: str) -> str:
+def _cell(entry: dict, metric: str, std: bool = True) -> str:
+    """'mean ± std [95% CI]' of a report row (without the std: 'mean [95% CI]')."""
     m, s = entry[metric]["mean"], entry[metric]["std"]
     if m is None:
         return "–"
     ci = entry["ci95"][metric]
-    text = f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
+    text = f"{m:.1f} ± {s:.1f}" if std and s is not None else f"{m:.1f}"
     return text + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
@@ -63,11 +64,6 @@ HEADLINE = "<!-- findings.py: headline -->"
 END = "<!-- end of generated table -->"
 
 
-def _interval(e: dict, metric: str) -> str:
-    m, ci = e[metric]["mean"], e["ci95"][metric]
-    return "–" if m is None else f"{m:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
-
-
 MIN_SEEDS = 3  # the final seeds; a tuning block without them reports its tuning seed alone (n = 1)
 
 
@@ -98,8 +94,8 @@ def combination_table(report: dict, corruption: str) -> list[str]:
         clean, severe = e["severity"].get("0", {}).get("mean"), e["severity"].get(top, {}).get("mean")
         gap = "–" if clean is None or severe is None else f"{clean - severe:.1f}"
         train = e.get("train_accuracy", {}).get("mean")
-        lines.append(f"| {e['method']} | {e.get('selected_text', '–')} | {_interval(e, 'average')} | "
-                     f"{_interval(e, 'worst')} | {'–' if clean is None else f'{clean:.1f}'} | "
+        lines.append(f"| {e['method']} | {e.get('selected_text', '–')} | {_cell(e, 'average', std=False)} | "
+                     f"{_cell(e, 'worst', std=False)} | {'–' if clean is None else f'{clean:.1f}'} | "
                      f"{'–' if severe is None else f'{severe:.1f}'} | {gap} | "
                      f"{'–' if train is None else f'{train:.1f}'} | {e['n']} |")
     return lines
@@ -114,7 +110,7 @@ def headline_table(reports: dict) -> list[str]:
     methods = list(dict.fromkeys(m for _, by in columns for m in by))
     lines = ["| method | " + " | ".join(c for c, _ in columns) + " |", "| --- |" + " --: |" * len(columns)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_interval(by[m], "worst") if m in by else "–" for _, by in columns)
+        lines.append(f"| {m} | " + " | ".join(_cell(by[m], "worst", std=False) if m in by else "–" for _, by in columns)
                      + " |")
     return lines
 

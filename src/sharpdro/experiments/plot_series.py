@@ -125,8 +125,7 @@ def spread_text(what: str, counts: Sequence[int]) -> str:
         return "no finished seed"
     if finished == [1]:
         return "one seed: its values, no interval"
-    text = f"{what} {seeds_text(finished if len(finished) == 1 else counts)}".strip()
-    return text + ("; no interval where n = 1" if 1 in finished else "")
+    return f"{what} {seeds_text(finished)}" + ("; no interval where n = 1" if 1 in finished else "")
 
 
 # q of a group drawn on a log axis once the smallest mean is this far below the largest

@@ -319,8 +319,9 @@ class Row:
         return sorted(sev)
 
     def values(self, what: str | int) -> list[float]:
-        """The finished runs' 'average', 'worst', 'train_accuracy' or severity accuracy in percent, or a calibration column
-        ('ece' in percent, 'nll', 'brier': each run's mean over severities at its selected epoch)."""
+        """The finished runs' 'average', 'worst', 'train_accuracy' or severity accuracy in percent, or a
+        calibration column ('ece' in percent, 'nll', 'brier': each run's mean over severities at its selected
+        epoch)."""
         if what in CALIBRATION_COLUMNS:
             return [v for v in (_calibration_mean(r, what) for r in self.finished) if v is not None]
         vals = (getattr(r, what) if isinstance(what, str) else r.accuracy.get(what) for r in self.finished)
