@@ -7,6 +7,6 @@ for arm in imagenet_table cifar_table; do
   [ -d "$here/$arm" ] || continue
   sharpdro report "$here/$arm" --select-hparams worst --out "$here/${arm}_table" --format md,csv,tex,json
   sharpdro cost "$here/$arm" --out "$here/${arm}_cost"
-  sharpdro plot "$here/$arm" --select-hparams worst --out "$here/plots/$arm"
+  sharpdro plot "$here/$arm" --select-hparams worst --format png --out "$here/plots/$arm"
 done
 python "$here/findings.py" "$here" > "$here/findings.md"
