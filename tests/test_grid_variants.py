@@ -70,8 +70,8 @@ def test_committed_table_is_the_committed_runs(capsys):
     """docs/baselines/grid_variants.md is what the script writes from the committed reproduction runs, byte for
     byte; a combination still running (some of its final runs committed, not all) is left out, not half shown
     (the script failed on such a row before)."""
-    sweep = SCRIPT.parents[2] / "docs" / "results" / "cifar10_cpu" / "imagenet_table"
-    assert _module().main([str(sweep)]) == 0
+    results = SCRIPT.parents[2] / "docs" / "results" / "cifar10_cpu"
+    assert _module().main([str(results / "imagenet_table"), str(results / "cifar_table")]) == 0
     out = capsys.readouterr().out
     assert out == (SCRIPT.parent / "grid_variants.md").read_text(encoding="utf-8")
 

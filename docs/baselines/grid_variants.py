@@ -3,7 +3,8 @@ as the earlier reproduction ran them, SharpDRO's other readings) against its met
 by seed, with what the pre-stage found (JTT's error set, EIIL's inference) and SharpDRO's final q. Only the
 combinations whose every row has finished all its seeds are shown.
 
-Usage: python docs/baselines/grid_variants.py docs/results/cifar10_cpu/imagenet_table > docs/baselines/grid_variants.md
+Usage: python docs/baselines/grid_variants.py SWEEP [SWEEP ...] > docs/baselines/grid_variants.md
+       (the committed table: docs/results/cifar10_cpu/imagenet_table docs/results/cifar10_cpu/cifar_table)
 """
 from __future__ import annotations
 
@@ -79,18 +80,16 @@ def _diff(pair, metric: str) -> str:
     return f"{iv.mean:+.2f} [{iv.lo:+.2f}, {iv.hi:+.2f}]"
 
 
-def main(argv: list[str]) -> int:
-    sweep = Path(argv[0])
+def _rows(sweep: Path) -> list[str]:
+    """The table lines of one sweep: each complete combination's variants and the methods they vary."""
     table = rp.collect(sweep, select_hparams="worst")
     own = {(r.data, r.corruption, r.method_key): r for r in table.rows if r.variant is None}
-    lines = [("| Data | Type | Row | Selected | n | Averaged (%) | Worst (%) | Δ avg. vs its method [95% CI] "
-              "| Δ worst vs its method [95% CI] | What the pre-stage found / final q |"),
-             "| :-- | :-: | :-- | :-- | --: | --: | --: | --: | --: | :-- |"]
     blocks = {}
     for row in table.rows:
         blocks.setdefault((row.data, row.corruption), []).append(row)
     # a combination still running is left out, so the committed table changes only when one completes
     complete = {k for k, rows in blocks.items() if all(0 < r.count("done") == len(r.runs) for r in rows)}
+    lines = []
     for row in table.rows:
         if (row.data, row.corruption) not in complete:
             continue
@@ -106,6 +105,15 @@ def main(argv: list[str]) -> int:
         cells += [_diff(pair, "average"), _diff(pair, "worst")] if pair else ["", ""]
         cells.append(_facts(sweep, row))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    lines = [("| Data | Type | Row | Selected | n | Averaged (%) | Worst (%) | Δ avg. vs its method [95% CI] "
+              "| Δ worst vs its method [95% CI] | What the pre-stage found / final q |"),
+             "| :-- | :-: | :-- | :-- | --: | --: | --: | --: | --: | :-- |"]
+    for sweep in map(Path, argv):
+        lines += _rows(sweep)
     print("\n".join(lines))
     print("\nΔ: the variant minus its method's selected row, paired by seed (percentage points), with the "
           "95% t-interval over the seeds both finished.")
