@@ -110,8 +110,8 @@ def headline_table(reports: dict) -> list[str]:
     methods = list(dict.fromkeys(m for _, by in columns for m in by))
     lines = ["| method | " + " | ".join(c for c, _ in columns) + " |", "| --- |" + " --: |" * len(columns)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_cell(by[m], "worst", std=False) if m in by else "–" for _, by in columns)
-                     + " |")
+        cells = (_cell(by[m], "worst", std=False) if m in by else "–" for _, by in columns)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
