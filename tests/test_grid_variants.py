@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "baselines" / "grid_variants.py"
 VARIANT = "SharpDRO, uniform, skip"
 
@@ -47,7 +46,7 @@ def test_variant_row_is_the_paired_difference_and_the_last_q(sweep, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     own, var = _final_runs(sweep, False), _final_runs(sweep, True)
     assert sorted(own) == sorted(var) == [1, 2, 3]
-    summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
+    summary = lambda d: json.loads((d / "summary.json").read_text())
     for col, key in ((7, "test_average"), (8, "test_worst")):
         d = np.array([100 * (summary(var[s])[key] - summary(own[s])[key]) for s in (1, 2, 3)])
         half = student_t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)

@@ -30,9 +30,9 @@ def _cell(entry: dict, metric: str, std: bool = True) -> str:
 
 
 def beside_original(report: dict, arm: str) -> list[str]:
-    lines = [f"**Beside the original README's table** ({ARMS.get(arm, arm)}; ours: mean ± std [95% CI] over "
-             "the final seeds, in %; the original's CIFAR10 rows are at 4,000 images per class, WRN-28-2, "
-             "200 epochs)", "",
+    lines = [(f"**Beside the original README's table** ({ARMS.get(arm, arm)}; ours: mean ± std [95% CI] over "
+              "the final seeds, in %; the original's CIFAR10 rows are at 4,000 images per class, WRN-28-2, "
+              "200 epochs)"), "",
              "| Type | Method | original: averaged | ours: averaged | ours: worst severity | n |",
              "| :-: | :-- | --: | --: | --: | --: |"]
     for e in report["rows"]:
@@ -88,8 +88,8 @@ def combination_table(report: dict, corruption: str) -> list[str]:
     the most severe level, the gap between them) and how well each method fits its training mixture."""
     rows = [e for e in report["rows"] if e["corruption"] == corruption]
     top = str(max(report["severities"]))
-    lines = [f"| method | selected | averaged | worst severity | clean | severity {top} | gap 0→{top} | "
-             "train acc. | n |", "| --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
+    lines = [(f"| method | selected | averaged | worst severity | clean | severity {top} | gap 0→{top} | "
+              "train acc. | n |"), "| --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
     for e in rows:
         clean, severe = e["severity"].get("0", {}).get("mean"), e["severity"].get(top, {}).get("mean")
         gap = "–" if clean is None or severe is None else f"{clean - severe:.1f}"
@@ -166,9 +166,9 @@ def main(argv: list[str]) -> int:
     out = []
     for arm, report in read_reports(here).items():
         out += [f"## {ARMS[arm]}", ""] + beside_original(report, arm) + summary(report)
-        out += ["**Every paired difference, in words** (each method against ERM, JTT and EIIL; each variant against "
-                "its own method first; per-seed differences, 95% t-interval, not corrected for multiple "
-                "comparisons)", ""]
+        out += [("**Every paired difference, in words** (each method against ERM, JTT and EIIL; each variant "
+                 "against its own method first; per-seed differences, 95% t-interval, not corrected for multiple "
+                 "comparisons)"), ""]
         out += [in_words(p) for p in report["paired"]] + [""]
     print("\n".join(out) if out else "no report JSON yet: run report.sh")
     return 0
