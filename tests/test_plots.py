@@ -260,6 +260,25 @@ def test_q_axis_is_log_when_a_rare_severity_is_starved(sweep_dir, tmp_path, figu
     assert list(sev3.get_ydata()) == pytest.approx([0.1, 0.001, 0.001, 0.001])
 
 
+def test_log_q_band_is_the_interval_of_log_q(tmp_path, figures):
+    """On the log axis a severity whose q differs by decades between seeds gets the geometric mean and the
+    t-interval of log10 q. The arithmetic interval of 1e-4, 2e-4 and 4e-4 reaches below zero, so its band was
+    clipped to the axis floor and covered every decade under the mean (seen on the reproduction's q plots)."""
+    root = tmp_path / "decades"
+    for seed, x in enumerate((1e-4, 2e-4, 4e-4)):
+        _run(root, ["algorithm.name=sharpdro", f"seed={seed}"], 0.0, with_q=True,
+             q=lambda e, x=x: [0.5, 0.5 - x - 1e-6, 1e-6, x] if e else [0.25] * 4)
+    plots.plot_group_weights(collect(root), tmp_path / "log", formats=("png",))
+    ax = _q_axis(figures, "q_CIFAR10_gaussian_noise_sharpdro")
+    assert ax.get_yscale() == "log" and "geometric mean and 95% interval (of log q)" in ax.get_title()
+    sev3 = next(ln for ln in ax.get_lines() if ln.get_label() == "severity 3")
+    assert list(sev3.get_ydata()) == pytest.approx([0.25, 2e-4, 2e-4, 2e-4])  # (1e-4 · 2e-4 · 4e-4) ** (1/3)
+    half = 4.302652729911275 * math.log10(2) / math.sqrt(3)  # t(0.975, 2) · std of log10 q / sqrt(3)
+    lo, hi = _band_at(ax.collections[3], 3)
+    assert (lo, hi) == pytest.approx((2e-4 * 10 ** -half, 2e-4 * 10 ** half))
+    assert lo > ax.get_ylim()[0] * 10  # well above the floor the arithmetic band was clipped to
+
+
 # --------------------------------------------------------------------------- a tuning sweep: the selected rows
 
 TUNE_EXTRA = ["train.epochs=2"]  # on top of the shared tiny_sweep_set

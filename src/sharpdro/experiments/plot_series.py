@@ -64,8 +64,16 @@ def severity_series(row, band: str = "ci95") -> Series:
     return _series({s: v for s in row.severities if (v := row.values(s))}, band)
 
 
-def epoch_series(runs, getter: Callable, band: str = "std") -> Series:
-    """``getter(record)`` per epoch (from 1, as on screen) over ``runs``; a record that lacks it is skipped."""
+# A weight logged as 0.0 underflowed (float32's smallest subnormal is 1.4e-45): on a log scale it counts as that.
+LOG_TINY = 1e-45
+
+
+def epoch_series(runs, getter: Callable, band: str = "std", log: bool = False) -> Series:
+    """``getter(record)`` per epoch (from 1, as on screen) over ``runs``; a record that lacks it is skipped.
+
+    ``log``: the statistics of log10 of the values, mapped back (the geometric mean, and a band that is a ratio
+    around it): on a log axis the arithmetic interval of values a decade or more apart reaches below zero and
+    would cover the whole axis, while the one of their logarithms says how far apart the seeds are."""
     by_epoch: dict[int, list[float]] = {}
     for run in runs:
         for rec in run.records:
@@ -74,8 +82,13 @@ def epoch_series(runs, getter: Callable, band: str = "std") -> Series:
             except (KeyError, TypeError, IndexError, ValueError):
                 v = None
             if v is not None:
-                by_epoch.setdefault(int(rec["epoch"]) + 1, []).append(float(v))
-    return _series(by_epoch, band)
+                v = float(v)
+                by_epoch.setdefault(int(rec["epoch"]) + 1, []).append(math.log10(max(v, LOG_TINY)) if log else v)
+    s = _series(by_epoch, band)
+    if log:
+        for vals in (s.mean, s.lo, s.hi):
+            vals[:] = [None if v is None else 10.0 ** v for v in vals]
+    return s
 
 
 def draw(ax, s: Series, color, alpha: float = 0.15, floor: float | None = None, **kw):

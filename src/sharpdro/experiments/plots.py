@@ -313,8 +313,10 @@ Q_MARK = 0.02  # the reproduction's threshold: a severity group whose weight sta
 def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
                        band: str = "ci95") -> list[Path]:
     """q (the weight of each severity group) against the epoch, one figure per row that logged q: a line
-    per severity, the mean and 95% t-interval over seeds, on a log axis when the means span more than
-    :data:`~sharpdro.experiments.plot_series.LOG_RATIO` (a rare severity's q near 1e-3), with 0.02 marked."""
+    per severity, the mean and 95% t-interval over seeds, with 0.02 marked. When the means span more than
+    :data:`~sharpdro.experiments.plot_series.LOG_RATIO` (a rare severity's q near 1e-3) the axis is log and
+    the line and band are those of log q (the geometric mean), so that seeds decades apart give a band
+    that says so rather than one reaching below zero."""
     plt = _plt()
     paths = []
     for row in table.rows:
@@ -323,8 +325,10 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
             continue
         groups = max(len(rec["q"]) for r in runs for rec in r.records if isinstance(rec.get("q"), list))
         series = [epoch_series(runs, lambda r, g=g: r["q"][g], band) for g in range(groups)]
+        log = log_scale([m for s in series for m in s.mean])
+        if log:
+            series = [epoch_series(runs, lambda r, g=g: r["q"][g], band, log=True) for g in range(groups)]
         means = [m for s in series for m in s.mean]
-        log = log_scale(means)
         floor = log_floor(means, Q_MARK) if log else None
         cmap = plt.get_cmap("viridis")
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -340,6 +344,9 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
             ax.set_ylim(0.0, min(ax.get_ylim()[1], 1.0))
         ax.set_ylabel(f"group weight q ({'log' if log else 'linear'} scale)")
         what = "mean and 95% interval" if band == "ci95" else "mean ± std"
+        if log:
+            what = ("geometric mean and 95% interval (of log q)" if band == "ci95"
+                    else "geometric mean ×/÷ geometric std")
         ax.set_title(f"{_block_title(table, row)}: {row.method}\n{spread_text(what, [len(runs)])}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         _footer(fig, _selected_settings(table, row))
