@@ -709,6 +709,25 @@ def test_feature_and_input_scores():
     assert (want[3:].min() > want[:3].max())  # the noisy images have the higher high-frequency energy
 
 
+def test_input_hf_reference_against_closed_forms_and_the_torch_step():
+    """The NumPy reference of the input_hf score (the result scripts score images with it): a checkerboard of
+    +-1 has Laplacian +-8 everywhere inside, so 64; a constant or a linear ramp has none; and it equals what the
+    PyTorch step computes on the same batch."""
+    import numpy as np
+
+    from sharpdro.backends.torch.algorithms import agnostic as torch_agnostic
+    from sharpdro.methods.sharpdro_agnostic import input_high_frequency
+
+    i, j = np.meshgrid(np.arange(7), np.arange(9), indexing="ij")
+    checker = np.broadcast_to((-1.0) ** (i + j), (2, 3, 7, 9))
+    ramp = np.broadcast_to(0.3 * i - 0.7 * j + 2.0, (1, 3, 7, 9))
+    got = input_high_frequency(np.concatenate([checker, ramp, np.full((1, 3, 7, 9), 5.0)]))
+    assert got == pytest.approx([64.0, 64.0, 0.0, 0.0], abs=1e-12)
+    x = np.random.default_rng(0).normal(size=(4, 3, 8, 8))
+    # the device version computes in float32
+    assert input_high_frequency(x) == pytest.approx(torch_agnostic.input_high_frequency(torch.from_numpy(x)).numpy(), rel=1e-6)
+
+
 def test_auroc_matches_a_direct_computation():
     import numpy as np
 

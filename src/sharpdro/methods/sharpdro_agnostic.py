@@ -90,6 +90,15 @@ def unknown_score(kind: str) -> ConfigError:
 
 
 # ---------------------------------------------------------------- the selection's statistics (NumPy reference)
+def input_high_frequency(x: np.ndarray) -> np.ndarray:
+    """The ``input_hf`` score of each image of ``x`` [N, C, H, W] (H, W >= 3): the mean squared 4-neighbour
+    Laplacian (float64). The NumPy reference of the backends' device versions; the result scripts use it to
+    score images without a model."""
+    x = np.asarray(x, dtype=np.float64)
+    lap = 4 * x[:, :, 1:-1, 1:-1] - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1] - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:]
+    return np.square(lap).mean((1, 2, 3))
+
+
 def class_statistics(memory: np.ndarray, labels: np.ndarray, num_classes: int, normalize: bool = True) -> np.ndarray:
     """``[2, C]``: the mean and the standard deviation (ddof 0) of the memory's finite entries of each class.
 
