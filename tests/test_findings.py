@@ -93,6 +93,29 @@ def test_readme_tables_are_the_committed_runs(committed_reports):
     assert rebuilt == text
 
 
+def test_table_beside_the_original_against_the_rows(committed_reports):
+    """Each cell of the table beside the original README's is that method's averaged accuracy in that arm (mean and
+    t-interval over its finished seeds), beside the original's number for the methods it reports; variants are
+    left out."""
+    findings = _findings()
+    lines = findings.original_table(committed_reports)
+    arms = [arm for arm, _, _ in findings.complete_combinations(committed_reports)]
+    arms = list(dict.fromkeys(arms))
+    n_rows = 0
+    for line in lines[2:]:
+        kind, method, original, *ours = (c.strip() for c in line.strip("|").split("|"))
+        assert original == findings.ORIGINAL.get((kind, method), "–")
+        for arm, cell in zip(arms, ours, strict=True):
+            (e,) = [e for e in committed_reports[arm]["rows"] if e["method"] == method and e["type"] == kind]
+            assert not e.get("variant")
+            v = np.array([r["average"] for r in e["runs"] if r["status"] == "done"])
+            half = student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+            mean, lo, hi = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
+            assert (mean, lo, hi) == pytest.approx((v.mean(), v.mean() - half, v.mean() + half), abs=0.051)
+        n_rows += 1
+    assert n_rows >= 6 and sum(line.count(" ± ") for line in lines) >= 6  # the original's six CIFAR10 rows
+
+
 def test_combination_table_against_the_rows(committed_reports):
     """Clean, most severe, gap and training accuracy as the table prints them, from the per-run numbers."""
     findings = _findings()

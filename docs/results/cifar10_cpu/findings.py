@@ -61,6 +61,7 @@ def in_words(p: dict) -> str:
 QUESTION = ("SharpDRO", "SharpDRO (agnostic)")
 COMBINATION = "<!-- findings.py: {arm} {corruption} -->"  # README markers around a generated table
 HEADLINE = "<!-- findings.py: headline -->"
+ORIGINAL_MARKER = "<!-- findings.py: beside the original -->"
 END = "<!-- end of generated table -->"
 
 
@@ -115,10 +116,30 @@ def headline_table(reports: dict) -> list[str]:
     return lines
 
 
+def original_table(reports: dict) -> list[str]:
+    """The original README's CIFAR10 rows (averaged accuracy) beside ours in each arm, for every method the
+    grid runs as such (variants left out): averaged accuracy, mean [95% CI] over the final seeds."""
+    done = {(arm, corruption): {e["method"]: e for e in rows} for arm, corruption, rows in complete_combinations(reports)}
+    arms = list(dict.fromkeys(arm for arm, _ in done))
+    if not arms:
+        return ["no complete combination yet"]
+    lines = ["| Type | Method | original README (paper's scale) | "
+             + " | ".join(f"ours, {ARMS[a].split(' (')[0]}" for a in arms) + " |",
+             "| :-: | :-- | --: |" + " --: |" * len(arms)]
+    for corruption in dict.fromkeys(c for _, c in done):
+        by_arm = [done.get((a, corruption), {}) for a in arms]
+        methods = dict.fromkeys(m for by in by_arm for m, e in by.items() if not e.get("variant"))
+        for m in methods:
+            e0 = next(by[m] for by in by_arm if m in by)
+            cells = (_cell(by[m], "average", std=False) if m in by else "–" for by in by_arm)
+            lines.append(f"| {e0['type']} | {m} | {ORIGINAL.get((e0['type'], m), '–')} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_readme(text: str, reports: dict) -> tuple[str, list[str]]:
     """``text`` with every generated block (between its marker and END) rebuilt from ``reports``; a block
     whose combination is not complete is left as it is. Returns the text and the markers rebuilt."""
-    blocks = {HEADLINE: headline_table(reports)}
+    blocks = {HEADLINE: headline_table(reports), ORIGINAL_MARKER: original_table(reports)}
     for arm, corruption, _ in complete_combinations(reports):
         blocks[COMBINATION.format(arm=arm, corruption=corruption)] = combination_table(reports[arm], corruption)
     done = []
