@@ -48,7 +48,7 @@ def measure(run: Path, data_root: str | None) -> dict:
     classes = int(train.labels.max()) + 1
     stats, threshold = selection_statistics(score, train.labels, classes, h["fraction"], h["class_normalize"])
     z = normalised(score, train.labels, stats)  # what the selection compares with its threshold
-    selected = z > threshold
+    selected = z >= threshold  # the step selects at or above the threshold
     severities = range(int(train.severity.max()) + 1)
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][-1]
     return {
@@ -68,12 +68,13 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for arm in ("imagenet_table", "cifar_table"):
+        final_seeds = yaml.safe_load((HERE / f"{arm}.yaml").read_text())["tune"]["final_seeds"]
         for cfg_path in sorted((HERE / arm).glob("*/config.yaml")):
             run = cfg_path.parent
             cfg = yaml.safe_load(cfg_path.read_text())
             if cfg["algorithm"]["name"] != "sharpdro_agnostic" or not (run / "done").exists():
                 continue
-            if cfg["seed"] == 0:  # tuning trials: the table's rows are the final seeds
+            if cfg["seed"] not in final_seeds:  # tuning trials: the table's rows are the final seeds
                 continue
             if cfg["algorithm"].get("score", "input_hf") != "input_hf":
                 continue
