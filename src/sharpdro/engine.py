@@ -521,9 +521,12 @@ def _data_record(cfg: dict, splits) -> dict | None:
     if fingerprint is None:
         return None
     d, source = cfg["data"], splits.meta.get("source", {})
-    return {"fingerprint": fingerprint, "dataset": d["dataset"],
-            "root": str(Path(d["root"]).expanduser().resolve()) if d["root"] else None,
-            "train_images": source.get("train_size"), "test_images": source.get("test_size")}
+    record = {"fingerprint": fingerprint, "dataset": d["dataset"],
+              "root": str(Path(d["root"]).expanduser().resolve()) if d["root"] else None,
+              "train_images": source.get("train_size"), "test_images": source.get("test_size")}
+    if splits.meta.get("source_jpeg"):  # a JPEG source: what its files' headers say of their quality
+        record["source_jpeg"] = splits.meta["source_jpeg"]
+    return record
 
 
 def _check_same_data(run: RunDir, cfg: dict, splits) -> None:

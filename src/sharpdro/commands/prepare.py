@@ -38,5 +38,9 @@ def run(args) -> int:
           + ")")
     print(f"val: {c['val']} images x {splits.num_groups} severities; test: {c['test']} images x "
           f"{splits.num_groups} severities" + (f"; extra test: {c['extra_test']}" if "extra_test" in c else ""))
+    if m.get("source_jpeg"):
+        j = m["source_jpeg"]
+        print(f"source: JPEG files, quality about {j['quality']} (range {j['quality_range'][0]}-{j['quality_range'][1]}, "
+              f"{j['jpeg']} of {j['sampled']} sampled files)")
     print(f"time: {time.perf_counter() - t0:.1f} s")
     return 0

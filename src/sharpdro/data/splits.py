@@ -361,6 +361,7 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
     train, test = load_source(cfg, progress=progress)
     classes = list(train.classes)
     table = resolve_table(d["table"], int(train.images.shape[1]))
+    _warn_if_recompressing(train, d, table)
     plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
     key = cache_key_fields(cfg, train, test, table)
     key_hash = cache_mod.key_hash(key)
@@ -418,6 +419,8 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
         "cache": cache_info,
         "extra_test": d["extra_test"],
     }
+    if train.source_jpeg:
+        meta["source_jpeg"] = dict(train.source_jpeg)
     splits = Splits(
         train=LabeledArrays(arrays["train_images"], arrays["train_labels"], arrays["train_severity"]),
         val=_per_severity(arrays["val_images"], arrays["val_labels"]),
@@ -431,6 +434,19 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
         meta["counts"]["extra_test"] = {str(s): len(v) for s, v in splits.extra_test.items()}
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return splits
+
+
+def _warn_if_recompressing(train: ImageSet, d: dict, table: str) -> None:
+    """A JPEG corruption of a source that is JPEG already is a recompression: say so once, when the splits
+    are built (the quality found is recorded in the splits' meta)."""
+    from sharpdro.data.corruptions import severity_parameter
+    from sharpdro.data.jpeg_quality import recompression_warning
+
+    if d["corruption"] != "jpeg_compression" or not train.source_jpeg:
+        return
+    qualities = [int(severity_parameter("jpeg_compression", s, table)) for s in range(1, d["max_severity"] + 1)]
+    warnings.warn(recompression_warning(train.source_jpeg, qualities, resized=d["image_size"] is not None),
+                  stacklevel=2)
 
 
 _ARRAY_NAMES = ("train_images", "train_labels", "train_severity", "train_index", "val_images", "val_labels",

@@ -15,6 +15,9 @@ class ImageSet:
     labels: np.ndarray  # int64 [N]
     classes: list[str]
     name: str = ""
+    # what the source files' headers say of their JPEG quality (sharpdro.data.jpeg_quality.source_quality);
+    # None for a lossless or in-memory source. Not part of the fingerprint: it describes, it does not change, pixels
+    source_jpeg: dict | None = None
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:

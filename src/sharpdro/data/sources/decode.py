@@ -28,7 +28,8 @@ def resized_set(s: ImageSet, size: int, progress: bool) -> ImageSet:
     """``s`` with every image resized to ``size x size`` (``s`` itself when already that size)."""
     if s.images.shape[1:3] == (size, size):
         return s
-    return ImageSet(resize_images(s.images, size, progress=progress), s.labels, list(s.classes), s.name)
+    return ImageSet(resize_images(s.images, size, progress=progress), s.labels, list(s.classes), s.name,
+                    s.source_jpeg)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

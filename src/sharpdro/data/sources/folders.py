@@ -7,6 +7,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from sharpdro.data.jpeg_quality import source_quality
 from sharpdro.data.sources.decode import _check_same_size, decode_images
 from sharpdro.data.types import ImageSet
 from sharpdro.errors import DataError
@@ -125,8 +126,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, *,
     tr = decode_images(tr_paths, image_size, progress=progress, desc=f"{name} {train_dir.name}")
     te = decode_images(te_paths, image_size, progress=progress, desc=f"{name} {test_dir.name}")
     _check_same_size(tr, te, train_dir, test_dir)
-    return (ImageSet(tr, np.asarray(tr_labels, np.int64), list(classes), f"{name}/train"),
-            ImageSet(te, np.asarray(te_labels, np.int64), list(classes), f"{name}/test"))
+    return (ImageSet(tr, np.asarray(tr_labels, np.int64), list(classes), f"{name}/train", source_quality(tr_paths)),
+            ImageSet(te, np.asarray(te_labels, np.int64), list(classes), f"{name}/test", source_quality(te_paths)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,5 +274,7 @@ def load_labelfile(root: str | os.PathLike, name: str, image_size: int | None = 
                        desc=f"{name} train")
     va = decode_images([val_img / e.rel for e in va_entries], image_size, progress=progress, desc=f"{name} val")
     _check_same_size(tr, va, train_img, val_img)
-    return (ImageSet(tr, np.asarray([e.label for e in tr_entries], np.int64), list(classes), f"{name}/train"),
-            ImageSet(va, np.asarray([e.label for e in va_entries], np.int64), list(classes), f"{name}/test"))
+    return (ImageSet(tr, np.asarray([e.label for e in tr_entries], np.int64), list(classes), f"{name}/train",
+                     source_quality([train_img / e.rel for e in tr_entries])),
+            ImageSet(va, np.asarray([e.label for e in va_entries], np.int64), list(classes), f"{name}/test",
+                     source_quality([val_img / e.rel for e in va_entries])))

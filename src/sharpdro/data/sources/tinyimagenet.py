@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sharpdro.data.jpeg_quality import source_quality
 from sharpdro.data.sources.decode import _check_same_size, decode_images
 from sharpdro.data.sources.folders import _list_images, _subdirs
 from sharpdro.data.types import ImageSet
@@ -85,5 +86,7 @@ def load_tinyimagenet(root: str | os.PathLike, image_size: int | None = None, *,
     tr = decode_images(tr_paths, image_size, progress=progress, desc="tinyimagenet train")
     va = decode_images([p for p, _ in val], image_size, progress=progress, desc="tinyimagenet val")
     _check_same_size(tr, va, root / "train", root / "val")
-    return (ImageSet(tr, np.asarray(tr_labels, np.int64), list(classes), "tinyimagenet/train"),
-            ImageSet(va, np.asarray([l for _, l in val], np.int64), list(classes), "tinyimagenet/test"))
+    return (ImageSet(tr, np.asarray(tr_labels, np.int64), list(classes), "tinyimagenet/train",
+                     source_quality(tr_paths)),
+            ImageSet(va, np.asarray([l for _, l in val], np.int64), list(classes), "tinyimagenet/test",
+                     source_quality([p for p, _ in val])))
