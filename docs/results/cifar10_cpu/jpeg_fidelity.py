@@ -3,14 +3,13 @@ its q75 copy (PSNR in dB against the lossless original, and against the image th
 what it does to the images' high-frequency energy (the agnostic selection's default score, `input_hf`, on the
 [0, 1] scale, x1000), at each severity and along a sweep of qualities.
 Usage: python jpeg_fidelity.py CIFAR10_JPEG_ROOT cifar10-lossless-train-first4000.npz > jpeg_fidelity.json"""
-import io
 import json
 import sys
 
 import numpy as np
 from PIL import Image
 
-from sharpdro.data.corruptions import TABLES, corrupt
+from sharpdro.data.corruptions import TABLES, corrupt, jpeg_round_trip
 from sharpdro.data.match import CIFAR10_CLASSES
 from sharpdro.methods.sharpdro_agnostic import input_high_frequency
 
@@ -30,14 +29,8 @@ def hf(a):
     return float(input_high_frequency(a.transpose(0, 3, 1, 2) / 255.0).mean() * 1000)
 
 def recompress(a, quality):
-    """Pillow's JPEG round trip at any quality, as the jpeg_compression corruption does at its table's."""
-    out = []
-    for img in a:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=quality)
-        buf.seek(0)
-        out.append(np.asarray(Image.open(buf).convert("RGB")))
-    return np.stack(out)
+    """The jpeg_compression corruption's round trip at any quality, not only its tables'."""
+    return np.stack([jpeg_round_trip(img, quality) for img in a])
 
 out = {"source_q75_vs_lossless": psnr(q75, x), "hf_lossless": hf(x), "hf_q75": hf(q75)}
 for table in ("cifar", "imagenet"):

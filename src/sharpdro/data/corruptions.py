@@ -284,7 +284,9 @@ def _impulse(x, out, amount, seed):
     out[(u >= half) & (u < np.float32(amount))] = 0
 
 
-def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
+def jpeg_round_trip(img: np.ndarray, quality: int) -> np.ndarray:
+    """One uint8 HWC RGB image through Pillow's JPEG encode and decode at ``quality`` (the corruption's kernel;
+    public so that a measurement can use it at qualities outside the tables)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -296,7 +298,7 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
 
 def _jpeg(x, out, quality, seed):
     for i in range(len(x)):
-        out[i] = _jpeg_one(x[i], quality)
+        out[i] = jpeg_round_trip(x[i], quality)
 
 
 _KERNELS: dict[str, Callable] = {
