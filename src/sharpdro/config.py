@@ -86,8 +86,11 @@ SCHEMA: dict[str, Any] = {
                             item_type=float),
         "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
         "device": Field("auto", str, "cpu, cuda, cuda:N or auto", choices=None),
-        "precision": Field("fp32", str, "fp32, bf16 (autocast) or fp16 (autocast + dynamic loss scale; "
-                           "an overflowed step is skipped), for every algorithm", choices=("fp32", "bf16", "fp16")),
+        "precision": Field("auto", str, "auto (bf16 where the device has fast bf16 kernels: AMX-BF16 or "
+                           "AVX512-BF16 CPUs, CUDA GPUs with native bf16; fp32 elsewhere; the run records what it "
+                           "resolved to), fp32, bf16 (autocast) or fp16 (autocast + dynamic loss scale; an "
+                           "overflowed step is skipped), for every algorithm",
+                           choices=("auto", "fp32", "bf16", "fp16"), identity_default="fp32"),
         "channels_last": Field(False, bool, "channels_last memory format"),
         "compile": Field(False, bool, "torch.compile the model's training forward"),
         "data_on_device": Field("auto", (str, bool), "keep the uint8 training set on the device and augment "

@@ -229,6 +229,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
     main = procs.is_main
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
+    requested_precision = cfg["train"]["precision"]
+    cfg = _resolve_precision(cfg, backend, run, resume, procs)
     last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = tracker = None
     try:
@@ -348,6 +350,10 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         summary = build_summary(cfg, records, rule)
         if prestage is not None:
             summary["prestage"] = prestage
+        summary["precision"], summary["precision_requested"] = cfg["train"]["precision"], requested_precision
+        hardware = getattr(backend, "hardware", None)
+        if hardware is not None:
+            summary["hardware"] = hardware(cfg)
         if main and run.changes.exists():
             summary["config_changes"] = read_jsonl(run.changes)
         summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
@@ -364,6 +370,30 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             log.removeHandler(handler)
             handler.close()
         procs.close()
+
+
+def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool, procs) -> dict:
+    """``train.precision: auto`` made concrete before anything is compared or written (config.yaml records it).
+
+    A resumed run keeps the precision it recorded (a run written before ``auto`` existed recorded fp32),
+    and says so when this machine would resolve ``auto`` otherwise: results depend on the precision.
+    """
+    if cfg["train"]["precision"] != "auto":
+        return cfg
+    here = backend.resolve_precision(cfg)
+    value = here
+    if procs.is_main and resume and run.config.exists():
+        try:
+            recorded = ((config_mod.read_yaml(run.config) or {}).get("train") or {}).get("precision", "fp32")
+        except (OSError, config_mod.ConfigError):
+            recorded = None  # an unreadable config.yaml is reported by the config check that follows
+        if recorded not in (None, "auto"):
+            value = recorded
+            if recorded != here:
+                _echo(f"train.precision=auto: {run.path} trained in {recorded} and continues in {recorded} "
+                      f"(this machine would resolve auto to {here})")
+    value = procs.broadcast(value)
+    return {**cfg, "train": {**cfg["train"], "precision": value}}
 
 
 def _keeps_best(cfg: dict) -> bool:

@@ -102,6 +102,21 @@ def _runtime_reset(cfg: Mapping) -> dict:
     return out
 
 
+def resolve_precision(cfg: dict) -> dict:
+    """A job's config with ``train.precision: auto`` made concrete where the sweep is expanded.
+
+    Results depend on the precision, so a job's identity (its folder) holds the value it runs in: a sweep
+    expanded on a CPU with fast bf16 gets bf16 jobs, elsewhere fp32 ones (named as before ``auto``
+    existed).  Expand a Slurm sweep where its jobs will run, or set ``train.precision`` explicitly.
+    """
+    if cfg["train"]["precision"] != "auto":
+        return cfg
+    from sharpdro.backends.base import get_backend
+
+    value = get_backend(cfg["backend"]).resolve_precision(cfg)
+    return {**cfg, "train": {**cfg["train"], "precision": value}}
+
+
 def job_hash(cfg: Mapping) -> str:
     """Folder name of a job: a stable hash of what the job computes (key order does not matter)."""
     return config_hash(job_identity(cfg))
@@ -354,7 +369,7 @@ def expand(spec: SweepSpec) -> list[Job]:
     for point in points:
         overrides = tuple(spec.set) + tuple(point)
         try:
-            cfg = load_config(base, overrides)
+            cfg = resolve_precision(load_config(base, overrides))
         except ConfigError as exc:
             raise ConfigError(f"sweep job [{' '.join(point) or 'base'}]: {exc}") from None
         h = job_hash(cfg)

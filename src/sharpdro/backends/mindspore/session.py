@@ -71,7 +71,7 @@ class MindSporeSession:
         t = cfg["train"]
         self.runtime = _runtime.configure(t["device"], t.get("threads"), bool(t.get("deterministic", False)))
         precision = t.get("precision", "fp32")
-        if precision != "fp32":
+        if precision not in ("fp32", "auto"):  # auto: this backend has no mixed precision (fp32)
             raise TrainingError(f"backend=mindspore trains in fp32 only (train.precision={precision!r}); set "
                                 f"train.precision=fp32 or use backend=torch")
         for key in ("channels_last", "compile"):
@@ -320,6 +320,14 @@ class MindSporeSession:
 
 class MindSporeBackend:
     name = "mindspore"
+
+    def resolve_precision(self, cfg: dict) -> str:
+        """``train.precision`` as it runs: this backend trains in fp32 only, so ``auto`` is fp32."""
+        requested = cfg["train"]["precision"]
+        return "fp32" if requested == "auto" else requested
+
+    def hardware(self, cfg: dict) -> dict:
+        return {"device": str(cfg["train"]["device"]), "fast_bf16": False}
 
     def requires_groups(self, cfg: dict) -> bool:
         return methods.get(cfg["algorithm"]["name"]).needs_groups

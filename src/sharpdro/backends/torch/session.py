@@ -32,7 +32,7 @@ from sharpdro.metrics import TrainEpochSums
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
-from .amp import Precision
+from .amp import Precision, hardware_record, resolve_precision
 from .checkpoints import numpy_rng_from_plain, numpy_rng_to_plain, read_checkpoint, write_checkpoint
 from .distributed import Replicas, broadcast_state, is_distributed, rank_seed, wrap_ddp
 from .models import build_model
@@ -114,7 +114,7 @@ class TorchSession:
         self._std = torch.tensor(norm[1], device=self.device).view(1, 3, 1, 1) * 255.0
         self.memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
 
-        self.precision = Precision(t["precision"], self.device)
+        self.precision = Precision(resolve_precision(t["precision"], self.device), self.device)
         model = self._make_model()
         if splits is not None and cfg["model"].get("init_from"):  # a training run from exported weights
             from sharpdro.export import init_from_pretrained
@@ -145,7 +145,7 @@ class TorchSession:
     def _make_optimizer(self, params) -> torch.optim.Optimizer:
         t = self.cfg["train"]
         # fp16: fused SGD takes the overflow flag on the device, so a skipped step needs no host sync.
-        fused = {"fused": True} if t["precision"] == "fp16" else {}
+        fused = {"fused": True} if self.precision.mode == "fp16" else {}
         return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                                nesterov=bool(t["nesterov"]) and t["momentum"] > 0, **fused)
 
@@ -449,6 +449,14 @@ _read_checkpoint = read_checkpoint  # weights_only=True; see .checkpoints
 
 class TorchBackend:
     name = "torch"
+
+    def resolve_precision(self, cfg: dict) -> str:
+        """``train.precision`` as it runs on ``train.device`` here (``auto``: bf16 where bf16 is fast, else fp32)."""
+        return resolve_precision(cfg["train"]["precision"], resolve_device(cfg["train"]["device"]))
+
+    def hardware(self, cfg: dict) -> dict:
+        """The facts ``auto`` precision was resolved from, for the run's summary."""
+        return hardware_record(resolve_device(cfg["train"]["device"]))
 
     def requires_groups(self, cfg: dict) -> bool:
         from sharpdro import methods
