@@ -35,6 +35,8 @@ def test_bench_json_is_the_last_line_with_the_required_keys(capsys):
     assert all(0 < r["step_cpu_seconds_median"] for r in result["results"].values())
     assert result["host_syncs_per_step"] == 0
     assert result["pipeline"]["batch_seconds_median"] > 0
+    assert result["loop"]["loop_step_seconds"] > 0 and result["loop"]["bare_step_seconds"] > 0
+    assert result["precision"] == "bf16" and result["hardware"]["device"] == "cpu"
     c = result["corruption"]
     assert {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression"} <= set(c)
     assert all(c[k]["images_per_second"] > 0 for k in ("gaussian_noise", "jpeg_compression"))
@@ -134,3 +136,23 @@ def test_mac_counter_matches_a_hand_count():
     assert net.training and torch.equal(net[1].running_mean, stats)  # mode and BatchNorm statistics kept
     # ResNet-18 at 224 px with 1000 classes: the published 1.8 G multiply-adds
     assert count_macs(build_model("resnet18", 1000, 224), (3, 224, 224)) == pytest.approx(1.814e9, rel=1e-3)
+
+
+def test_compare_precision_interleaves_and_reports_each_ratio(capsys):
+    rc = main(["bench", "--algorithm", "erm", "--compare", "sam", "--compare-precision", "fp32,bf16", "--model", "cnn",
+               "--width", "8", "--batch-size", "16", "--steps", "2", "--warmup", "1", "--image-size", "16",
+               "--skip", "pipeline,eval,corruption", "--threads", "1", "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert [(k, v["precision"]) for k, v in result["results"].items()] == [
+        ("erm [fp32]", "fp32"), ("erm [bf16]", "bf16"), ("sam [fp32]", "fp32"), ("sam [bf16]", "bf16")]
+    res = result["results"]
+    for spec in ("erm", "sam"):
+        assert result["precision_ratios"][spec]["fp32"] == 1.0
+        assert result["precision_ratios"][spec]["bf16"] == pytest.approx(
+            res[f"{spec} [bf16]"]["step_seconds_median"] / res[f"{spec} [fp32]"]["step_seconds_median"])
+    text = "\n".join(out[:-1])
+    assert "fp32 and bf16 (interleaved)" in text and "erm: step time / fp32 bf16" in text
+    assert main(["bench", "--compare-precision", "fp32,bf8", "--skip", "pipeline,eval,corruption"]) == 2
+    assert "--compare-precision bf8: allowed are" in capsys.readouterr().err

@@ -18,7 +18,12 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto (the default, as in training): bf16 where the device has fast bf16, else fp32; "
+                        "the table's header says what it resolved to and the hardware line why")
+    p.add_argument("--compare-precision", default="", metavar="P,Q,...",
+                   help="time every algorithm once per precision (e.g. fp32,bf16), interleaved step by step in "
+                        "one process, and print each algorithm's step-time ratio to the first precision")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--width", type=int, default=32, help="base width of the cnn and cnn7 models")
@@ -46,6 +51,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _precisions(text: str) -> list[str]:
+    from sharpdro.errors import SharpDROError
+
+    out = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in out if p not in ("auto", "fp32", "bf16", "fp16")]
+    if bad:
+        raise SharpDROError(f"--compare-precision {', '.join(bad)}: allowed are auto, fp32, bf16, fp16 "
+                            f"(e.g. --compare-precision fp32,bf16)")
+    return out
+
+
 def run(args) -> int:
     import json
 
@@ -63,7 +79,8 @@ def run(args) -> int:
         skip |= {"pipeline", "eval", "corruption"}
     settings = BenchSettings(
         algorithm=args.algorithm, model=args.model, batch_size=args.batch_size, steps=args.steps,
-        warmup=max(0, args.warmup), device=args.device, precision=args.precision, image_size=args.image_size,
+        warmup=max(0, args.warmup), device=args.device, precision=args.precision,
+        compare_precision=_precisions(args.compare_precision), image_size=args.image_size,
         num_classes=args.num_classes, width=args.width, channels_last=args.channels_last, compile=args.compile,
         threads=args.threads, compare=[c for c in args.compare.split(",") if c.strip()],
         overrides=args.overrides, train_images=args.train_images, flip=not args.no_flip,

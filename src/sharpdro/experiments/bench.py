@@ -65,7 +65,8 @@ class BenchSettings:
     steps: int = 20
     warmup: int = 3
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
+    compare_precision: list[str] = field(default_factory=list)  # e.g. ["fp32", "bf16"]: interleaved
     image_size: int = 32
     num_classes: int = 10
     width: int = 32
@@ -104,10 +105,10 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return name, sets
 
 
-def bench_config(s: BenchSettings, name: str, extra: Sequence[str] = ()) -> dict:
+def bench_config(s: BenchSettings, name: str, extra: Sequence[str] = (), extra_train: dict | None = None) -> dict:
     """The resolved config of one timed session: algorithm ``name`` with its ``extra`` overrides."""
     t = {"device": s.device, "precision": s.precision, "channels_last": s.channels_last, "compile": s.compile,
-         "batch_size": s.batch_size, "threads": s.threads, "progress": False}
+         "batch_size": s.batch_size, "threads": s.threads, "progress": False, **(extra_train or {})}
     cfg = default_config()
     cfg.update(seed=s.seed, backend=s.backend)
     cfg["algorithm"]["name"] = name
@@ -120,9 +121,22 @@ def bench_config(s: BenchSettings, name: str, extra: Sequence[str] = ()) -> dict
 
 
 def bench_runs(s: BenchSettings) -> list[tuple[str, dict]]:
-    """``(label, config)`` of every timed algorithm: ``s.algorithm`` first, then ``s.compare``."""
+    """``(label, config)`` of every timed session: ``s.algorithm`` first, then ``s.compare``; with
+    ``s.compare_precision`` each of them once per precision (labelled ``NAME [PRECISION]``).
+
+    ``auto`` is resolved by the backend for the bench's device, as training resolves it.
+    """
+    from sharpdro.backends.base import get_backend
+
     specs = [s.algorithm] + [c for c in s.compare if c != s.algorithm]
-    return [(spec, bench_config(s, *parse_spec(spec))) for spec in specs]
+    precisions = list(dict.fromkeys(s.compare_precision)) or [s.precision]
+    runs = []
+    for spec in specs:
+        for p in precisions:
+            cfg = bench_config(s, *parse_spec(spec), extra_train={"precision": p})
+            cfg["train"]["precision"] = get_backend(s.backend).resolve_precision(cfg)
+            runs.append((f"{spec} [{p}]" if len(precisions) > 1 else spec, cfg))
+    return runs
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -193,12 +207,31 @@ def run_bench(s: BenchSettings) -> dict:
     train_set = synthetic_set(s, max(s.train_images, 2 * s.batch_size), s.seed)
     eval_set = synthetic_set(s, s.eval_images, s.seed + 3) if s.evaluation else None
     out = hook.measure(s, runs, train_set, eval_set)
+    precisions = list(dict.fromkeys(s.compare_precision))
+    if len(precisions) > 1 and "results" in out:  # each algorithm's step time per precision / its first precision's
+        res = out["results"]
+        specs = dict.fromkeys(label.rsplit(" [", 1)[0] for label in res)
+        out["precision_ratios"] = {
+            spec: {p: res[f"{spec} [{p}]"]["step_seconds_median"] / res[f"{spec} [{precisions[0]}]"]["step_seconds_median"]
+                   for p in precisions} for spec in specs}
     if s.corruption:
         out["corruption"] = measure_corruptions(s)
     return out
 
 
 # ---------------------------------------------------------------------------------------- tables
+def hardware_line(hw: dict) -> str:
+    """What ``auto`` precision was resolved from, in one line."""
+    isa = hw.get("cpu_isa")
+    if isa is not None:
+        facts = (f"CPU capability {isa['capability']}, AMX-BF16 {'yes' if isa['amx_bf16'] else 'no'}, "
+                 f"AVX512-BF16 {'yes' if isa['avx512_bf16'] else 'no'}")
+    else:
+        facts = hw.get("cuda_device", hw.get("device", "?"))
+    return f"hardware: {facts}; fast bf16: {'yes' if hw.get('fast_bf16') else 'no'} (auto = " \
+           f"{'bf16' if hw.get('fast_bf16') else 'fp32'})"
+
+
 def _table(columns: Sequence[tuple[str, int, Callable]], rows: Sequence, markdown: bool) -> list[str]:
     """Columns ``(header, text width, cell(row) -> str)``: fixed-width text (first column left-aligned)
     or a Markdown table (the others right-aligned)."""
@@ -218,9 +251,18 @@ def format_table(r: dict, markdown: bool = False) -> str:
     if "results" not in r:  # a training-step timing alone (the MindSpore backend)
         return "  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items())
     framework = f"torch {r['torch']}, " if "torch" in r else ""
-    lines = [f"sharpdro bench: {r['model']} {r['image_size']}px, batch {r['batch_size']}, {r['precision']}, "
+    each = list(dict.fromkeys(v.get("precision", r["precision"]) for v in r.get("results", {}).values()))
+    if len(each) > 1:
+        precision = " and ".join(each) + " (interleaved)"
+    elif r.get("precision_requested", r["precision"]) != r["precision"]:
+        precision = f"{r['precision']} ({r['precision_requested']})"
+    else:
+        precision = r["precision"]
+    lines = [f"sharpdro bench: {r['model']} {r['image_size']}px, batch {r['batch_size']}, {precision}, "
              f"{r['steps']} timed steps after {r['warmup']} warm-up, on {r['device']} ({r['device_name']}, "
              f"{framework}{r['threads']} threads)"]
+    if "hardware" in r:
+        lines.append(hardware_line(r["hardware"]))
     if "forward_macs_per_image" in r:
         lines.append(f"forward pass: {r['forward_macs_per_image'] / 1e6:.1f} M multiply-accumulates per image "
                      f"(convolutions and linear layers; a training step is about 3x, SAM-type steps 6x)")
@@ -234,8 +276,12 @@ def format_table(r: dict, markdown: bool = False) -> str:
                ("step MB", 9, lambda x: f"{x[1]['peak_memory_step_mb']:.0f}"),
                ("syncs", 7, lambda x: f"{x[1]['host_syncs_per_step']:d}")]
     if ratios:
-        columns.append(("x " + r["ratio_to"], 10, lambda x: f"{ratios[x[0]]:.3f}"))
+        columns.append(("x " + r["ratio_to"], max(10, len(r["ratio_to"]) + 5), lambda x: f"{ratios[x[0]]:.3f}"))
     lines += ["", *_table(columns, list(r["results"].items()), markdown)]
+    for spec, by in r.get("precision_ratios", {}).items():
+        first = next(iter(by))
+        lines.append(f"{spec}: step time / {first} " + ", ".join(f"{p} {x:.3f}" for p, x in by.items()
+                                                                 if p != first))
     if "pipeline" in r:
         p = r["pipeline"]
         lines += ["", f"input pipeline ({'device-resident' if p['data_on_device'] else 'host BatchIterator'}, "
@@ -243,6 +289,12 @@ def format_table(r: dict, markdown: bool = False) -> str:
                       f"vs in-memory {p['step_seconds_in_memory']:.4f}s -> overhead {100 * p['overhead']:+.1f}%; "
                       f"batch alone {1000 * p['batch_seconds_median']:.2f} ms "
                       f"({100 * p['batch_fraction_of_step']:.1f}% of a step)"]
+    if "loop" in r:
+        lp = r["loop"]
+        lines.append(f"epoch loop (session.train_epoch on host batches in memory: to_device, the step, the "
+                     f"per-severity sums): {1000 * lp['loop_step_seconds']:.1f} ms per step vs bare step "
+                     f"{1000 * lp['bare_step_seconds']:.1f} ms -> {100 * lp['loop_overhead']:+.1f}% "
+                     f"({lp['clock']})")
     if "eval_images_per_second" in r:
         lines.append(f"evaluation: {r['eval_images_per_second']:.0f} images/s ({r['eval_images']} images)")
     if "corruption" in r:

@@ -20,6 +20,8 @@ import torch
 
 from sharpdro import methods
 
+from .amp import hardware_record
+
 if TYPE_CHECKING:
     from sharpdro.experiments.bench import BenchSettings
 
@@ -190,6 +192,7 @@ class _Runner:
                            flip=s.flip, crop_padding=s.crop_padding)
         self.session.set_batch_factory(_Factory(it))
         first = next(it.iterate(0))
+        self.host_batch = first
         self.batch = self.session.to_device(*first)
         self._epoch, self._it = 0, iter(())
         self.step_times: list[float] = []
@@ -292,6 +295,33 @@ def _measure_pipeline(r: _Runner, s: BenchSettings) -> dict:
             "data_on_device": r.session.data_on_device, "flip": s.flip, "crop_padding": s.crop_padding}
 
 
+def _measure_loop(r: _Runner, s: BenchSettings) -> dict:
+    """What the engine's epoch loop adds to a step: ``session.train_epoch`` (to_device, the step, the epoch's
+    per-severity sums, the periodic NaN check) over host batches already in memory, against as many bare
+    steps on a device batch, alternating; process CPU time where the device is the CPU (a shared machine)."""
+    n = max(5, min(s.steps, 20))
+    cpu = r.device.type == "cpu"
+    clock = time.process_time if cpu else time.perf_counter
+    loop, bare = [], []
+    lr = float(r.cfg["train"]["lr"])
+    r.session.train_epoch(0, [r.host_batch] * 2, lr, 2)  # warm-up
+    for _ in range(3):
+        _sync(r.device)
+        t0 = clock()
+        r.session.train_epoch(0, [r.host_batch] * n, lr, n)
+        _sync(r.device)
+        loop.append((clock() - t0) / n)
+        t0 = clock()
+        for _ in range(n):
+            r.step()
+        _sync(r.device)
+        bare.append((clock() - t0) / n)
+    r.algo.train()
+    lp, bs = _median(loop), _median(bare)
+    return {"loop_step_seconds": lp, "bare_step_seconds": bs, "loop_overhead": lp / bs - 1.0,
+            "clock": "process CPU time" if cpu else "wall"}
+
+
 def _measure_eval(r: _Runner, s: BenchSettings, eval_set) -> dict:
     images, labels, _ = eval_set
     r.session.evaluate(images[:s.eval_batch_size], labels[:s.eval_batch_size], s.eval_batch_size)  # warm-up
@@ -335,7 +365,9 @@ def measure(s: BenchSettings, runs: list[tuple[str, dict]], train_set, eval_set=
     first = runners[0]
     out = {
         "algorithm": first.label, "model": s.model, "batch_size": s.batch_size, "steps": s.steps,
-        "warmup": s.warmup, "device": str(device), "device_name": _device_name(device), "precision": s.precision,
+        "warmup": s.warmup, "device": str(device), "device_name": _device_name(device),
+        "precision": first.cfg["train"]["precision"], "precision_requested": s.precision,
+        "hardware": hardware_record(device),
         "image_size": s.image_size, "channels_last": s.channels_last, "compile": s.compile,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "forward_macs_per_image": count_macs(first.algo.model, (3, s.image_size, s.image_size)),
@@ -349,8 +381,11 @@ def measure(s: BenchSettings, runs: list[tuple[str, dict]], train_set, eval_set=
         out["ratio_to"] = base
         out["ratios"] = {k: v["step_seconds_median"] / results[base]["step_seconds_median"]
                          for k, v in results.items()}
+    for r in runners:
+        results[r.label]["precision"] = r.cfg["train"]["precision"]
     if s.pipeline:
         out["pipeline"] = _measure_pipeline(first, s)
+        out["loop"] = _measure_loop(first, s)
     if s.evaluation and eval_set is not None:
         out.update(_measure_eval(first, s, eval_set))
     return out
