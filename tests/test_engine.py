@@ -34,7 +34,11 @@ def test_run_directory_contents(tmp_path, splits):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", "checkpoints/last.pt",
                  "checkpoints/best.pt"):
         assert (run / name).is_file(), name
-    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg
+    # the config as given, with train.precision: auto made concrete (what this machine ran)
+    from sharpdro.backends.torch.amp import resolve_precision
+
+    ran = {**cfg, "train": {**cfg["train"], "precision": resolve_precision(cfg["train"]["precision"], "cpu")}}
+    assert yaml.safe_load((run / "config.yaml").read_text()) == ran
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1, 2]
     for r in records:

@@ -345,8 +345,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                         _copy_atomic(last_ckpt, best_ckpt)
             _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
-        if cfg["eval"]["test"] == "selected":
-            _test_selected(session, splits, records, cfg, run, procs, tracker)
+        _evaluate_selected(session, splits, records, cfg, run, procs, tracker)
         summary = build_summary(cfg, records, rule)
         if prestage is not None:
             summary["prestage"] = prestage
@@ -397,8 +396,10 @@ def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool, procs) -> 
 
 
 def _keeps_best(cfg: dict) -> bool:
-    """The best checkpoint is written when it is kept (output.save_best) or the test set needs it afterwards."""
-    return cfg["output"]["save_best"] or cfg["eval"]["test"] == "selected"
+    """The best checkpoint is written in every run: the selected epoch's weights are evaluated after training
+    (the training-mixture fit; the test set with eval.test=selected); it is deleted then unless
+    output.save_best keeps it."""
+    return True
 
 
 def _repair_best(records: list[dict], rule: str, start_epoch: int, cfg: dict, last: Path, best: Path) -> None:
@@ -409,28 +410,48 @@ def _repair_best(records: list[dict], rule: str, start_epoch: int, cfg: dict, la
             _copy_atomic(last, best)
 
 
-def _test_selected(session, splits, records: list[dict], cfg: dict, run: RunDir, procs, tracker) -> None:
-    """eval.test=selected: the test set once, after training, with the selected epoch's weights (the best
-    checkpoint, written at that epoch), into that epoch's record; a resumed run whose record holds it already
-    skips it.  Every process takes part (the evaluation is sharded); rank 0 rewrites the metrics file."""
+def _fit_block(session, train, batch_size: int, processes) -> dict:
+    """The weights' accuracy on the training mixture as drawn (no augmentation): per severity, and weighted
+    by the mixture (``mixture``: every training image counts once).  Under group-balanced batches the running
+    accuracy of the sampled stream over-weights the rare severities, so it does not measure this."""
+    from sharpdro.data.types import LabeledArrays
+
+    sets = {int(s): LabeledArrays(train.images[train.severity == s], train.labels[train.severity == s],
+                                  train.severity[train.severity == s]) for s in np.unique(train.severity)}
+    block = evaluate_sets(session, sets, batch_size, processes)
+    counts = {str(s): len(v) for s, v in sets.items()}
+    block["counts"] = counts
+    block["mixture"] = sum(block["accuracy"][k] * n for k, n in counts.items()) / sum(counts.values())
+    return block
+
+
+def _evaluate_selected(session, splits, records: list[dict], cfg: dict, run: RunDir, procs, tracker) -> None:
+    """After training, the selected epoch's weights (the best checkpoint, written at that epoch) once: the
+    training-mixture fit (``train_fit``) and, with eval.test=selected, the test set, into that epoch's record.
+    A resumed run whose record holds them already skips this.  Every process takes part (the evaluation is
+    sharded); rank 0 rewrites the metrics file."""
     sel = select_epoch(records, cfg["eval"]["selection"])
     best = run.checkpoint("best", cfg["backend"])
-    if "test" not in sel:
+    wanted = (["test"] if cfg["eval"]["test"] == "selected" else []) + ["train_fit"]
+    if any(k not in sel for k in wanted):
         missing = procs.broadcast(None if not procs.is_main or best.is_file() else str(best))
         if missing:
-            raise TrainingError(f"eval.test=selected: {missing} (the weights of the selected epoch "
-                                f"{sel['epoch'] + 1}) is missing, so the test set cannot be evaluated; train the "
-                                f"run again")
+            raise TrainingError(f"{missing} (the weights of the selected epoch {sel['epoch'] + 1}) is missing, so "
+                                f"they cannot be evaluated; train the run again")
         held = int(session.load_checkpoint(best, weights_only=True)["epoch"])
         if held != sel["epoch"]:
-            raise TrainingError(f"eval.test=selected: {best} holds epoch {held + 1}, not the selected epoch "
-                                f"{sel['epoch'] + 1}; train the run again")
-        sel.update(_test_blocks(session, splits, cfg["eval"]["batch_size"], procs))
+            raise TrainingError(f"{best} holds epoch {held + 1}, not the selected epoch {sel['epoch'] + 1}; train "
+                                f"the run again")
+        bs = cfg["eval"]["batch_size"]
+        if "test" in wanted and "test" not in sel:
+            sel.update(_test_blocks(session, splits, bs, procs))
+            _echo(f"test at the selected epoch {sel['epoch'] + 1}: avg {100 * sel['test']['average']:.2f} "
+                  f"worst {100 * sel['test']['worst']:.2f}", procs.is_main)
+        if "train_fit" not in sel:
+            sel["train_fit"] = _fit_block(session, splits.train, bs, procs)
         if procs.is_main:
             atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
             tracker.log({"epoch": sel["epoch"], **{k: sel[k] for k in ("test", "extra_test") if k in sel}})
-        _echo(f"test at the selected epoch {sel['epoch'] + 1}: avg {100 * sel['test']['average']:.2f} "
-              f"worst {100 * sel['test']['worst']:.2f}", procs.is_main)
     if procs.is_main and not cfg["output"]["save_best"]:
         best.unlink(missing_ok=True)  # kept only for this evaluation
 
@@ -640,10 +661,20 @@ def build_summary(cfg: dict, records: list[dict], rule: str) -> dict:
         "val_average": sel["val"]["average"],
         "val_worst": sel["val"]["worst"],
         "selected_train_accuracy": sel["train"]["accuracy"],  # the epoch's running accuracy (record["train"])
+        **_fit_fields(sel),
         **summary_fields(sel["test"], "test"),
         "config_hash": config_mod.config_hash(cfg),
         "finished": True,
     }
+
+
+def _fit_fields(sel: dict) -> dict:
+    """The selected weights' fit of the training mixture (absent from runs written before it was measured)."""
+    fit = sel.get("train_fit")
+    if fit is None:
+        return {}
+    return {"train_accuracy_by_severity": fit["accuracy"], "train_accuracy_mixture": fit["mixture"],
+            "train_count_by_severity": fit["counts"]}
 
 
 # ---------------------------------------------------------------- evaluation API

@@ -131,12 +131,14 @@ def to_csv(table: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write(here: Path) -> str:
+def write(here: Path, out: Path | None = None) -> str:
+    """The three files from the runs under ``here``, written to ``out`` (default ``here``)."""
     table = rows(here)
     md = markdown(table)
-    (here / "precision_table.md").write_text(md)
-    (here / "precision_table.csv").write_text(to_csv(table))
-    (here / "precision_table.json").write_text(json.dumps({"rows": table, "verdict": verdict(table),
+    out = out or here
+    (out / "precision_table.md").write_text(md)
+    (out / "precision_table.csv").write_text(to_csv(table))
+    (out / "precision_table.json").write_text(json.dumps({"rows": table, "verdict": verdict(table),
                                                            "harm_threshold_points": HARM}, indent=1) + "\n")
     return md
 
