@@ -35,7 +35,10 @@ def test_bench_json_is_the_last_line_with_the_required_keys(capsys):
     assert all(0 < r["step_cpu_seconds_median"] for r in result["results"].values())
     assert result["host_syncs_per_step"] == 0
     assert result["pipeline"]["batch_seconds_median"] > 0
-    assert result["loop"]["loop_step_seconds"] > 0 and result["loop"]["bare_step_seconds"] > 0
+    lp = result["loop"]
+    assert lp["host_seconds_per_step"] == pytest.approx(
+        lp["host_batch_seconds"] + lp["to_device_seconds"] + lp["epoch_sums_seconds"])
+    assert lp["host_fraction_of_step"] == pytest.approx(lp["host_seconds_per_step"] / lp["step_seconds"])
     assert result["precision"] == "bf16" and result["hardware"]["device"] == "cpu"
     c = result["corruption"]
     assert {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression"} <= set(c)

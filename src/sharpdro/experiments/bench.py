@@ -291,10 +291,10 @@ def format_table(r: dict, markdown: bool = False) -> str:
                       f"({100 * p['batch_fraction_of_step']:.1f}% of a step)"]
     if "loop" in r:
         lp = r["loop"]
-        lines.append(f"epoch loop (session.train_epoch on host batches in memory: to_device, the step, the "
-                     f"per-severity sums): {1000 * lp['loop_step_seconds']:.1f} ms per step vs bare step "
-                     f"{1000 * lp['bare_step_seconds']:.1f} ms -> {100 * lp['loop_overhead']:+.1f}% "
-                     f"({lp['clock']})")
+        lines.append(f"host work per step ({lp['clock']}): next batch {1000 * lp['host_batch_seconds']:.2f} ms, "
+                     f"to_device {1000 * lp['to_device_seconds']:.2f} ms, epoch sums "
+                     f"{1000 * lp['epoch_sums_seconds']:.2f} ms: {1000 * lp['host_seconds_per_step']:.2f} ms, "
+                     f"{100 * lp['host_fraction_of_step']:.1f}% of the {1000 * lp['step_seconds']:.1f} ms step")
     if "eval_images_per_second" in r:
         lines.append(f"evaluation: {r['eval_images_per_second']:.0f} images/s ({r['eval_images']} images)")
     if "corruption" in r:

@@ -296,29 +296,47 @@ def _measure_pipeline(r: _Runner, s: BenchSettings) -> dict:
 
 
 def _measure_loop(r: _Runner, s: BenchSettings) -> dict:
-    """What the engine's epoch loop adds to a step: ``session.train_epoch`` (to_device, the step, the epoch's
-    per-severity sums, the periodic NaN check) over host batches already in memory, against as many bare
-    steps on a device batch, alternating; process CPU time where the device is the CPU (a shared machine)."""
-    n = max(5, min(s.steps, 20))
+    """The host-side work the engine's epoch loop does around each step, timed piece by piece (each over 50
+    repetitions; process CPU time on the CPU, where a shared machine stretches wall time): the next batch of
+    the host iterator (gather, flip, crop), ``session.to_device`` (normalisation, layout) and the epoch's
+    per-severity sums (``TrainEpochSums.add``).  Their total is set against the bare step."""
+    from sharpdro.metrics import TrainEpochSums
+
     cpu = r.device.type == "cpu"
     clock = time.process_time if cpu else time.perf_counter
-    loop, bare = [], []
-    lr = float(r.cfg["train"]["lr"])
-    r.session.train_epoch(0, [r.host_batch] * 2, lr, 2)  # warm-up
-    for _ in range(3):
+    it = r.session._batch_factory.train
+
+    def per_call(fn, n: int = 50) -> float:
+        fn()
         _sync(r.device)
-        t0 = clock()
-        r.session.train_epoch(0, [r.host_batch] * n, lr, n)
-        _sync(r.device)
-        loop.append((clock() - t0) / n)
         t0 = clock()
         for _ in range(n):
-            r.step()
+            fn()
         _sync(r.device)
-        bare.append((clock() - t0) / n)
-    r.algo.train()
-    lp, bs = _median(loop), _median(bare)
-    return {"loop_step_seconds": lp, "bare_step_seconds": bs, "loop_overhead": lp / bs - 1.0,
+        return (clock() - t0) / n
+
+    batches = iter(())
+
+    def next_host():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(it.iterate(0))
+            return next(batches)
+
+    out = r.step()
+    g = r.batch[2]
+    sums = TrainEpochSums(NUM_GROUPS, torch.zeros(TrainEpochSums.size(NUM_GROUPS), device=r.device,
+                                                  dtype=torch.float64),
+                          lambda t: t.double(), lambda target, i, v: target.index_add_(0, i, v))
+    parts = {"host_batch_seconds": per_call(next_host),
+             "to_device_seconds": per_call(lambda: r.session.to_device(*r.host_batch)),
+             "epoch_sums_seconds": per_call(lambda: sums.add(g, out["per_sample_loss"], out["correct"],
+                                                             out.get("selected")))}
+    step = _median(r.step_cpu_times) if cpu else _median(r.step_times)
+    total = sum(parts.values())
+    return {**parts, "host_seconds_per_step": total, "step_seconds": step, "host_fraction_of_step": total / step,
             "clock": "process CPU time" if cpu else "wall"}
 
 
