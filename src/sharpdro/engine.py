@@ -142,6 +142,10 @@ def _train_block(stats: dict) -> dict:
 # ------------------------------------------------------------------- checks
 def check_runnable(cfg: dict, splits, backend) -> None:
     """Refuse, before any training, a config that cannot work."""
+    from sharpdro.data.groups import check_group_array
+
+    # once, on the host: the steps then see valid ids only (on a GPU they check without a host sync)
+    check_group_array(splits.train.severity, splits.num_groups, "the training set")
     counts = np.bincount(splits.train.severity, minlength=splits.num_groups)
     name = cfg["algorithm"]["name"]
     if backend.requires_groups(cfg) and (counts > 0).sum() < 2:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpdro.data.groups import GroupIdError, group_id_message
 from sharpdro.errors import ConfigError
 
 
@@ -45,17 +46,8 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
     return sums / counts.clamp(min=1.0), counts
 
 
-class GroupIdError(ConfigError):
-    """A group id outside ``[0, num_groups)`` (it would silently drop out of every group statistic)."""
-
-
 def _group_id_message(groups: torch.Tensor, num_groups: int) -> str:
-    ids = groups.detach().reshape(-1).cpu()
-    bad = ids[(ids < 0) | (ids >= num_groups)]
-    first = int(bad[0]) if bad.numel() else None
-    return (f"group id {first} is outside [0, {num_groups}) (num_groups={num_groups}; {bad.numel()} of "
-            f"{ids.numel()} ids in this batch are): give every sample a group id in 0..{num_groups - 1}, "
-            f"or raise num_groups")
+    return group_id_message(groups.detach().reshape(-1).cpu().numpy(), num_groups)
 
 
 def check_group_ids(groups: torch.Tensor, num_groups: int, sync: bool = True) -> None:
