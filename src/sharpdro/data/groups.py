@@ -31,3 +31,24 @@ def check_group_array(groups, num_groups: int, where: str = "this batch") -> Non
         raise GroupIdError(f"group ids must be integers (int64), got {ids.dtype} in {where}")
     if ids.size and (ids.min() < 0 or ids.max() >= num_groups):
         raise GroupIdError(group_id_message(ids, num_groups, where))
+
+
+def group_names_of(record) -> dict[int, str] | None:
+    """``{group id: name}`` of a run whose groups come from its data (``group_names`` in its data.json,
+    summary or splits meta); None for a run whose groups are corruption severities."""
+    names = (record or {}).get("group_names")
+    if not names:
+        return None
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    return {i: str(v) for i, v in enumerate(names)}
+
+
+def group_word(names) -> str:
+    """What the per-group columns are called: ``group`` (groups from the data) or ``severity``."""
+    return "group" if names else "severity"
+
+
+def group_label(key, names) -> str:
+    """A group's name (groups from the data) or its severity number."""
+    return names.get(int(key), str(key)) if names else str(key)
