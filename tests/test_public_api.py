@@ -24,6 +24,8 @@ from torch import nn
 from sharpdro.backends.torch.algorithms import build_algorithm
 from sharpdro.backends.torch.amp import Precision
 from sharpdro.config import ConfigError
+from test_algorithms import TinyNet  # the parity tests' BatchNorm net (pytest puts tests/ on the path)
+
 from sharpdro.torch import (SAM, GroupDROLoss, GroupIdError, SharpDRO, group_balanced_sampler,
                             group_balanced_weights, jtt_loss_weights, jtt_sampler, jtt_upsampled_indices)
 
@@ -32,21 +34,9 @@ C, G, B = 3, 4, 12
 ATOL = 1e-6
 
 
-class BNNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.pool = nn.AvgPool2d(4)
-        self.fc = nn.Linear(16, C)
-
-    def forward(self, x):
-        return self.fc(self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1))
-
-
 def _net(seed=0):
     torch.manual_seed(seed)
-    return BNNet().train()
+    return TinyNet(bn=True).train()  # conv, BatchNorm, pool, linear: float32 here
 
 
 def _batches(steps=3, n=B):
