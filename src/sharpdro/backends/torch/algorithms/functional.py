@@ -56,13 +56,13 @@ def check_group_ids(groups: torch.Tensor, num_groups: int, sync: bool = True) ->
     A float or bool tensor is refused too (ids are integers).  On the CPU the check reads host
     memory: no device to wait for.  On an accelerator ``sync=True`` reads one flag back (one host
     sync); ``sync=False`` (the engine's steps, which stay free of host syncs and whose data the
-    engine checks once when it loads it) asserts on the device instead (``torch._assert_async``:
-    the run fails, with CUDA's generic device-side assert message).
+    engine checks once when it loads it) asserts on a CUDA device instead (``torch._assert_async``:
+    the run fails, with CUDA's generic device-side assert message); another device reads the flag.
     """
     if groups.is_floating_point() or groups.dtype == torch.bool or groups.is_complex():
         raise GroupIdError(f"group ids must be an integer tensor (int64), got {groups.dtype}")
     ok = ((groups >= 0) & (groups < num_groups)).all()
-    if groups.device.type == "cpu" or not sync:
+    if groups.device.type == "cpu" or (not sync and groups.device.type == "cuda"):
         try:  # no Python-visible read of the flag: no host sync on a device, a plain check on the CPU
             torch._assert_async(ok, f"group id outside [0, {num_groups})")
         except RuntimeError:
