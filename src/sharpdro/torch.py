@@ -47,8 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sharpdro import methods
-from sharpdro.backends.torch.algorithms import STEPS
+from sharpdro.backends.torch.algorithms import SAM as _EngineSAM
+from sharpdro.backends.torch.algorithms import GroupDRO as _EngineGroupDRO
+from sharpdro.backends.torch.algorithms import SharpDRO as _EngineSharpDRO
 from sharpdro.backends.torch.algorithms.base import Algorithm
 from sharpdro.backends.torch.algorithms.functional import GroupIdError, check_group_ids
 from sharpdro.config import check_value
@@ -65,9 +66,13 @@ Closure = Callable[[], torch.Tensor]
 _CLOSURE_ONLY_EXCLUDED = ("second_pass_fraction", "second_pass_sampling", "sampled_bn_stats")
 
 
-def _options(method: str, owner: str, given: Mapping[str, Any]) -> dict:
+def _allowed(engine: type[Algorithm]) -> list[str]:
+    return [k for k in engine.spec.hparams if k not in _CLOSURE_ONLY_EXCLUDED]
+
+
+def _options(engine: type[Algorithm], owner: str, given: Mapping[str, Any]) -> dict:
     """``given`` checked against the method's own hyperparameters (the ``algorithm.<key>`` fields)."""
-    allowed = [k for k in methods.get(method).hparams if k not in _CLOSURE_ONLY_EXCLUDED]
+    allowed = _allowed(engine)
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -108,9 +113,9 @@ def _precision(mode: str, module: nn.Module):
     return Precision(mode, ref.device if ref is not None else "cpu")
 
 
-def _build_step(method: str, module: nn.Module, num_groups: int, hparams: dict) -> Algorithm:
-    """The engine's step class of ``method`` around ``module`` (the weights stay the caller's: not in its state)."""
-    step = STEPS[method](module, 0, num_groups, hparams, 0, register_model=False)
+def _build_step(engine: type[Algorithm], module: nn.Module, num_groups: int, hparams: dict) -> Algorithm:
+    """The engine's step class ``engine`` around ``module`` (the weights stay the caller's: not in its state)."""
+    step = engine(module, 0, num_groups, hparams, 0, register_model=False)
     step.sync_group_check = True
     step.mark_prepared()
     return step
@@ -119,7 +124,7 @@ def _build_step(method: str, module: nn.Module, num_groups: int, hparams: dict) 
 class _ClosureStep:
     """What SharpDRO and SAM share: the engine step object, the closure's forward, the optimizer face."""
 
-    _method = ""
+    _engine: type[Algorithm] = Algorithm
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, num_groups: int,
                  hparams: dict, precision: str, m_sharpness: bool):
@@ -131,7 +136,7 @@ class _ClosureStep:
         precision = check_value("train.precision", precision)
         self.model = module
         self.base_optimizer = base_optimizer
-        self._step = _build_step(self._method, module, num_groups, hparams)
+        self._step = _build_step(self._engine, module, num_groups, hparams)
         self._step.configure(base_optimizer, amp=_precision(precision, module), replicas=_replicas(ddp, m_sharpness))
 
     def _forward(self, closure: Closure, size: int | None) -> Callable[[], tuple[None, torch.Tensor]]:
@@ -179,8 +184,8 @@ class _ClosureStep:
             self._step.precision.load_state_dict(state["precision"])
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self._step.hparams.items()
-                         if k in methods.get(self._method).hparams and k not in _CLOSURE_ONLY_EXCLUDED)
+        allowed = _allowed(self._engine)
+        opts = ", ".join(f"{k}={v!r}" for k, v in self._step.hparams.items() if k in allowed)
         return f"{type(self).__name__}({opts}, base_optimizer={type(self.base_optimizer).__name__})"
 
 
@@ -207,13 +212,13 @@ class SharpDRO(_ClosureStep):
     tensor of shape ``[num_groups]`` on the model's device.
     """
 
-    _method = "sharpdro"
+    _engine = _EngineSharpDRO
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, num_groups: int,
                  rho: float | None = None, eta: float = 0.01, *, precision: str = "fp32", m_sharpness: bool = False,
                  **options: Any):
         num_groups = _num_groups(num_groups, "SharpDRO")
-        hparams = _options("sharpdro", "SharpDRO", {"rho": rho, "eta": eta, **options})
+        hparams = _options(_EngineSharpDRO, "SharpDRO", {"rho": rho, "eta": eta, **options})
         super().__init__(model, base_optimizer, num_groups, hparams, precision, m_sharpness)
 
     @property
@@ -243,11 +248,11 @@ class SAM(_ClosureStep):
     as :meth:`SharpDRO.step` (per-sample losses) and returns the first pass's mean loss.
     """
 
-    _method = "sam"
+    _engine = _EngineSAM
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float | None = None,
                  adaptive: bool = False, *, precision: str = "fp32", m_sharpness: bool = False, **options: Any):
-        hparams = _options("sam", "SAM", {"rho": rho, "adaptive": adaptive, **options})
+        hparams = _options(_EngineSAM, "SAM", {"rho": rho, "adaptive": adaptive, **options})
         super().__init__(model, base_optimizer, 1, hparams, precision, m_sharpness)
 
     def step(self, closure: Closure) -> torch.Tensor:
@@ -256,7 +261,7 @@ class SAM(_ClosureStep):
         return per.detach().mean()
 
 
-class GroupDROLoss(STEPS["groupdro"]):
+class GroupDROLoss(_EngineGroupDRO):
     """GroupDRO's loss (Sagawa et al. 2020) as a module: ``loss = crit(per_sample_losses, groups)``.
 
     Each call updates q <- q exp(eta L_g) / Z from the batch's detached group mean losses L_g,
@@ -270,7 +275,7 @@ class GroupDROLoss(STEPS["groupdro"]):
 
     def __init__(self, num_groups: int, eta: float = 0.01, *, all_replicas: bool = True, **options: Any):
         num_groups = _num_groups(num_groups, "GroupDROLoss")
-        hparams = _options("groupdro", "GroupDROLoss", {"eta": eta, **options})
+        hparams = _options(_EngineGroupDRO, "GroupDROLoss", {"eta": eta, **options})
         super().__init__(nn.Module(), 0, num_groups, hparams, 0, register_model=False)
         self.sync_group_check = True
         self.mark_prepared()
