@@ -315,3 +315,21 @@ def test_quickstart_prints_the_same_table(tmp_path, capsys):
     header = next(i for i, line in enumerate(lines) if line.startswith("severity"))
     assert lines[header].split() == ["severity", "erm", "sharpdro"]
     assert [line.split()[0] for line in lines[header + 1:header + 9]] == [*map(str, range(6)), "average", "worst"]
+
+
+@pytest.mark.parametrize("name", ["groupdro", "sharpdro"])
+def test_group_id_out_of_range_is_an_error_in_mindspore(name):
+    """As the torch steps (tests/test_public_api.py): one error naming the id and num_groups, not a silent drop."""
+    from mindspore import nn as ms_nn
+
+    from sharpdro.backends.mindspore.algorithms import build_algorithm as ms_build
+    from sharpdro.data.groups import GroupIdError
+
+    model = build_model("cnn", 3, 8, width=4)
+    algo = ms_build(name, model, 3, 4, {}, 6)
+    algo.configure(ms_nn.SGD(model.trainable_params(), learning_rate=0.1))
+    x = mindspore.Tensor(np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32))
+    y = mindspore.Tensor(np.array([0, 1, 2, 0, 1, 2], dtype=np.int64))
+    g = mindspore.Tensor(np.array([0, 1, 4, 0, 1, 2], dtype=np.int64))
+    with pytest.raises(GroupIdError, match=r"group id 4 is outside \[0, 4\) \(num_groups=4"):
+        algo.update(x, y, g, mindspore.Tensor(np.arange(6, dtype=np.int64)))

@@ -4,6 +4,9 @@ Public API (framework-neutral; importing it never imports a deep-learning backen
 
     from sharpdro import load_config, corrupt, build_splits, train, evaluate_run
     from sharpdro import evaluate_model, load_pretrained, load_runs
+
+In your own PyTorch loop (imports torch on first use): ``from sharpdro import SharpDRO``
+(or SAM, GroupDROLoss, group_balanced_sampler), the same as ``sharpdro.torch``.
 """
 from __future__ import annotations
 
@@ -37,8 +40,16 @@ def __getattr__(name):
         from sharpdro.runs_table import load_runs
 
         return load_runs
+    if name in _TORCH_API:
+        import importlib
+
+        return getattr(importlib.import_module("sharpdro.torch"), name)
     raise AttributeError(f"module 'sharpdro' has no attribute {name!r}")
 
 
+# the public PyTorch API (sharpdro.torch), resolved on first use so that `import sharpdro` imports no torch
+_TORCH_API = ("SharpDRO", "SAM", "GroupDROLoss", "group_balanced_sampler")
+
+
 __all__ = ["ConfigError", "load_config", "corrupt", "build_splits", "train", "evaluate_run", "evaluate_model",
-           "load_pretrained", "load_runs", "__version__"]
+           "load_pretrained", "load_runs", "SharpDRO", "SAM", "GroupDROLoss", "group_balanced_sampler", "__version__"]

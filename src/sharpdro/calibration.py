@@ -152,13 +152,16 @@ def summary_fields(block: Mapping, prefix: str = "test") -> dict:
     return out
 
 
-def format_calibration(block: Mapping) -> str:
-    """ECE (%), NLL and Brier per severity of an evaluation block, one line each (empty when absent)."""
+def format_calibration(block: Mapping, group_names: Mapping[int, str] | None = None) -> str:
+    """ECE (%), NLL and Brier per severity of an evaluation block, one line each (empty when absent);
+    ``group_names``: the columns are named groups (groups from the data)."""
     if not all(k in block for k in CALIBRATION_KEYS):
         return ""
     sevs = sorted(block["ece"], key=int)
-    head = "calibration".ljust(12) + "".join(f"s{s}".rjust(8) for s in sevs)
+    names = [group_names.get(int(s), str(s)) if group_names else f"s{s}" for s in sevs]
+    w = max(8, *(len(n) + 2 for n in names))
+    head = "calibration".ljust(12) + "".join(n.rjust(w) for n in names)
     rows = [head]
     for key, scale, label in (("ece", 100.0, "ECE (%)"), ("nll", 1.0, "NLL"), ("brier", 1.0, "Brier")):
-        rows.append(label.ljust(12) + "".join(f"{scale * float(block[key][s]):.3f}".rjust(8) for s in sevs))
+        rows.append(label.ljust(12) + "".join(f"{scale * float(block[key][s]):.3f}".rjust(w) for s in sevs))
     return "\n".join(rows)

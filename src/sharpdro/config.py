@@ -24,8 +24,9 @@ from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigErr
 from sharpdro.fields import DEFAULT as IDENTITY_DEFAULT_UNSET  # noqa: E402
 from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet")
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression")
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet", "csv")
+# "none": the groups come from the data (data.dataset=csv), no severity mixture
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression", "none")
 # The built-in methods (the live list, with methods registered later: sharpdro.methods.names()).
 ALGORITHMS = methods.names()
 MODELS = ("cnn", "cnn7", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
@@ -35,11 +36,12 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, int, "seed of the data split, corruptions, init and shuffling", min=0),
     "data": {
         "dataset": Field("digits", str, "image source", choices=DATASETS),
-        "root": Field(None, str, "folder holding (or receiving) the dataset files", nullable=True),
+        "root": Field(None, str, "folder holding (or receiving) the dataset files (csv: the CSV file)", nullable=True),
         "download": Field(True, bool, "download CIFAR tarballs when missing (needs internet)"),
         "name": Field(None, str, "NAME of the <NAME>_train_img/ layout (labelfile)", nullable=True),
         "image_size": Field(None, int, "resize images to this square size (null: keep)", min=8, nullable=True),
-        "corruption": Field("gaussian_noise", str, "photon-limited corruption", choices=CORRUPTIONS),
+        "corruption": Field("gaussian_noise", str, "photon-limited corruption (none: the groups come from the data, "
+                            "data.dataset=csv)", choices=CORRUPTIONS),
         "table": Field("auto", str, "severity constants: cifar (32 px), imagenet (larger), auto by size",
                        choices=("auto", "cifar", "imagenet")),
         "max_severity": Field(5, int, "highest severity S; severities are 0..S", min=1, max=5),

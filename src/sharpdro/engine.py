@@ -32,6 +32,7 @@ import numpy as np
 from sharpdro import config as config_mod
 from sharpdro import methods
 from sharpdro.calibration import summary_fields
+from sharpdro.data.groups import group_label, group_names_of, group_word
 from sharpdro.errors import NonFiniteLossError, SharpDROError, TrainingError
 from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
 from sharpdro.loggers import open_loggers
@@ -142,6 +143,10 @@ def _train_block(stats: dict) -> dict:
 # ------------------------------------------------------------------- checks
 def check_runnable(cfg: dict, splits, backend) -> None:
     """Refuse, before any training, a config that cannot work."""
+    from sharpdro.data.groups import check_group_array
+
+    # once, on the host: the steps then see valid ids only (on a GPU they check without a host sync)
+    check_group_array(splits.train.severity, splits.num_groups, "the training set")
     counts = np.bincount(splits.train.severity, minlength=splits.num_groups)
     name = cfg["algorithm"]["name"]
     if backend.requires_groups(cfg) and (counts > 0).sum() < 2:
@@ -306,9 +311,12 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
 
         prestage = _prestage(session, batches, cfg, splits, run, main, show)
         world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
+        names = group_names_of(splits.meta)
+        counts = np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()
+        per = (f"counts per group {dict(zip(names.values(), counts))}; split: {splits.meta.get('split_rule')}"
+               if names else f"counts per severity {counts}")
         _echo(f"run {run_dir}: {cfg['algorithm']['name']} / {cfg['model']['name']} on {cfg['data']['dataset']} "
-              f"({cfg['data']['corruption']}), {len(splits.train)} training images, counts per severity "
-              f"{np.bincount(splits.train.severity, minlength=splits.num_groups).tolist()}{world}", main)
+              f"({cfg['data']['corruption']}), {len(splits.train)} training images, {per}{world}", main)
         from sharpdro.schedule import lr_at
 
         for epoch in range(start_epoch, epochs):
@@ -347,6 +355,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
 
         _evaluate_selected(session, splits, records, cfg, run, procs, tracker)
         summary = build_summary(cfg, records, rule)
+        if names:  # groups from the data: test_accuracy's keys are these groups' ids
+            summary["group_names"] = {str(k): v for k, v in names.items()}
         if prestage is not None:
             summary["prestage"] = prestage
         summary["precision"], summary["precision_requested"] = cfg["train"]["precision"], requested_precision
@@ -575,6 +585,9 @@ def _data_record(cfg: dict, splits) -> dict | None:
     record = {"fingerprint": fingerprint, "dataset": d["dataset"],
               "root": str(Path(d["root"]).expanduser().resolve()) if d["root"] else None,
               "train_images": source.get("train_size"), "test_images": source.get("test_size")}
+    if splits.meta.get("group_names"):  # groups from the data: their names, and how the rows were split
+        record["group_names"] = list(splits.meta["group_names"])
+        record["split_rule"] = splits.meta.get("split_rule")
     if splits.meta.get("source_jpeg"):  # a JPEG source: what its files' headers say of their quality
         record["source_jpeg"] = splits.meta["source_jpeg"]
     return record
@@ -714,6 +727,8 @@ def evaluate_run(path, overrides=(), severities=None, cifar_c=None, device=None,
                             f"the data ({d['dataset']}{' at ' + str(d['root']) if d['root'] else ''})")
         sets = splits.test
         result.update(dataset=cfg["data"]["dataset"], corruption=cfg["data"]["corruption"])
+        if splits.meta.get("group_names"):  # groups from the data: the test blocks' keys are these groups
+            result["group_names"] = {str(i): n for i, n in enumerate(splits.meta["group_names"])}
     result["data"] = evaluation_data(cfg, cifar_c, severities)
     if severities is not None:
         bad = [s for s in severities if s not in sets]
@@ -766,19 +781,22 @@ def severity_gap(block: dict) -> float:
     return acc["0"] - acc[str(max(int(s) for s in acc))]
 
 
-def format_severity_table(columns: dict[str, dict], title: str = "", gap: bool = False) -> str:
+def format_severity_table(columns: dict[str, dict], title: str = "", gap: bool = False,
+                          group_names: dict[int, str] | None = None) -> str:
     """Side-by-side per-severity accuracy (%) table: ``columns`` maps a label to an evaluate_sets() block;
-    ``gap`` adds the row severity 0 minus the highest severity."""
+    ``gap`` adds the row severity 0 minus the highest severity.  ``group_names`` (groups from the data):
+    the rows are named groups."""
     labels = list(columns)
     sevs = sorted({int(s) for c in columns.values() for s in c["accuracy"]})
     w = max(10, *(len(x) + 2 for x in labels))
+    lw = max(10, *(len(group_label(s, group_names)) + 2 for s in sevs))
     lines = [title] if title else []
-    lines.append("severity".ljust(10) + "".join(x.rjust(w) for x in labels))
+    lines.append(group_word(group_names).ljust(lw) + "".join(x.rjust(w) for x in labels))
     for s in sevs:
-        lines.append(str(s).ljust(10) + "".join(f"{100 * columns[x]['accuracy'][str(s)]:.2f}".rjust(w)
+        lines.append(group_label(s, group_names).ljust(lw) + "".join(f"{100 * columns[x]['accuracy'][str(s)]:.2f}".rjust(w)
                                                 for x in labels))
-    lines.append("average".ljust(10) + "".join(f"{100 * columns[x]['average']:.2f}".rjust(w) for x in labels))
-    lines.append("worst".ljust(10) + "".join(f"{100 * columns[x]['worst']:.2f}".rjust(w) for x in labels))
+    lines.append("average".ljust(lw) + "".join(f"{100 * columns[x]['average']:.2f}".rjust(w) for x in labels))
+    lines.append("worst".ljust(lw) + "".join(f"{100 * columns[x]['worst']:.2f}".rjust(w) for x in labels))
     if gap:
         lines.append(f"gap 0-{sevs[-1]}".ljust(10) + "".join(f"{100 * severity_gap(columns[x]):.2f}".rjust(w)
                                                              for x in labels))

@@ -39,8 +39,11 @@ def run(args) -> int:
     res = evaluate_run(args.path, args.overrides, severities=args.severity, cifar_c=args.cifar_c,
                        device=args.device)
     label = f"{res['algorithm']} ({res['model']})"
+    from sharpdro.data.groups import group_names_of
+
     print(format_severity_table({label: res["test"]},
-                                title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}"))
-    print(format_calibration(res["test"]))
+                                title=f"test accuracy (%) on {res['dataset']} / {res['corruption']}",
+                                group_names=group_names_of(res)))
+    print(format_calibration(res["test"], group_names_of(res)))
     print(f"-> {write_evaluation(res, args.json_out)}")
     return 0

@@ -24,9 +24,12 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, out_dir=args.out, resume=args.resume, allow_changes=args.allow_optimizer_changes)
-    acc = summary["test_accuracy"]
-    print(f"selected epoch {summary['selected_epoch'] + 1} ({summary['selection']} validation severity); test "
-          f"accuracy per severity: " + " ".join(f"{k}:{100 * v:.2f}" for k, v in acc.items()))
+    from sharpdro.data.groups import group_label, group_names_of, group_word
+
+    acc, names = summary["test_accuracy"], group_names_of(summary)
+    word = group_word(names)
+    print(f"selected epoch {summary['selected_epoch'] + 1} ({summary['selection']} validation {word}); test "
+          f"accuracy per {word}: " + " ".join(f"{group_label(k, names)}:{100 * v:.2f}" for k, v in acc.items()))
     print(f"test average {100 * summary['test_average']:.2f}  worst {100 * summary['test_worst']:.2f}  "
           f"-> {run_dir_for(cfg, args.out)}")
     return 0

@@ -55,6 +55,17 @@ class SamplingPlan:
     groups: np.ndarray | None = None
 
 
+def group_balanced_weights(groups) -> np.ndarray:
+    """group_DRO's sampling weights: 1 / (size of the sample's group), float64 [N] (unnormalised).
+
+    Drawn with replacement in proportion to them, every group present is equally likely
+    (``group_balanced``; ``sharpdro.torch.group_balanced_sampler`` for a DataLoader).
+    """
+    groups = np.asarray(groups).reshape(-1)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
+
+
 def draw_augmentation(rng: np.random.Generator, n: int, flip: bool, crop_padding: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image parameters: flip mask (bool[n]) and crop offsets oy, ox (int64[n], in [0, 2*padding])."""
@@ -170,9 +181,7 @@ class BatchIterator:
         order = self.indices
         if self.shuffle and self.sampler == "group_balanced" and len(order):
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, ORDER_TAG, int(epoch)]))
-            groups = self.sample_groups[order]
-            _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-            p = 1.0 / counts[inverse]
+            p = group_balanced_weights(self.sample_groups[order])
             order = order[rng.choice(len(order), size=len(order), replace=True, p=p / p.sum())]
         elif self.shuffle:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, ORDER_TAG, int(epoch)]))

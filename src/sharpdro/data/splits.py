@@ -357,6 +357,8 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
     t0 = time.perf_counter()
     cfg = validate(cfg)
     d = cfg["data"]
+    if uses_data_groups(cfg):
+        return build_group_splits(cfg, progress=progress)
     S = d["max_severity"]
     train, test = load_source(cfg, progress=progress)
     classes = list(train.classes)
@@ -432,6 +434,65 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
     if d["extra_test"]:
         splits.extra_test = load_extra_test(d["extra_test"], d["corruption"], S, train.images.shape[1:])
         meta["counts"]["extra_test"] = {str(s): len(v) for s, v in splits.extra_test.items()}
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    return splits
+
+
+def uses_data_groups(cfg: dict) -> bool:
+    """``data.corruption: none``: the groups come from the data (``data.dataset: csv``), no severity mixture.
+
+    Refuses the combinations that cannot work, with what to set."""
+    d = cfg["data"]
+    if d["corruption"] == "none" and d["dataset"] != "csv":
+        raise DataError(f"data.corruption=none takes the groups from the data, which data.dataset={d['dataset']!r} "
+                        f"does not have: use data.dataset=csv (a CSV of path,label,group) or a corruption")
+    if d["dataset"] == "csv" and d["corruption"] != "none":
+        raise DataError(f"data.dataset=csv brings its own groups (the group column): set data.corruption=none "
+                        f"(got {d['corruption']!r}); a severity mixture over your images is not supported yet")
+    return d["corruption"] == "none"
+
+
+def build_group_splits(cfg: dict, progress: bool = True) -> Splits:
+    """Splits whose groups come from the data (``data.dataset: csv``, ``data.corruption: none``).
+
+    ``train.severity`` holds the group ids; ``val`` and ``test`` map each group id to its own images
+    (not copies of one set, as severities do); ``meta["group_names"]`` keeps the names and
+    ``meta["split_rule"]`` says how the rows were split.  Nothing is corrupted or cached.
+    """
+    from sharpdro.data.sources.csv_groups import load_csv_dataset
+
+    t0 = time.perf_counter()
+    d = cfg["data"]
+    if not d["root"]:
+        raise DataError("data.dataset=csv needs data.root: the path of a CSV of path,label,group[,split]")
+    ds = load_csv_dataset(d["root"], d["image_size"], seed=cfg["seed"], progress=progress)
+    G = len(ds.group_names)
+
+    def per_group(part) -> dict[int, LabeledArrays]:
+        return {g: LabeledArrays(part.images[part.groups == g], part.labels[part.groups == g],
+                                 part.groups[part.groups == g]) for g in range(G)}
+
+    counts = {name: np.bincount(part.groups, minlength=G).tolist()
+              for name, part in (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+    for name in ("val", "test"):
+        empty = [ds.group_names[g] for g in range(G) if counts[name][g] == 0]
+        if empty:
+            warnings.warn(f"no {name} image in group(s) {', '.join(empty)}: their {name} accuracy is not defined "
+                          f"(reported as 0); add rows with split={name} for them", UserWarning, stacklevel=2)
+    shape = list(ds.train.images.shape[1:])
+    meta = {
+        "dataset": "csv", "corruption": "none", "groups": "data", "group_names": list(ds.group_names),
+        "split_rule": ds.split_rule, "max_severity": G - 1, "seed": cfg["seed"],
+        "counts": {"train": counts["train"], "val": counts["val"], "test": counts["test"],
+                   "train_total": int(len(ds.train)), "val_total": int(len(ds.val)), "test_total": int(len(ds.test))},
+        "source": {"train_fingerprint": ds.fingerprint, "test_fingerprint": ds.fingerprint,
+                   "train_size": len(ds.train), "test_size": len(ds.test), "image_shape": shape},
+        "data_fingerprint": ds.fingerprint, "cache": {"key": None, "dir": None, "hit": False},
+        "extra_test": None,
+    }
+    splits = Splits(train=LabeledArrays(ds.train.images, ds.train.labels, ds.train.groups),
+                    val=per_group(ds.val), test=per_group(ds.test), classes=list(ds.classes), max_severity=G - 1,
+                    meta=meta)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return splits
 

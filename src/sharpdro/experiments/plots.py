@@ -216,8 +216,10 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats:
                 color, line, marker = style[id(row)]
                 draw(ax, severity_series(row, band), color, alpha=0.2, linestyle=line, marker=marker,
                      label=f"{row.method} (n={len(row.finished)})")
-            ax.set_xlabel("severity")
+            ax.set_xlabel("group" if table.group_names else "severity")
             ax.set_xticks(table.severities)
+            if table.group_names:  # groups from the data: their names
+                ax.set_xticklabels([table.column_label(s) for s in table.severities], rotation=30, fontsize=8)
             ax.grid(alpha=0.3)
             # below the axes: with many rows a legend inside covers the lines it names
             ncol = 2 if max(len(r.method) for r in panel) <= 24 else 1
@@ -334,7 +336,8 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for g, s in enumerate(series):
             if s.x:
-                draw(ax, s, cmap(g / max(1, groups - 1)), floor=floor, marker=".", label=f"severity {g}")
+                label = f"group {table.column_label(g)}" if table.group_names else f"severity {g}"
+                draw(ax, s, cmap(g / max(1, groups - 1)), floor=floor, marker=".", label=label)
         ax.axhline(Q_MARK, color="0.3", linestyle=":", linewidth=0.9, label=f"q = {Q_MARK} (not starved above)")
         _epoch_axis(ax)
         if log:

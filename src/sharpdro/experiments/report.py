@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from sharpdro import methods
 from sharpdro.config import CORRUPTIONS
+from sharpdro.data.groups import group_label, group_names_of
 from sharpdro.errors import SelectionError, SharpDROError
 from sharpdro.experiments.paired import Paired, pair_rows
 from sharpdro.experiments.stats import Interval, mean_std, t_interval
@@ -70,6 +71,9 @@ STD_NOTE = ("mean ± std over seeds, in percent; std is the sample standard devi
 DEFINITIONS_NOTE = ("Averaged accuracy: unweighted mean of the per-severity test accuracies over severities 0..S "
                     "at the selected epoch; Worst severity: each run's lowest per-severity test accuracy; "
                     "Sev. s: test accuracy at severity s")
+GROUP_DEFINITIONS_NOTE = ("Averaged accuracy: unweighted mean of the per-group test accuracies at the selected epoch; "
+                          "Worst group: each run's lowest per-group test accuracy; a named column: the test "
+                          "accuracy of that group (groups from the data, data.corruption=none)")
 CI_NOTE = ("95% CI: Student-t interval over seeds, mean ± t(0.975, n-1) · std / sqrt(n), in percent; "
            "– for a single run")
 N_NOTE = "n: finished runs; an incomplete group shows finished/expected and what happened to the others"
@@ -120,7 +124,7 @@ def constants_label(cfg: Mapping) -> str:
 
     data = cfg.get("data", {})
     table = data.get("table", "auto")
-    if table not in TABLE_NAMES:
+    if table not in TABLE_NAMES or data.get("corruption") == "none":  # no corruption: no constants
         return ""
     side = data.get("image_size") or NATIVE_SIDES.get(data.get("dataset"), FOLDER_SIDE)
     if resolve_table("auto", int(side)) == table:
@@ -151,6 +155,7 @@ class Run:
     worst: float | None = None
     error: str | None = None
     prestage: dict | None = None  # a finished run's summary "prestage" (what its method's pre-stage found)
+    group_names: dict | None = None  # {group id: name} when the groups come from the data (data.json)
 
     @property
     def seed(self) -> int:
@@ -188,7 +193,7 @@ def load_run(d: Path, selection: str = "worst", config: dict | None = None, name
         return Run(name, cfg, "missing")
     records = run_dir.epoch_records()
     if run_dir.is_finished():
-        run = Run(name, cfg, "done", records)
+        run = Run(name, cfg, "done", records, group_names=group_names_of(run_dir.read_data()))
         try:
             rec = select_epoch(records, selection)
         except SelectionError as exc:  # an oracle rule on a run with test at its selected epoch only
@@ -369,6 +374,7 @@ class Table:
     calibration: bool = False  # ECE / NLL / Brier columns after n (off by default)
     extra_notes: list = field(default_factory=list)
     select_hparams: str | None = None  # rows selected per method: paired regardless of hyperparameters
+    group_names: dict | None = None  # {group id: name}: the runs' groups come from their data, not severities
 
     def paired(self) -> list[Paired]:
         """Each row against the reference methods of its block (:mod:`sharpdro.experiments.paired`)."""
@@ -380,10 +386,17 @@ class Table:
 
     @property
     def title(self) -> str:
+        if self.group_names:
+            return f"Test accuracy (%) per group; {SELECTION_TEXT[self.selection].replace('severity', 'group')}"
         return f"Test accuracy (%) per severity; {SELECTION_TEXT[self.selection]}"
 
+    def column_label(self, key) -> str:
+        """The header of a per-group column: ``Sev. s``, or the group's name."""
+        return group_label(key, self.group_names) if self.group_names else f"Sev. {key}"
+
     def notes(self) -> list[str]:
-        notes = [DEFINITIONS_NOTE + ".", STD_NOTE + ".", CI_NOTE + ".", N_NOTE + "."] + list(self.extra_notes)
+        definitions = GROUP_DEFINITIONS_NOTE if self.group_names else DEFINITIONS_NOTE
+        notes = [definitions + ".", STD_NOTE + ".", CI_NOTE + ".", N_NOTE + "."] + list(self.extra_notes)
         for row in self.rows:
             if row.seeds_duplicated():
                 notes.append(f"{_row_label(self, row)}: several runs share a seed; n counts runs.")
@@ -471,7 +484,9 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
         _order(_DATASET_ORDER, row.dataset), row.data, _order(CORRUPTIONS, row.corruption), row.corruption,
         methods.rank(row.method_key), row.method_key, tuple(_value_sort_key(v) for v in row.hparams)))
     severities = sorted({s for row in rows for s in row.severities})
-    return Table(selection, hparams, rows, severities, decimals, calibration)
+    named = [r.group_names for r in runs if r.group_names]
+    group_names = {k: v for names in named for k, v in names.items()} if named else None
+    return Table(selection, hparams, rows, severities, decimals, calibration, group_names=group_names)
 
 
 def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequence[str] | None = None,

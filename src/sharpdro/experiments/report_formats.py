@@ -49,9 +49,10 @@ def _hp_cells(table: Table, row: Row) -> list[str]:
     return [_fmt_value(v) for v in row.hparams]
 
 
-def _header(table: Table, sev_label: str = "Sev. ") -> list[str]:
-    return (["Data", "Type", "Method"] + _hp_header(table) + ["Averaged accuracy (%)", "Worst severity (%)"]
-            + [f"{sev_label}{s}" for s in table.severities] + ["n"] + CI_HEADERS
+def _header(table: Table) -> list[str]:
+    worst = "Worst group (%)" if table.group_names else "Worst severity (%)"
+    return (["Data", "Type", "Method"] + _hp_header(table) + ["Averaged accuracy (%)", worst]
+            + [table.column_label(s) for s in table.severities] + ["n"] + CI_HEADERS
             + ([h for h, _ in CALIBRATION_COLUMNS.values()] if table.calibration else []))
 
 

@@ -37,6 +37,7 @@ from mindspore import nn, ops
 from sharpdro import methods
 from sharpdro.config import algorithm_hparams
 from sharpdro.data.batches import SamplingPlan
+from sharpdro.data.groups import check_group_array
 from sharpdro.errors import ConfigError
 
 F32 = ms.float32
@@ -442,10 +443,13 @@ class GroupWeighted(Algorithm):
         super()._after_load()
         self._counts_ready = bool(self.buffers["group_counts"].sum() > 0)
 
-    def check_ready(self) -> None:
+    def check_ready(self, groups=None) -> None:
+        """Before a step: the group counts ``gen_adjustment`` needs, and ``groups`` in ``[0, num_groups)``."""
         if self.gen_adjustment > 0 and not self._counts_ready:
             raise ConfigError(f"{self.name}: gen_adjustment > 0 needs the training group counts: run "
                               f"prepare(ctx) or set_group_counts() first")
+        if groups is not None:
+            check_group_array(groups.asnumpy() if hasattr(groups, "asnumpy") else groups, self.num_groups)
 
     def q_tensor(self) -> ms.Tensor:
         return ms.Tensor(self.buffers["q"])

@@ -26,7 +26,7 @@ class GroupDRO(GroupWeighted):
         return fn
 
     def update(self, x, y, groups, idx):
-        self.check_ready()
+        self.check_ready(groups)
         (_, (logits, per, q)), grads = self._grad("step", self._loss())(
             x, y, groups, self.q_tensor(), self.adjustment_tensor())
         self._opt()(grads)

@@ -58,7 +58,7 @@ class SharpDRO(SampledSecondPass, GroupWeighted):
         return fn
 
     def update(self, x, y, groups, idx):
-        self.check_ready()
+        self.check_ready(groups)
         with self._capture_first_pass():
             (_, (logits, per, q)), grads1 = self._grad("first", self._first())(
                 x, y, groups, self.q_tensor(), self.adjustment_tensor())

@@ -30,7 +30,7 @@ from torch import nn
 
 from sharpdro import methods
 from sharpdro.backends.torch.algorithms.functional import (  # noqa: F401  (re-exported)
-    _bn_buffers, bn_second_pass, eg_update_, group_mean, params_with_grad, per_sample_losses,
+    _bn_buffers, bn_second_pass, check_group_ids, eg_update_, group_mean, params_with_grad, per_sample_losses,
     replica_group_mean, restore_, sam_perturb_, set_lr)
 from sharpdro.backends.torch.algorithms.step import StepProtocol
 from sharpdro.config import algorithm_hparams
@@ -329,11 +329,27 @@ class GroupWeighted(Algorithm):
         super()._after_load()
         self._counts_ready = bool(self.group_counts.sum() > 0)
 
-    def check_ready(self) -> None:
-        """Called first in ``update`` (before any forward pass), so a failure leaves no trace."""
+    #: read the group-id check's flag on the host even on an accelerator (the public API); the engine's
+    #: steps assert on the device instead and stay free of host syncs (see :func:`check_group_ids`)
+    sync_group_check: bool = False
+
+    def check_ready(self, groups: torch.Tensor | None = None) -> None:
+        """Called first in a step (before any forward pass), so a failure leaves no trace.
+
+        ``groups``: the step's group ids, checked to lie in ``[0, num_groups)`` (one clear error).
+        """
         if self.gen_adjustment > 0 and not self._counts_ready:
             raise ConfigError(f"{self.name}: gen_adjustment > 0 needs the training group counts: run "
                               f"prepare(ctx) or set_group_counts() first")
+        if groups is not None:
+            check_group_ids(groups, self.num_groups, self.sync_group_check)
+
+    def group_dro_loss(self, per_sample_loss: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GroupDRO's objective ``sum_g q_g L_g`` of the (global) batch, q updated first from the detached
+        group losses ``L_g``; returns ``(loss, q)``.  Group ids are checked by :meth:`check_ready`."""
+        group_loss, counts = self._group_mean(per_sample_loss, groups)  # of the global batch when data-parallel
+        q = self.update_q(group_loss.detach(), counts)
+        return (q * group_loss).sum(), q
 
     def update_q(self, group_losses: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """q <- q exp(eta (L + C/sqrt(n))) / Z from detached group losses L (no host sync).

@@ -2,6 +2,7 @@
 
 - :func:`per_sample_losses`: logits and per-sample cross-entropy;
 - :func:`group_mean`: per-group mean with counts clamped to 1 (empty group -> 0);
+- :func:`check_group_ids`: one clear error for a group id outside ``[0, num_groups)``;
 - :func:`replica_group_mean`: :func:`group_mean` over the global batch of a
   data-parallel run (sums and counts all-reduced);
 - :func:`eg_update_`: exponentiated-gradient step of the group weights q;
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpdro.data.groups import GroupIdError, group_id_message
 from sharpdro.errors import ConfigError
 
 
@@ -42,6 +44,31 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
     counts = onehot.sum(0)
     sums = values @ onehot
     return sums / counts.clamp(min=1.0), counts
+
+
+def _group_id_message(groups: torch.Tensor, num_groups: int) -> str:
+    return group_id_message(groups.detach().reshape(-1).cpu().numpy(), num_groups)
+
+
+def check_group_ids(groups: torch.Tensor, num_groups: int, sync: bool = True) -> None:
+    """Raise :class:`GroupIdError` (naming the id and ``num_groups``) unless every id is in ``[0, num_groups)``.
+
+    A float or bool tensor is refused too (ids are integers).  On the CPU the check reads host
+    memory: no device to wait for.  On an accelerator ``sync=True`` reads one flag back (one host
+    sync); ``sync=False`` (the engine's steps, which stay free of host syncs and whose data the
+    engine checks once when it loads it) asserts on a CUDA device instead (``torch._assert_async``:
+    the run fails, with CUDA's generic device-side assert message); another device reads the flag.
+    """
+    if groups.is_floating_point() or groups.dtype == torch.bool or groups.is_complex():
+        raise GroupIdError(f"group ids must be an integer tensor (int64), got {groups.dtype}")
+    ok = ((groups >= 0) & (groups < num_groups)).all()
+    if groups.device.type == "cpu" or (not sync and groups.device.type == "cuda"):
+        try:  # no Python-visible read of the flag: no host sync on a device, a plain check on the CPU
+            torch._assert_async(ok, f"group id outside [0, {num_groups})")
+        except RuntimeError:
+            raise GroupIdError(_group_id_message(groups, num_groups)) from None
+    elif not bool(ok):
+        raise GroupIdError(_group_id_message(groups, num_groups))
 
 
 def replica_group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int, replicas=None,

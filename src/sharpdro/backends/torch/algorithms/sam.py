@@ -1,8 +1,11 @@
 """Sharpness-aware minimisation (Foret et al. 2021) and ASAM (Kwon et al. 2021)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from sharpdro.errors import ConfigError
 from sharpdro.backends.torch.algorithms.base import Algorithm, bn_second_pass, register_step
 from sharpdro.backends.torch.algorithms.sampling import SampledSecondPass
 
@@ -25,18 +28,29 @@ class SAM(SampledSecondPass, Algorithm):
         self._init_sampler()
 
     def update(self, x, y, groups, idx):
+        logits, per = self.step_with(lambda: self._forward(x, y), batch=(x, y))
+        return self._stats(logits, per, y)
+
+    def step_with(self, forward: Callable[[], tuple], batch: tuple | None = None) -> tuple:
+        """One step whose forward is ``forward() -> (output, per-sample losses [B])``, called once per pass
+        (``sharpdro.torch.SAM.step`` passes the user's closure); returns the first pass's ``(output,
+        per-sample losses)``.  ``batch`` ``(x, y)``: needed only with ``second_pass_fraction`` < 1."""
+        if self.sampled and batch is None:
+            raise ConfigError("second_pass_fraction < 1 needs the batch (x, y) to draw the second pass from; "
+                              "a closure step runs the exact second pass: leave second_pass_fraction at 1")
         opt = self._begin_step()
         with self._first_pass(), self._capture_first_pass():
-            logits, per = self._forward(x, y)
+            out, per = forward()
             self._backward(per.mean())
         params, saved = self._perturb(self.rho, self.adaptive)
         if self.sampled:  # a_i = 1 / (global batch)
+            x, y = batch
             self._sampled_second_pass(x, y, per, torch.full_like(per, 1.0 / (per.numel() * self.world_size)),
                                       params, False)
             self._finish_step(opt, params, saved)
-            return self._stats(logits, per, y)
+            return out, per
         with bn_second_pass(self.model, self.bn_policy):
-            _, per_adv = self._forward(x, y)
+            _, per_adv = forward()
             self._second_backward(per_adv.mean(), params, keep_first=False)
         self._finish_step(opt, params, saved)
-        return self._stats(logits, per, y)
+        return out, per

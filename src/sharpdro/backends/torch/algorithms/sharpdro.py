@@ -1,6 +1,11 @@
 """SharpDRO (Huang et al., CVPR 2023), distribution-aware: group DRO on the sharpness of each severity group."""
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
+from sharpdro.errors import ConfigError
 from sharpdro.backends.torch.algorithms.base import GroupWeighted, bn_second_pass, register_step
 from sharpdro.backends.torch.algorithms.sampling import SampledSecondPass
 
@@ -38,10 +43,21 @@ class SharpDRO(SampledSecondPass, GroupWeighted):
         self._init_sampler()
 
     def update(self, x, y, groups, idx):
-        self.check_ready()
+        logits, per, q = self.step_with(lambda: self._forward(x, y), groups, batch=(x, y))
+        return self._stats(logits, per, y, q=q.clone())
+
+    def step_with(self, forward: Callable[[], tuple], groups: torch.Tensor, batch: tuple | None = None) -> tuple:
+        """One step whose forward is ``forward() -> (output, per-sample losses [B])``, called once per pass
+        (``sharpdro.torch.SharpDRO.step`` passes the user's closure); returns ``(output of the first pass,
+        its per-sample losses, q)``.  ``batch`` ``(x, y)``: what a sampled second pass indexes (needed
+        only with ``second_pass_fraction`` < 1)."""
+        self.check_ready(groups)
+        if self.sampled and batch is None:
+            raise ConfigError("second_pass_fraction < 1 needs the batch (x, y) to draw the second pass from; "
+                              "a closure step runs the exact second pass: leave second_pass_fraction at 1")
         opt = self._begin_step()
         with self._first_pass(), self._capture_first_pass():
-            logits, per = self._forward(x, y)
+            out, per = forward()
             group_loss, counts = self._group_mean(per, groups)  # global batch when data-parallel: same q everywhere
             if self.perturb_on == "batch":
                 self._backward(per.mean())
@@ -51,14 +67,15 @@ class SharpDRO(SampledSecondPass, GroupWeighted):
                 self._backward((q * group_loss).sum())
         params, saved = self._perturb(self.rho, self.adaptive)
         if self.sampled:  # a_i = q_g(i) / n_g(i): the weight of sample i in the sharpness
+            x, y = batch
             self._sampled_second_pass(x, y, per, (q / counts.clamp(min=1.0)).index_select(0, groups), params,
                                       self.add_back)
             self._finish_step(opt, params, saved)
-            return self._stats(logits, per, y, q=q.clone())
+            return out, per, q
         with bn_second_pass(self.model, self.bn_policy):
-            _, per_adv = self._forward(x, y)
+            _, per_adv = forward()
             # only the sharpness's gradient is used: data-parallel, its value is never all-reduced
             sharpness = self._group_mean_grad(per_adv - per.detach(), groups, counts)
             self._second_backward((q * sharpness).sum(), params, keep_first=self.add_back)
         self._finish_step(opt, params, saved)
-        return self._stats(logits, per, y, q=q.clone())
+        return out, per, q
