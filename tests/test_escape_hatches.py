@@ -352,3 +352,14 @@ def test_default_run_name_of_a_factory_model_is_a_plain_folder_name():
 
     name = default_run_name(_cfg("model.name=my.models:make_net"))
     assert "my.models_make_net" in name and ":" not in name
+
+
+@pytest.mark.parametrize("sets", [{"train": {"optimizer": "adamw"}}, {"model": {"name": "timm:resnet18"}},
+                                  {"model": {"name": "my_models:make_net"}}])
+def test_a_pytorch_only_run_does_not_convert_to_mindspore(tmp_path, sets):
+    from sharpdro.backends.mindspore import convert
+
+    ckpt = tmp_path / "last.pt"
+    torch.save({"meta": {"config": {"backend": "torch", **sets}}, "algorithm": {}}, ckpt)
+    with pytest.raises(ConfigError, match="MindSpore backend has its own networks and SGD only"):
+        convert.torch_to_mindspore(ckpt, tmp_path / "ms.pt")
