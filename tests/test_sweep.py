@@ -96,6 +96,12 @@ def test_job_hash_stable_across_processes_and_key_order():
     assert out.stdout.strip() == h
 
 
+# keys whose free-form values are checked beyond their type (model.name: a built-in, timm:NAME or module.path:factory)
+OTHER_NAMES = {"model.name": ("cnn7",)}
+# keys valid only beside another key's value: both the base and the changed config get it
+CONTEXT = {"model.pretrained": {"model": {"name": "timm:resnet18"}}}
+
+
 def _other_value(path: str, f: Field, value):
     if f.type is list and f.choices is not None:  # a list of choices (output.loggers)
         return [[c] for c in f.choices]
@@ -108,7 +114,7 @@ def _other_value(path: str, f: Field, value):
     if value is None:
         return [f.min if f.min is not None else 7, 7, "x"]
     if f.type is str:
-        return [value + "x"]
+        return [value + "x", *OTHER_NAMES.get(path, ())]
     if f.type is int:
         return [value + 1, value - 1]
     lo = f.min if f.min is not None else -1e9
@@ -125,10 +131,10 @@ def _leaves(node=SCHEMA, prefix=""):
 
 
 def test_job_hash_changes_with_every_config_key_but_runtime_ones():
-    base = validate({"data": {"root": "/data/x"}})
-    h0 = sw.job_hash(base)
     checked = 0
     for path, f in _leaves():
+        base = validate({"data": {"root": "/data/x"}, **CONTEXT.get(path, {})})
+        h0 = sw.job_hash(base)
         section, _, key = path.rpartition(".")
         current = base[section][key] if section else base[key]
         for candidate in _other_value(path, f, current):

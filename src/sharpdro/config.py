@@ -68,7 +68,12 @@ SCHEMA: dict[str, Any] = {
                             nullable=True),
     },
     "model": {
-        "name": Field("cnn", str, "network", choices=MODELS),
+        "name": Field("cnn", str, "network: one of " + ", ".join(MODELS) + "; or timm:NAME (a timm model, "
+                      "pip install timm; PyTorch backend) or module.path:factory (any torch.nn.Module: "
+                      "factory(num_classes=N) plus in_channels, image_size, width, dropout where its signature "
+                      "names them; importing the module runs its code; PyTorch backend)"),
+        "pretrained": Field(False, bool, "timm:NAME models: start from timm's pretrained weights "
+                            "(downloads them: needs internet)"),
         "width": Field(32, int, "base width of the small cnns (cnn, cnn7)", min=4),
         "dropout": Field(0.0, NUM, "dropout before the classifier", min=0.0, max=0.99),
         "init_from": Field(None, str, "start from the weights of a `sharpdro export` folder (fine-tuning; "
@@ -78,15 +83,20 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "epochs": Field(10, int, "training epochs", min=1),
         "batch_size": Field(100, int, "training batch size", min=1),
-        "lr": Field(0.03, NUM, "SGD learning rate", min=0.0),
-        "momentum": Field(0.9, NUM, "SGD momentum", min=0.0, max=1.0),
-        "weight_decay": Field(5e-4, NUM, "SGD weight decay", min=0.0),
-        "nesterov": Field(False, bool, "Nesterov momentum"),
+        "optimizer": Field("sgd", str, "base optimizer of every method (the SAM family's steps wrap it): sgd "
+                           "(lr, momentum, nesterov, weight_decay) or adamw (lr, weight_decay as decoupled decay, "
+                           "betas (0.9, 0.999), eps 1e-8; PyTorch backend)", choices=("sgd", "adamw")),
+        "lr": Field(0.03, NUM, "learning rate", min=0.0),
+        "momentum": Field(0.9, NUM, "SGD momentum (sgd only)", min=0.0, max=1.0),
+        "weight_decay": Field(5e-4, NUM, "weight decay (sgd: L2 in the gradient; adamw: decoupled)", min=0.0),
+        "nesterov": Field(False, bool, "Nesterov momentum (sgd only)"),
         "schedule": Field("step", str, "learning-rate schedule: x gamma at milestones (official) or cosine",
                           choices=("step", "cosine", "constant")),
         "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of the epochs",
                             item_type=float),
         "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
+        "warmup_epochs": Field(0, int, "linear learning-rate warm-up: epoch e < N runs at the schedule's lr x "
+                               "(e+1)/(N+1), then the schedule alone (0: off)", min=0),
         "device": Field("auto", str, "cpu, cuda, cuda:N or auto", choices=None),
         "precision": Field("auto", str, "auto (bf16 where the device has fast bf16 kernels: AMX-BF16 or "
                            "AVX512-BF16 CPUs, CUDA GPUs with native bf16; fp32 elsewhere; the run records what it "
@@ -327,10 +337,50 @@ def validate(cfg: Mapping) -> dict:
 
     out = walk(SCHEMA, cfg, "")
     resolve_rho(out["algorithm"])  # rho: null -> SAM's or ASAM's radius
+    _check_model_and_optimizer(out)
     dev = out["train"]["device"]
     if not dev.startswith(_DEVICE_PREFIXES):
         raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     return out
+
+
+def is_external_model(name: str) -> bool:
+    """``timm:NAME`` or ``module.path:factory`` rather than a built-in network."""
+    return ":" in str(name)
+
+
+def _check_model_name(name: str) -> None:
+    import re
+
+    if name in MODELS:
+        return
+    ident = r"[A-Za-z_][A-Za-z0-9_]*"
+    if name.startswith("timm:"):
+        if re.fullmatch(r"timm:[A-Za-z0-9_.\-]+", name):
+            return
+    elif re.fullmatch(rf"{ident}(\.{ident})*:{ident}(\.{ident})*", name):
+        return
+    raise ConfigError(f"config key 'model.name' = {name!r} is not allowed; allowed: one of {', '.join(MODELS)}, "
+                      f"timm:NAME (e.g. timm:resnet18) or module.path:factory (e.g. my_models:make_net)")
+
+
+def _check_model_and_optimizer(cfg: dict) -> None:
+    m, t = cfg["model"], cfg["train"]
+    _check_model_name(m["name"])
+    if m["pretrained"] and not m["name"].startswith("timm:"):
+        raise ConfigError(f"config key 'model.pretrained' = true is for timm:NAME models only; "
+                          f"model.name = {m['name']!r}")
+    if m["pretrained"] and m["init_from"]:
+        raise ConfigError("model.pretrained=true and model.init_from both set the starting weights; choose one")
+    if t["optimizer"] == "adamw" and t["nesterov"]:
+        raise ConfigError("train.nesterov=true is an SGD setting; train.optimizer=adamw has no Nesterov momentum")
+    if cfg["backend"] == "mindspore":
+        if is_external_model(m["name"]):
+            raise ConfigError(f"model.name={m['name']!r} is a PyTorch module; the MindSpore backend builds only "
+                              f"its own networks ({', '.join(MODELS)}); use backend=torch")
+        if t["optimizer"] != "sgd":
+            raise ConfigError(f"train.optimizer={t['optimizer']!r}: the MindSpore backend has SGD only; "
+                              f"use backend=torch or train.optimizer=sgd")
 
 
 def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ log = logging.getLogger("sharpdro")
 # ---------------------------------------------------------------- run directory
 def default_run_name(cfg: dict) -> str:
     d = cfg["data"]
-    return (f"{d['dataset']}-{d['corruption']}-{cfg['algorithm']['name']}-{cfg['model']['name']}"
+    model = re.sub(r"[^A-Za-z0-9_.-]", "_", str(cfg["model"]["name"]))  # timm:NAME, module.path:factory
+    return (f"{d['dataset']}-{d['corruption']}-{cfg['algorithm']['name']}-{model}"
             f"-s{cfg['seed']}-{config_mod.config_hash(cfg, 8)}")
 
 

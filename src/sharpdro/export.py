@@ -15,6 +15,10 @@ An export folder holds two files:
 images in [0, 1], NCHW, and normalises them itself (RobustBench's convention), so it goes
 straight into :func:`sharpdro.robustness.evaluate_model` or any other harness.
 
+A ``timm:NAME`` or ``module.path:factory`` network (``model.name``) is rebuilt by timm or by
+importing the same factory (``load_pretrained(..., import_factory=True)``: the folder names a module,
+it never holds code).
+
 ``model.init_from: DIR`` starts a run from exported weights (fine-tuning, either backend):
 the architecture (``model.name``, ``model.width``) must match; when the new data has
 another number of classes, the classifier keeps its fresh initialisation (a warning says
@@ -164,9 +168,21 @@ class PretrainedModel(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def load_pretrained(directory: str | os.PathLike, device: str | torch.device | None = None) -> PretrainedModel:
-    """The model of an export folder: a ``torch.nn.Module`` in eval mode taking [0, 1] NCHW images."""
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device | None = None,
+                    import_factory: bool = False) -> PretrainedModel:
+    """The model of an export folder: a ``torch.nn.Module`` in eval mode taking [0, 1] NCHW images.
+
+    An export of a ``module.path:factory`` network names that module in its ``config.json``; the folder
+    carries no code, but importing a module runs its code, so it is imported only with
+    ``import_factory=True`` (say so once you know the name is the module you mean). ``timm:NAME``
+    networks import timm.
+    """
     meta = read_export_config(directory)
+    name = str(meta["architecture"]["name"])
+    if ":" in name and not name.startswith("timm:") and not import_factory:
+        raise ExportError(f"{directory}: the exported network is model.name={name!r}, a factory this folder does "
+                          f"not contain; loading it imports module {name.partition(':')[0]!r} (which runs its "
+                          f"code): pass import_factory=True to load_pretrained if that is the module you mean")
     net = _build(meta["architecture"])
     net.load_state_dict(_weights(Path(directory)), strict=True)
     norm = meta["normalization"]

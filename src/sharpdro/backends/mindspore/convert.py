@@ -219,12 +219,24 @@ def algorithm_state_to_torch(state: Mapping[str, np.ndarray], num_batches_tracke
     return out
 
 
+def _check_mindspore_can_run(cfg, ckpt_path) -> None:
+    """A run of a PyTorch-only network (timm:NAME, module.path:factory) or optimizer (adamw) has no MindSpore form."""
+    from sharpdro.config import ConfigError
+
+    name = str((cfg.get("model") or {}).get("name", ""))
+    optimizer = (cfg.get("train") or {}).get("optimizer", "sgd")
+    if ":" in name or optimizer != "sgd":
+        raise ConfigError(f"{ckpt_path}: its run used model.name={name!r}, train.optimizer={optimizer!r}; the "
+                          f"MindSpore backend has its own networks and SGD only, so it cannot be converted")
+
+
 def torch_to_mindspore(ckpt_path, out_path) -> Path:
     """A PyTorch backend checkpoint -> a MindSpore backend checkpoint (weights, algorithm state, momentum, RNG).
 
     ``load_for_inference`` / ``evaluate`` / ``predict`` / ``--resume`` with backend=mindspore read the result.
     """
     state = _read_torch_checkpoint(ckpt_path)
+    _check_mindspore_can_run(state["meta"]["config"], ckpt_path)
     algo = state["algorithm"]
     model_sd = {k[len("model."):]: v for k, v in algo.items() if k.startswith("model.")}
     arrays = {f"algorithm/{k}": v for k, v in algorithm_state_to_mindspore(algo).items()}

@@ -150,6 +150,9 @@ class MindSporeSession:
     def _make_optimizer(self, params) -> nn.Optimizer:
         """PyTorch's SGD: weight decay on every parameter (a group, or MindSpore skips gamma/beta), no dampening."""
         t = self.cfg["train"]
+        if t.get("optimizer", "sgd") != "sgd":
+            raise TrainingError(f"train.optimizer={t['optimizer']!r}: the MindSpore backend has SGD only; "
+                                f"use backend=torch or train.optimizer=sgd")
         params = list(params)
         momentum = float(t["momentum"])
         return nn.Momentum([{"params": params, "weight_decay": float(t["weight_decay"])}],

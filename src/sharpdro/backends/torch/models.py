@@ -18,7 +18,7 @@ from torch import nn
 
 from sharpdro.config import ConfigError
 
-__all__ = ["MODELS", "build_model", "SmallCNN", "CNN7", "ResNet", "WideResNet"]
+__all__ = ["MODELS", "build_model", "factory_model", "timm_model", "is_external", "SmallCNN", "CNN7", "ResNet", "WideResNet"]
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -316,10 +316,111 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, image_size: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
-    """A freshly initialised network (on the CPU, float32)."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+def is_external(name: str) -> bool:
+    """``timm:NAME`` or ``module.path:factory``: a network this package does not define (PyTorch only)."""
+    return ":" in str(name)
+
+
+def build_model(name: str, num_classes: int, image_size: int, width: int = 32, dropout: float = 0.0,
+                pretrained: bool = False) -> nn.Module:
+    """A freshly initialised network (on the CPU, float32).
+
+    ``name``: a built-in (:data:`MODELS`), ``timm:NAME`` (``timm.create_model(NAME, pretrained=...,
+    num_classes=..., in_chans=3)``; pip install timm) or ``module.path:factory`` (any callable returning an
+    ``nn.Module``, see :func:`factory_model`). ``pretrained`` applies to ``timm:`` names only.
+    """
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if pretrained and not str(name).startswith("timm:"):
+        raise ConfigError(f"model.pretrained=true is for timm:NAME models only; model.name={name!r}")
+    if str(name).startswith("timm:"):
+        return timm_model(name[len("timm:"):], int(num_classes), dropout=float(dropout), pretrained=bool(pretrained))
+    if is_external(name):
+        return factory_model(name, int(num_classes), int(image_size), width=int(width), dropout=float(dropout))
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, timm:NAME or "
+                          f"module.path:factory")
     return MODELS[name](int(num_classes), int(image_size), int(width), float(dropout))
+
+
+# --------------------------------------------------------------------------- escape hatches
+def timm_model(arch: str, num_classes: int, dropout: float = 0.0, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=3)``
+    (plus ``drop_rate=dropout`` when dropout > 0); a missing timm is one error saying how to install it."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise ConfigError(f"model.name='timm:{arch}' needs timm: pip install timm (or pip install "
+                          f"'sharpdro[timm]'); importing it failed: {exc}") from None
+    kwargs = {"drop_rate": dropout} if dropout > 0 else {}
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=3, **kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model (NAME)"
+        raise ConfigError(f"model.name='timm:{arch}': timm cannot build it ({exc}); "
+                          f"timm.list_models() names the architectures it has") from None
+    return _checked_module(model, f"timm:{arch}")
+
+
+# The factory's optional keyword arguments: passed when its signature names them.
+FACTORY_KEYWORDS = ("in_channels", "image_size", "width", "dropout")
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable ``module.path:attr`` names (importing the module runs its code: the config named it)."""
+    import importlib
+
+    module_path, _, attr = str(name).partition(":")
+    if not module_path or not attr:
+        raise ConfigError(f"model.name={name!r}: write a custom network as module.path:factory "
+                          f"(e.g. my_models:make_net)")
+    try:
+        obj = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise ConfigError(f"model.name={name!r}: cannot import module {module_path!r} ({exc}); install it or put "
+                          f"its folder on PYTHONPATH") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"model.name={name!r}: module {module_path!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model.name={name!r}: {attr!r} is not callable (a function or class returning an "
+                          f"nn.Module)")
+    return obj
+
+
+def factory_model(name: str, num_classes: int, image_size: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
+    """``factory(num_classes=N)`` of ``model.name: module.path:factory``, plus ``in_channels=3``,
+    ``image_size=S``, ``width=W``, ``dropout=P`` for each of those its signature names.
+
+    A factory without a ``dropout`` (``width``) parameter refuses a ``model.dropout`` > 0 (a ``model.width``
+    other than the default), which it could not honour.
+    """
+    import inspect
+
+    from sharpdro.config import SCHEMA
+
+    factory = resolve_factory(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    values = {"in_channels": 3, "image_size": int(image_size), "width": int(width), "dropout": float(dropout)}
+    kwargs = {"num_classes": int(num_classes)}
+    kwargs.update({k: v for k, v in values.items() if k in params})
+    if dropout > 0 and "dropout" not in params:
+        raise ConfigError(f"model.dropout={dropout} but {name} takes no dropout argument; set model.dropout=0")
+    if width != SCHEMA["model"]["width"].default and "width" not in params:
+        raise ConfigError(f"model.width={width} but {name} takes no width argument; leave model.width unset")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.name={name!r}: calling it with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())} "
+                          f"failed ({exc}); a factory takes num_classes= (and optionally "
+                          f"{', '.join(FACTORY_KEYWORDS)})") from None
+    return _checked_module(model, name)
+
+
+def _checked_module(model, name: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name={name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

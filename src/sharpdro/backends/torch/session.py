@@ -41,6 +41,23 @@ _NAN_CHECK = 50  # steps between finiteness checks (one host sync each)
 CHECKPOINT_FORMAT = 1
 
 
+def make_optimizer(params, train: dict, fused: bool = False) -> torch.optim.Optimizer:
+    """The run's base optimizer (``train.optimizer``): SGD (momentum, nesterov, L2 weight decay) or AdamW
+    (decoupled weight decay, torch's default betas (0.9, 0.999) and eps 1e-8).
+
+    ``fused`` (fp16): the fused kernels take the overflow flag on the device, so a skipped step needs no
+    host sync (both optimizers have one).
+    """
+    kw = {"fused": True} if fused else {}
+    kind = train.get("optimizer", "sgd")
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], **kw)
+    if kind != "sgd":
+        raise TrainingError(f"train.optimizer={kind!r}: the PyTorch backend has sgd and adamw")
+    return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
+                           nesterov=bool(train["nesterov"]) and train["momentum"] > 0, **kw)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,15 +156,11 @@ class TorchSession:
     def _make_model(self) -> torch.nn.Module:
         m = self.cfg["model"]
         model = build_model(m["name"], self.num_classes, self.image_shape[0], width=m["width"],
-                            dropout=m["dropout"])
+                            dropout=m["dropout"], pretrained=bool(m.get("pretrained", False)))
         return model.to(self.device, memory_format=self.memory_format)
 
     def _make_optimizer(self, params) -> torch.optim.Optimizer:
-        t = self.cfg["train"]
-        # fp16: fused SGD takes the overflow flag on the device, so a skipped step needs no host sync.
-        fused = {"fused": True} if self.precision.mode == "fp16" else {}
-        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
-                               nesterov=bool(t["nesterov"]) and t["momentum"] > 0, **fused)
+        return make_optimizer(params, self.cfg["train"], fused=self.precision.mode == "fp16")
 
     def _make_replicas(self, model: torch.nn.Module) -> Replicas | None:
         """DDP wrapper (torchrun) and/or torch.compile of the training forward."""
@@ -479,11 +492,22 @@ class TorchBackend:
         meta = state["meta"]
         cfg = validate(meta["config"])  # fills keys added since the checkpoint was written
         cfg = {**cfg, "train": {**cfg["train"], "compile": False}}
+        # The checkpoint holds the weights: never fetch timm's pretrained ones again. A module.path:factory
+        # model is rebuilt by importing the factory the run's own (embedded) config names.
+        cfg = {**cfg, "model": {**cfg["model"], "pretrained": False}}
         if device is not None:
             cfg = {**cfg, "train": {**cfg["train"], "device": device}}
-        session = TorchSession(cfg, None, norm=meta["norm"], num_classes=meta["num_classes"],
-                               image_shape=meta["image_shape"], num_groups=meta["num_groups"],
-                               train_size=meta["train_size"], classes=meta.get("classes"))
+        from sharpdro.config import ConfigError, is_external_model
+
+        try:
+            session = TorchSession(cfg, None, norm=meta["norm"], num_classes=meta["num_classes"],
+                                   image_shape=meta["image_shape"], num_groups=meta["num_groups"],
+                                   train_size=meta["train_size"], classes=meta.get("classes"))
+        except ConfigError as exc:
+            if not is_external_model(cfg["model"]["name"]):
+                raise
+            raise ConfigError(f"{checkpoint_path}: its run trained model.name={cfg['model']['name']!r}, which must "
+                              f"be importable to load it: {exc}") from None
         session.algorithm.load_state_dict(state["algorithm"])
         return session, cfg
 

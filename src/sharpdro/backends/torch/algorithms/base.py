@@ -75,7 +75,7 @@ class PrepareContext:
       shuffled and augmented as in training (``g`` is None for group-agnostic methods);
     - ``ordered_batches()``: every training point once, in order, without augmentation;
     - ``make_model()``: a freshly initialised network of the run's architecture, on ``device``;
-    - ``make_optimizer(params)``: an optimizer with the run's SGD settings;
+    - ``make_optimizer(params)``: the run's base optimizer (``train.optimizer``, SGD or AdamW) over ``params``;
     - ``lr_at(epoch)``: the run's learning rate at that epoch;
     - ``progress(iterable, desc)``: wraps an iterable with a progress bar;
     - ``val_batches()``: every validation point once (None: no validation data);
@@ -98,7 +98,7 @@ class PrepareContext:
 def train_reference_erm(ctx: PrepareContext, epochs: int, desc: str,
                         amp: Callable[[], ContextManager] | None = None, lr: float | None = None,
                         select: str = "last", report: dict | None = None) -> nn.Module:
-    """Train a fresh network with plain ERM for ``epochs`` epochs on the ctx batches (the run's SGD).
+    """Train a fresh network with plain ERM for ``epochs`` epochs on the ctx batches (the run's optimizer).
 
     ``lr``: a constant learning rate (None: the run's schedule ``ctx.lr_at``).  ``select``:
     ``last`` keeps the last epoch's weights, ``val_loss`` the epoch of lowest mean validation
