@@ -63,7 +63,10 @@ def test_algorithm_section_is_the_flat_one_of_before():
     section = config.default_config()["algorithm"]
     assert set(section) == set(ALGORITHM_DEFAULTS) | set(ADDED_DEFAULTS)
     assert [k for k in section if k in ALGORITHM_DEFAULTS] == list(ALGORITHM_DEFAULTS)
-    changed = {k.split(".")[1]: v for k, v in config.FORMER_DEFAULTS.items()}
+    changed = {k.split(".")[1]: v for k, v in config.FORMER_DEFAULTS.items() if k.startswith("algorithm.")}
+    # outside the algorithm section: train.precision's default became auto (jobs in fp32 keep their names)
+    assert {k: v for k, v in config.FORMER_DEFAULTS.items() if not k.startswith("algorithm.")} == \
+        {"train.precision": "fp32"}
     # the documented default changes (EIIL: the authors' steps and a converged reference; the agnostic
     # selection: global, on the input score)
     assert changed == {"eiil_steps": 2000, "eiil_epochs": 1, "score": "msp", "select": "top_fraction", "fraction": 0.2}
