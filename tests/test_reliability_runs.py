@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_command_in_a_fresh_venv(tmp_path):
     """.ci/run creates a venv and runs the README's test command with that venv's pip and python (here a
     command with the README's head that installs nothing and reports where it ran), then removes it."""
+    pytest.importorskip("ensurepip")  # python -m venv needs it (Debian ships it apart, in python3-venv)
     (tmp_path / ".ci").mkdir()
     shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     report = tmp_path / "where.json"
@@ -173,13 +175,10 @@ def _start_paused(tmp_path, *args):
     e = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-c", _PAUSED_TRAIN, flag, *map(str, args)], env=e, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for _ in range(1200):
-        if os.path.exists(flag + ".started") or proc.poll() is not None:
-            break
-        import time
-
+    deadline = time.monotonic() + 300
+    while not os.path.exists(flag + ".started") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
+    assert proc.poll() is None and os.path.exists(flag + ".started"), proc.communicate()
     return proc, lambda: Path(flag + ".go").touch()
 
 
@@ -194,7 +193,7 @@ def test_two_trains_on_one_out_at_once(tmp_path):
         assert "in use by another sharpdro process" in line
     finally:
         go()
-        stdout, stderr = first.communicate(timeout=600)
+        _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 

@@ -271,9 +271,6 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         if refusal:
             raise SharpDROError(refusal)
         finished = procs.broadcast(finished)
-        if finished is not None:  # a finished run is never rewritten: its summary is the result
-            _echo(f"{run_dir} is finished (its {run.summary.name}): nothing to resume, nothing changed", main)
-            return finished
         check_config_runnable(cfg)
         show = cfg["train"]["progress"] and main
         t_start = time.time()
@@ -300,6 +297,11 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
+        if finished is not None:  # a finished run is never rewritten: its summary is the result
+            if main and run.read_data() is None:
+                _record_data(run, cfg, splits)  # a run written before data fingerprints records them from now on
+            _echo(f"{run_dir} is finished (its {run.summary.name}): nothing to resume, nothing changed", main)
+            return finished
         if main:
             handler = _start_run_dir(run, cfg)
             _record_data(run, cfg, splits)
@@ -618,11 +620,11 @@ def _data_record(cfg: dict, splits) -> dict | None:
 
 def _check_same_data(run: RunDir, cfg: dict, splits) -> None:
     """Refuse to resume a run on other data than it recorded; a run without a record (written before
-    fingerprints) resumes as before, and one without a checkpoint starts over on the data given."""
+    fingerprints) resumes as before, and one that has not trained yet starts over on the data given."""
     old, new = run.read_data(), _data_record(cfg, splits)
     if old is None or new is None or old["fingerprint"] == new["fingerprint"]:
         return
-    if run.existing_checkpoint("last", cfg["backend"]) is None:
+    if not (run.summary.exists() or any(run.existing_checkpoint(k, cfg["backend"]) for k in ("last", "best"))):
         return
 
     def where(r: dict) -> str:

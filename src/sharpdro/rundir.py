@@ -29,6 +29,7 @@ none of them spells a file name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -213,12 +214,15 @@ class RunDir:
 
     def missing_epochs(self, records: list[dict] | None = None) -> list[int]:
         """The epochs (0-based) of a finished run that its ``metrics.jsonl`` lacks (lines lost, e.g. a truncated
-        copy): every epoch of a run has its line. Empty for an unfinished run or a complete file."""
+        copy): every epoch of a run has its line, and its summary says how many epochs it ran. Empty for an
+        unfinished run, a complete file, or a summary that does not say."""
         if not self.summary_finished():
             return []
         try:
-            epochs = int(self.read_summary().get("epochs") or (self.read_config() or {})["train"]["epochs"])
-        except (OSError, ValueError, KeyError, TypeError):
+            epochs = self.read_summary().get("epochs")
+        except (OSError, ValueError):
+            return []
+        if not isinstance(epochs, int) or isinstance(epochs, bool):
             return []
         have = {int(r["epoch"]) for r in (self.epoch_records() if records is None else records)}
         return [e for e in range(epochs) if e not in have]
@@ -284,14 +288,24 @@ def hold_lock(directory: str | os.PathLike, nested: bool = False) -> Iterator[bo
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                yield False
+                return
+            import warnings  # a file system without locks (some network mounts): go on, and say so
+
+            warnings.warn(f"cannot lock {directory / LOCK} ({exc.strerror}): a second process on this folder "
+                          f"would not be noticed", stacklevel=3)
+            yield True
             return
         with _HELD_GUARD:
             _HELD.add(key)
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for the message of a refused second process
+            try:  # who holds it, for the message of a refused second process (best effort: a full disk)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
             yield True
         finally:
             with _HELD_GUARD:
