@@ -260,7 +260,7 @@ class RunDir:
 
 
 # ------------------------------------------------------------------ one process per run directory
-# The lock files this process holds: (pid, st_dev, st_ino) -> held. A sweep job holds its folder's lock while it
+# The lock files this process holds, by (pid, st_dev, st_ino). A sweep job holds its folder's lock while it
 # calls train in the same process; train's own hold_lock(nested=True) then finds it here (a second flock on
 # another descriptor of the same file would fail against its own process).
 _HELD: set[tuple[int, int, int]] = set()
