@@ -111,12 +111,16 @@ def test_resume_follows_the_data_not_its_path(tmp_path):
 
     # a run written before data fingerprints (no data.json) resumes as before, and records its data from then on
     (stop / "data.json").unlink()
+    (stop / "summary.json").unlink()  # killed before its summary (a finished run is never rewritten by a resume)
     train(_cfg(other), out_dir=stop, resume=True)
     assert json.loads((stop / "data.json").read_text())["fingerprint"] != record["fingerprint"]
     assert yaml.safe_load((stop / "config.yaml").read_text())["data"]["root"] == str(other)
 
-    # nothing trained yet (no checkpoint): the run starts over on the data given, whatever data.json says
+    # nothing trained yet (killed before its first checkpoint): it starts over on the data given, whatever
+    # data.json says
     shutil.rmtree(stop / "checkpoints")
+    (stop / "summary.json").unlink()
+    (stop / "metrics.jsonl").unlink()
     again = train(_cfg(elsewhere), out_dir=stop, resume=True)
     assert again["test_accuracy"] == full["test_accuracy"]
     assert json.loads((stop / "data.json").read_text())["fingerprint"] == record["fingerprint"]

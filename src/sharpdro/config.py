@@ -33,7 +33,8 @@ MODELS = ("cnn", "cnn7", "resnet18", "resnet50", "wrn28_2", "wrn28_10")
 
 SCHEMA: dict[str, Any] = {
     "backend": Field("torch", str, "training backend", choices=("torch", "mindspore")),
-    "seed": Field(0, int, "seed of the data split, corruptions, init and shuffling", min=0),
+    "seed": Field(0, int, "seed of the data split, corruptions, init and shuffling", min=0,
+                  max=2**64 - 1),  # torch.manual_seed's range
     "data": {
         "dataset": Field("digits", str, "image source", choices=DATASETS),
         "root": Field(None, str, "folder holding (or receiving) the dataset files (csv: the CSV file)", nullable=True),

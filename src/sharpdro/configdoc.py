@@ -30,11 +30,14 @@ def _value(v) -> str:
 def _allowed(f: Field) -> str:
     if f.choices is not None:
         return ", ".join(_value(c) for c in f.choices) + (" (each)" if f.item_type is not None else "")
+    def bound(x) -> str:  # an integer exactly (seed <= 2**64 - 1), a float short
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     parts = []
     if f.min is not None:
-        parts.append(f">= {f.min:g}")
+        parts.append(f">= {bound(f.min)}")
     if f.max is not None:
-        parts.append(f"<= {f.max:g}")
+        parts.append(f"<= {bound(f.max)}")
     return ", ".join(parts)
 
 

@@ -20,6 +20,7 @@ process.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,10 +36,11 @@ from sharpdro import methods
 from sharpdro.calibration import summary_fields
 from sharpdro.data.groups import group_label, group_names_of, group_word
 from sharpdro.errors import NonFiniteLossError, SharpDROError, TrainingError
-from sharpdro.io import atomic_write_json, atomic_write_text, append_jsonl, read_jsonl
+from sharpdro.io import append_jsonl, atomic_write_json, atomic_write_text, check_path_name, jsonl_text, read_jsonl
 from sharpdro.loggers import open_loggers
 from sharpdro.metrics import select_epoch
-from sharpdro.rundir import RunDir, checkpoint_backend, find_checkpoint  # noqa: F401  (find_checkpoint: public API)
+from sharpdro.rundir import (RunDir, checkpoint_backend, find_checkpoint,  # noqa: F401  (find_checkpoint: public API)
+                             hold_lock, lock_holder)
 
 log = logging.getLogger("sharpdro")
 
@@ -114,11 +116,12 @@ def evaluate_sets(session, sets: dict, batch_size: int, processes=None) -> dict:
     With several processes each rank evaluates every ``world_size``-th image and the
     additive statistics are summed over ranks (every rank gets the same result).
     """
+    from sharpdro.backends.base import finite_logits
     from sharpdro.calibration import evaluate_arrays, severity_block
 
     rank, world = (0, 1) if processes is None else (processes.rank, processes.world_size)
     sevs = sorted(sets)
-    local = np.stack([evaluate_arrays(lambda x: session.predict_logits(x, batch_size), sets[s].images[rank::world],
+    local = np.stack([evaluate_arrays(lambda x: finite_logits(session, x, batch_size), sets[s].images[rank::world],
                                       sets[s].labels[rank::world]) for s in sevs])
     return severity_block(sevs, local if world == 1 else processes.all_reduce_sum(local))
 
@@ -149,7 +152,14 @@ def check_runnable(cfg: dict, splits, backend) -> None:
 
     # once, on the host: the steps then see valid ids only (on a GPU they check without a host sync)
     check_group_array(splits.train.severity, splits.num_groups, "the training set")
-    counts = np.bincount(splits.train.severity, minlength=splits.num_groups)
+    check_split_runnable(cfg, np.bincount(splits.train.severity, minlength=splits.num_groups), backend)
+    check_config_runnable(cfg)
+
+
+def check_split_runnable(cfg: dict, counts, backend) -> None:
+    """What the training split must hold (``counts``: its images per severity); ``build_splits`` checks it
+    before it builds the cache."""
+    counts = np.asarray(counts)
     name = cfg["algorithm"]["name"]
     if backend.requires_groups(cfg) and (counts > 0).sum() < 2:
         raise SharpDROError(
@@ -157,9 +167,14 @@ def check_runnable(cfg: dict, splits, backend) -> None:
             f"{int((counts > 0).sum())} non-empty severity group (counts {counts.tolist()}); raise "
             f"data.train_per_class, use data.protocol=iid, or pick an algorithm that needs no severity labels "
             f"({', '.join(methods.group_agnostic())})")
-    if len(splits.train) < cfg["train"]["batch_size"]:
-        raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {len(splits.train)} "
+    if int(counts.sum()) < cfg["train"]["batch_size"]:
+        raise SharpDROError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {int(counts.sum())} "
                             f"training images; lower train.batch_size")
+
+
+def check_config_runnable(cfg: dict) -> None:
+    """The checks of a config that need no data."""
+    name = cfg["algorithm"]["name"]
     methods.get(name).validate(cfg["algorithm"])  # the method's cross-key checks (ConfigError)
     if cfg["data"]["sampler"] == "group_balanced" and not methods.get(name).group_sampling:
         raise SharpDROError(
@@ -240,32 +255,47 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
     cfg = _resolve_precision(cfg, backend, run, resume, procs)
     last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = tracker = None
+    owner = contextlib.ExitStack()  # rank 0: the run directory's lock, held until train returns
+    created: list[Path] = []  # the folders this call made: a start that fails removes them again
+    started = False
     try:
-        refusal, changes = None, {}
+        refusal, changes, finished = None, {}, None
         if main:  # rank 0 decides; every rank raises the same refusal
             try:
+                check_path_name(run_dir, "the run directory")
                 _refuse_foreign_folder(run)
-                if run_dir.exists() and not resume and run.holds_run():
+                created = _own_run_dir(run, owner)
+                if not resume and run.holds_run():
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
                 if resume and run.config.exists():
                     changes = _check_same_config(run.config, cfg, allow_changes)
+                finished = _previous_summary(run) if resume else None
+                if resume and finished is None:
+                    _check_checkpoint_present(run, cfg)
+                run.remove_temp_files()  # of a process killed while writing (this one holds the lock)
             except SharpDROError as exc:
                 refusal = str(exc)
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
+        finished = procs.broadcast(finished)
+        check_config_runnable(cfg)
         show = cfg["train"]["progress"] and main
         t_start = time.time()
         if splits is None:
             from sharpdro.data.splits import build_splits
 
+            def check(train_per_severity):  # before the cache of the splits is built
+                check_split_runnable(cfg, train_per_severity, backend)
+
             # One process per node builds (and caches) the splits first; the others then read the cache.
             if procs.local_rank == 0:
-                splits = build_splits(cfg, progress=show)
+                splits = build_splits(cfg, progress=show, check=check)
             procs.barrier()
             if splits is None:
                 splits = build_splits(cfg, progress=False)
+        check_runnable(cfg, splits, backend)
         # Before the run directory is touched: a resumed run continues on the data it trained on.
         refusal = None
         if main and resume:
@@ -276,12 +306,15 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
+        if finished is not None:  # a finished run is never rewritten: its summary is the result
+            if main and run.read_data() is None:
+                _record_data(run, cfg, splits)  # a run written before data fingerprints records them from now on
+            _echo(f"{run_dir} is finished (its {run.summary.name}): nothing to resume, nothing changed", main)
+            return finished
         if main:
-            previous = _previous_summary(run) if resume else None
             handler = _start_run_dir(run, cfg)
             _record_data(run, cfg, splits)
             tracker = open_loggers(cfg, run_dir)  # output.loggers (sharpdro.loggers); rank 0 only
-        check_runnable(cfg, splits, backend)
         session = backend.create_session(cfg, splits)
         batches = _BatchFactory(cfg, splits.train, procs.rank, procs.world_size, val=splits.val)
         session.set_batch_factory(batches)
@@ -301,7 +334,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             if main:
                 records = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else [])
                            if r["epoch"] < start_epoch]
-                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+                atomic_write_text(metrics_path, jsonl_text(records))
             records = procs.broadcast(records)
             if main and resume_from == last_ckpt.name:
                 _repair_best(records, rule, start_epoch, cfg, last_ckpt, best_ckpt)
@@ -310,6 +343,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 _record_changes(run, changes, start_epoch)
         elif main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint starts over
+        started = True
 
         prestage = _prestage(session, batches, cfg, splits, run, main, show)
         world = f", {procs.world_size} processes" if procs.world_size > 1 else ""
@@ -367,19 +401,28 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
             summary["hardware"] = hardware(cfg)
         if main and run.changes.exists():
             summary["config_changes"] = read_jsonl(run.changes)
-        summary["wall_seconds"] = _wall_seconds(previous if main else None, records, start_epoch, epochs, t_start)
+        summary["wall_seconds"] = _wall_seconds(records, start_epoch, t_start)
         if procs.world_size > 1:
             summary["processes"] = procs.world_size
         if main:
             atomic_write_json(run.summary, summary)
         procs.barrier()  # every rank leaves together (and after rank 0 has written everything)
         return summary
+    except BaseException:
+        if not started and created:
+            if handler is not None:  # closed before its folder goes
+                log.removeHandler(handler)
+                handler.close()
+                handler = None
+            _remove_created(created)  # a failed start leaves no run folder behind
+        raise
     finally:
         if tracker is not None:
             tracker.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+        owner.close()
         procs.close()
 
 
@@ -462,7 +505,7 @@ def _evaluate_selected(session, splits, records: list[dict], cfg: dict, run: Run
         if "train_fit" not in sel:
             sel["train_fit"] = _fit_block(session, splits.train, bs, procs)
         if procs.is_main:
-            atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_text(run.metrics, jsonl_text(records))
             tracker.log({"epoch": sel["epoch"], **{k: sel[k] for k in ("test", "extra_test") if k in sel}})
     if procs.is_main and not cfg["output"]["save_best"]:
         best.unlink(missing_ok=True)  # kept only for this evaluation
@@ -518,24 +561,29 @@ def sampler(cfg: dict) -> str:
 
 def _start_run_dir(run: RunDir, cfg: dict) -> logging.Handler:
     """Create the run directory, its marker and config.yaml; a folder that cannot be written is one clear error."""
-    import errno
-
-    from sharpdro.io import DiskFullError, disk_full_error
-
     try:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_marker(config_mod.config_hash(cfg))
         run.checkpoints.mkdir(exist_ok=True)
         config_mod.dump_config(cfg, run.config)
         return _setup_log_file(run)
-    except DiskFullError:
-        raise
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise disk_full_error(run.path) from None
-        where = exc.filename or run.path
-        raise SharpDROError(f"cannot write the run directory {run.path} ({exc.strerror or exc}: {where}); choose a "
-                            f"folder you can write with --out (or output.dir)") from None
+        raise _run_dir_error(run, exc) from None
+
+
+def _run_dir_error(run: RunDir, exc: OSError) -> SharpDROError:
+    """One clear error for a run directory that cannot be written (a full disk: the space needed and free)."""
+    import errno
+
+    from sharpdro.io import disk_full_error
+
+    if isinstance(exc, SharpDROError):
+        return exc
+    if exc.errno == errno.ENOSPC:
+        return disk_full_error(run.path)
+    where = exc.filename or run.path
+    return SharpDROError(f"cannot write the run directory {run.path} ({exc.strerror or exc}: {where}); choose a "
+                         f"folder you can write with --out (or output.dir)")
 
 
 def _previous_summary(run: RunDir) -> dict | None:
@@ -545,13 +593,54 @@ def _previous_summary(run: RunDir) -> dict | None:
         return None
 
 
-def _wall_seconds(previous: dict | None, records: list[dict], start_epoch: int, epochs: int, t_start: float) -> float:
-    """The run's total wall time: a finished run that is resumed keeps its own; an interrupted one adds this
-    session to the epochs it had already run (their ``seconds``)."""
-    if previous is not None and start_epoch >= epochs and "wall_seconds" in previous:
-        return float(previous["wall_seconds"])
+def _wall_seconds(records: list[dict], start_epoch: int, t_start: float) -> float:
+    """The run's total wall time: a resumed run adds this session to the epochs it had already run (their
+    ``seconds``); a finished one is never resumed (its summary keeps its own)."""
     before = sum(float(r.get("seconds", 0.0)) for r in records[:start_epoch])
     return before + time.time() - t_start
+
+
+def _own_run_dir(run: RunDir, owner: contextlib.ExitStack) -> list[Path]:
+    """Create the run directory if needed and take its lock (one process per run directory) into ``owner``;
+    returns the folders it created, outermost first. A second process is refused in one line."""
+    created = [p for p in (run.path, *run.path.parents) if not p.exists()][::-1]
+    try:
+        mine = owner.enter_context(hold_lock(run.path, nested=True))  # nested: a sweep job's own lock
+    except OSError as exc:
+        _remove_created(created)
+        raise _run_dir_error(run, exc) from None
+    if not mine:
+        raise SharpDROError(f"run directory {run.path} is in use by another sharpdro process (pid "
+                            f"{lock_holder(run.path)}, training or resuming it); nothing was changed. Wait for "
+                            f"it to end, or choose another --out / output.name")
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders a failed start made (the run directory and the parents it created for it)."""
+    if created:
+        shutil.rmtree(created[-1], ignore_errors=True)
+        for folder in reversed(created[:-1]):
+            try:
+                folder.rmdir()  # only while empty: another run may have been started inside meanwhile
+            except OSError:
+                break
+
+
+def _check_checkpoint_present(run: RunDir, cfg: dict) -> None:
+    """--resume of a run that has trained (it wrote a checkpoint: best, or the metrics of a second epoch)
+    needs its last checkpoint: without it the run would silently start over and replace its results."""
+    if run.existing_checkpoint("last", cfg["backend"]) is not None:
+        return
+    best = run.existing_checkpoint("best", cfg["backend"])
+    epochs = [int(r["epoch"]) for r in run.epoch_records()]
+    if best is None and not any(e >= 1 for e in epochs):
+        return  # killed before its first checkpoint: it starts over (nothing of value is lost)
+    held = f"{best.name} and " if best is not None else ""
+    raise SharpDROError(f"--resume: {run.checkpoint('last', cfg['backend'])} is missing, but the run has "
+                        f"trained ({held}{len(epochs)} epoch(s) in {run.metrics.name}); nothing was changed. Put "
+                        f"the last checkpoint back to continue the run, or start a new run (another --out or "
+                        f"output.name)")
 
 
 # Keys --resume may change with allow_changes (--allow-optimizer-changes): read afresh every epoch or step,
@@ -597,11 +686,11 @@ def _data_record(cfg: dict, splits) -> dict | None:
 
 def _check_same_data(run: RunDir, cfg: dict, splits) -> None:
     """Refuse to resume a run on other data than it recorded; a run without a record (written before
-    fingerprints) resumes as before, and one without a checkpoint starts over on the data given."""
+    fingerprints) resumes as before, and one that has not trained yet starts over on the data given."""
     old, new = run.read_data(), _data_record(cfg, splits)
     if old is None or new is None or old["fingerprint"] == new["fingerprint"]:
         return
-    if run.existing_checkpoint("last", cfg["backend"]) is None:
+    if not (run.summary.exists() or any(run.existing_checkpoint(k, cfg["backend"]) for k in ("last", "best"))):
         return
 
     def where(r: dict) -> str:

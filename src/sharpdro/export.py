@@ -82,24 +82,55 @@ def _selected_epoch(run, ckpt: Path, summary: Mapping) -> int | None:
     return None
 
 
+def _foreign_files(out: Path) -> list[str]:
+    """The files an export into ``out`` would replace that sharpdro did not write (an export's config.json
+    says its format; its model.safetensors names sharpdro as producer in its header)."""
+    foreign = []
+    if (out / CONFIG_FILE).exists():
+        try:
+            ours = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            foreign.append(CONFIG_FILE)
+    if (out / MODEL_FILE).exists():
+        try:
+            with open(out / MODEL_FILE, "rb") as f:  # safetensors: an 8-byte length, then a JSON header
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n)) if 0 < n < 100_000_000 else {}
+            ours = str(header.get("__metadata__", {}).get("producer", "")).startswith("sharpdro")
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            foreign.append(MODEL_FILE)
+    return foreign
+
+
 def export_run(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export a run directory's selected model (its best checkpoint, else its last) or a checkpoint file."""
-    save_file = _safetensors_torch().save_file
+    """Export a run directory's selected model (its best checkpoint, else its last) or a checkpoint file.
+
+    Never replaces a file sharpdro did not write (a user's own ``config.json`` in ``out``); the two files are
+    both written before either replaces an earlier export's, so a full disk leaves that export whole."""
+    st = _safetensors_torch()
     from sharpdro.version import __version__
     from sharpdro.config import config_hash
-    from sharpdro.io import atomic_path, atomic_write_json
+    from sharpdro.io import atomic_path, check_path_name, dumps_json
     from sharpdro.rundir import find_checkpoint, run_of_checkpoint
 
+    out = Path(out)
+    check_path_name(out, "the export folder")
+    foreign = _foreign_files(out)
+    if foreign:
+        raise ExportError(f"{out} holds {' and '.join(foreign)} that sharpdro did not write; nothing was written. "
+                          f"Export into a new or empty folder (or an earlier export of sharpdro) with --out")
     ckpt = find_checkpoint(path)
     session, cfg = _torch_session(ckpt)
     run = run_of_checkpoint(ckpt)
     summary = run.read_summary() if run.summary.is_file() else {}
     model = session.algorithm.model
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / MODEL_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sharpdro {__version__}"})
+    # in memory, then through atomic_path: safetensors' own save_file reports a full disk as a SafetensorError
+    weights = st.save(state, metadata={"format": "pt", "producer": f"sharpdro {__version__}"})
     m, d = cfg["model"], cfg["data"]
     mean, std = session.norm
     meta = {
@@ -121,7 +152,10 @@ def export_run(path: str | os.PathLike, out: str | os.PathLike) -> Path:
                 "seed": cfg["seed"], "backend": cfg["backend"]},
         "test_accuracy": summary.get("test_accuracy"),
     }
-    atomic_write_json(out / CONFIG_FILE, meta)
+    with atomic_path(out / MODEL_FILE, need=len(weights)) as tmp_model:
+        tmp_model.write_bytes(weights)
+        with atomic_path(out / CONFIG_FILE) as tmp_config:
+            tmp_config.write_text(dumps_json(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -133,9 +167,15 @@ def read_export_config(directory: str | os.PathLike) -> dict:
     if missing:
         raise ExportError(f"{d} is not a sharpdro export folder (missing {', '.join(missing)}); "
                           f"write one with `sharpdro export RUN --out DIR`")
-    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{cfg_path} is not a sharpdro export config (format {meta.get('format')!r})")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{cfg_path} cannot be read ({exc}): the export is incomplete or damaged (an interrupted "
+                          f"copy?); copy it again, or export the run again with `sharpdro export RUN --out DIR`") \
+            from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != EXPORT_FORMAT:
+        raise ExportError(f"{cfg_path} is not a sharpdro export config (format {fmt!r})")
     if int(meta.get("version", 0)) > EXPORT_VERSION:
         raise ExportError(f"{cfg_path} was written by a newer sharpdro (export version {meta['version']}); "
                           f"upgrade sharpdro")
@@ -143,7 +183,15 @@ def read_export_config(directory: str | os.PathLike) -> dict:
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
-    return _safetensors_torch().load_file(str(Path(directory).expanduser() / MODEL_FILE), device="cpu")
+    path = Path(directory).expanduser() / MODEL_FILE
+    load_file = _safetensors_torch().load_file
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors (SafetensorError, OSError) vary by version
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path} cannot be read ({first}): the export is incomplete or damaged (an interrupted "
+                          f"copy?); copy it again, or export the run again with `sharpdro export RUN --out DIR`") \
+            from None
 
 
 def _build(arch: Mapping, num_classes: int | None = None) -> nn.Module:

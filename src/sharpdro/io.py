@@ -1,7 +1,11 @@
 """Atomic file writes: a finished result or checkpoint is never half-written.
 
 Everything that outlives a process goes through a temp file in the same folder,
-fsync, then ``os.replace``; a full disk or a kill leaves the previous file intact.
+fsync, ``os.replace``, then an fsync of the folder (so that the rename itself survives a
+power cut); a full disk or a kill leaves the previous file intact.  A place that cannot be
+written (read-only file system, no permission, a name too long) is one :class:`WriteError`
+naming it.  JSON is written without bare ``NaN`` / ``Infinity`` (not JSON; strict readers
+reject them): a non-finite number is written as ``null``.
 The result has the mode an ordinary ``open()`` would give (0666 minus the umask), not
 ``mkstemp``'s 0600, so labmates on a shared server can read results and caches.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +31,55 @@ class DiskFullError(SharpDROError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class WriteError(SharpDROError, OSError):
+    """A path that cannot be written (read-only file system, no permission, a name too long): one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# what each of these errors means for the user
+_UNWRITABLE = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "a name in the path is too long"}
+
+
+def write_error(path: str | os.PathLike, exc: OSError, what: str = "", need: int | None = None) -> OSError:
+    """What to raise for ``exc`` while writing ``path`` (``what``: how to call it, default the path; ``need``:
+    the bytes to write, when known): a DiskFullError or a WriteError that says what is wrong and what to do;
+    ``exc`` itself when it is neither."""
+    if isinstance(exc, SharpDROError):
+        return exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full_error(path, need, what=what)
+    if exc.errno == errno.ENAMETOOLONG:
+        return WriteError(exc.errno, f"cannot write {what or path}: {_UNWRITABLE[exc.errno]}; nothing was written "
+                                     f"there. Choose a shorter name")
+    if exc.errno in _UNWRITABLE:
+        return WriteError(exc.errno, f"cannot write {what or path}: {_UNWRITABLE[exc.errno]} "
+                                     f"({_existing_parent(Path(path))}); nothing was written there. Choose a place "
+                                     f"you can write")
+    return exc
+
+
+def check_path_name(path: str | os.PathLike, what: str = "the path") -> None:
+    """Refuse a path the file system cannot hold (a name longer than NAME_MAX, the whole longer than PATH_MAX)
+    before anything is created: otherwise the first stat fails, deep inside, after folders were made."""
+    path = Path(path)
+    try:
+        name_max = os.pathconf(_existing_parent(path), "PC_NAME_MAX")
+        path_max = os.pathconf(_existing_parent(path), "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no pathconf (Windows)
+        name_max, path_max = 255, 4096
+    long = [p for p in path.parts if len(os.fsencode(p)) > name_max]
+    size = len(os.fsencode(str(path.absolute())))
+    if long or size >= path_max:
+        why = (f"a name of {len(os.fsencode(long[0]))} bytes, at most {name_max}" if long else
+               f"{size} bytes, at most {path_max - 1}")
+        shown = str(path) if len(str(path)) <= 100 else str(path)[:60] + "..." + str(path)[-20:]
+        raise WriteError(errno.ENAMETOOLONG, f"{what} {shown} is too long for the file system ({why}); nothing was "
+                                             f"written. Choose a shorter name")
 
 
 def disk_full_error(path: str | os.PathLike, need: int | None = None, what: str = "") -> DiskFullError:
@@ -57,9 +111,26 @@ def human_bytes(n: int | float) -> str:
 
 def _existing_parent(path: Path) -> Path:
     for p in (path, *path.parents):
-        if p.exists():
-            return p
+        try:
+            if p.exists():
+                return p
+        except OSError:  # a name too long for the file system
+            continue
     return Path(".")
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in folder ``path`` durable (where the platform allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 _UMASK_LOCK = threading.Lock()
@@ -94,11 +165,9 @@ def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Pa
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise disk_full_error(path, need) from None
-        raise
+        raise write_error(path, exc, need=need) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -107,14 +176,41 @@ def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Pa
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename is in the folder's data: without this a power cut may undo it
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
-            raise disk_full_error(path, need) from None
-        raise
+        raise write_error(path, exc, need=need) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+TMP_SUFFIX = ".tmp"  # atomic_path's temp files: .<name>.<random>.tmp beside <name>
+
+
+def is_atomic_temp(path: str | os.PathLike) -> bool:
+    """A temp file of :func:`atomic_path` (left behind only by a process killed while writing)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3
+
+
+class _RecordingFile:
+    """A binary file that remembers the OSError of a failed write: torch.save swallows it and reports
+    ``unexpected pos`` instead (a real full disk, 2 MiB tmpfs: docs/reliability.md)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -126,33 +222,56 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def dumps_json(obj: Any, **kwargs) -> str:
+    """The project's JSON: NumPy scalars and arrays as numbers and lists, paths as strings, and a non-finite
+    number (NaN, infinity) as ``null`` (bare ``NaN`` is not JSON); used by every JSON file it writes."""
+    return json.dumps(_finite(obj), allow_nan=False, default=_json_default, **kwargs)
+
+
+def jsonl_text(records) -> str:
+    """JSON lines, one per record (``dumps_json``)."""
+    return "".join(dumps_json(r) + "\n" for r in records)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, dumps_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None], need: int | None = None) -> None:
-    """Call ``writer(tmp_path)`` (e.g. torch.save / np.save) and move the result into place.
-
-    A writer should write through a Python file object (``torch.save(obj, f)``, not a path), so that a
-    full disk surfaces as ENOSPC rather than as a library's own error."""
+    """Call ``writer(tmp_path)`` (e.g. ``fig.savefig``) and move the result into place. A library that
+    writes through a file object is better served by :func:`atomic_write_stream`."""
     with atomic_path(path, need) as tmp:
         writer(tmp)
+
+
+def atomic_write_stream(path: str | os.PathLike, writer: Callable[[Any], None], need: int | None = None) -> None:
+    """Call ``writer(f)`` with a binary file object (``torch.save(obj, f)``, ``np.savez(f, ...)``) and move the
+    result into place. A write that fails (a full disk) is the error raised, whatever the library made of it."""
+    with atomic_path(path, need) as tmp:
+        with open(tmp, "wb") as raw:
+            f = _RecordingFile(raw)
+            try:
+                writer(f)
+            except Exception:
+                if f.error is not None:
+                    raise f.error from None
+                raise
+            if f.error is not None:  # swallowed and not reported at all
+                raise f.error
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line (flushed and fsynced: a crash loses at most the line being written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, default=_json_default) + "\n"
+    line = dumps_json(record) + "\n"
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:  # read_jsonl ignores the partial line a full disk may leave
-            raise disk_full_error(path, len(line)) from None
-        raise
+    except OSError as exc:  # a full disk: read_jsonl ignores the partial line it may leave
+        raise write_error(path, exc, need=len(line)) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -168,6 +287,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return out
+
+
+def _finite(o):
+    """``o`` with every non-finite float (NumPy's too) replaced by None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if type(o).__module__ == "numpy":
+        return _finite(_json_default(o))
+    return o
 
 
 def _json_default(o):

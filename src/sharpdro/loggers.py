@@ -33,6 +33,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -301,9 +302,13 @@ def export_logs(path, to: str = "tensorboard", out=None) -> list[Path]:
             if tb_dir.is_dir():
                 for f in tb_dir.glob("events.out.tfevents.*"):
                     f.unlink()
+        records = run.epoch_records()
+        lost = run.lost_lines_note(records)
+        if lost is not None:  # exported as they are, but never silently
+            warnings.warn(lost, stacklevel=2)
         handle = open_loggers(cfg, d, names=[to], fresh=True, tensorboard_dir=tb_dir)
         try:
-            for rec in run.epoch_records():
+            for rec in records:
                 handle.log(rec)
         finally:
             handle.close()

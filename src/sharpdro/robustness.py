@@ -380,7 +380,9 @@ def evaluate_run_corruptions(path, cifar_c=None, imagenet_c=None, overrides: Seq
         test0 = build_splits(cfg, progress=progress).test[0]
         clean_set = (test0.images, test0.labels)
     ref = load_reference(reference, source, corruptions, severities, device, progress) if reference else None
-    result = evaluate_predict(lambda x: session.predict_logits(x, bs), source, clean=clean_set,
+    from sharpdro.backends.base import finite_logits
+
+    result = evaluate_predict(lambda x: finite_logits(session, x, bs), source, clean=clean_set,
                               corruptions=corruptions, severities=severities, reference=ref, progress=progress)
     result.update(checkpoint=str(ckpt), algorithm=cfg["algorithm"]["name"], model=cfg["model"]["name"],
                   label=f"{cfg['algorithm']['name']} ({cfg['model']['name']})",

@@ -16,8 +16,11 @@ A run directory holds::
     tensorboard/       TensorBoard event files (``output.loggers: [tensorboard]``, ``sharpdro export-logs``)
     tracking.json      the MLflow / W&B run ids of this run, so a resumed run logs into the same one
 
-A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback),
-``.lock`` (held by the process running it) and ``slurm.json`` (submitted to Slurm).
+    .lock              the process writing the run holds an flock on it (:func:`hold_lock`): one
+                       process per run directory, ``train`` and a sweep's job alike
+
+A sweep adds ``done`` (the job finished), ``error.txt`` (it failed: the traceback) and
+``slurm.json`` (submitted to Slurm).
 
 Every other module asks this one for a path or a fact about a run (is it finished,
 which checkpoint to load, which run a checkpoint belongs to, which backend wrote it);
@@ -25,10 +28,19 @@ none of them spells a file name.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import threading
 import zipfile
 from pathlib import Path
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locks
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG = "config.yaml"
 DATA = "data.json"  # what the data is (its fingerprint), since data.root only says where it was
@@ -50,7 +62,7 @@ CHANGES = "config-changes.jsonl"
 TENSORBOARD = "tensorboard"
 TRACKING = "tracking.json"
 
-# Files written by the sweep around a run, not by the trainer.
+# Files that are not the trainer's results: the lock (train's and a sweep job's) and the sweep's bookkeeping.
 SWEEP_FILES = (LOCK, ERROR, SLURM_MARKER)
 # Any of these marks a folder as (the beginning of) a run.
 RUN_MARKERS = (MARKER, CONFIG, METRICS, SUMMARY, DONE, ERROR)
@@ -127,11 +139,13 @@ class RunDir:
 
     def is_ours(self) -> bool:
         """A run directory of this project: its marker file, or (runs written before the marker existed)
-        a ``config.yaml`` with this project's sections."""
+        a ``config.yaml`` with this project's sections beside what the trainer writes next (a folder holding
+        only a user's own config.yaml is the user's)."""
         if self.marker.is_file():
             return True
         cfg = self.read_config()
-        return cfg is not None and all(isinstance(cfg.get(s), dict) for s in _CONFIG_SECTIONS)
+        return (cfg is not None and all(isinstance(cfg.get(s), dict) for s in _CONFIG_SECTIONS)
+                and any(p.exists() for p in (self.log, self.checkpoints, self.metrics, self.summary)))
 
     def foreign_files(self) -> list[str]:
         """Names in a folder that is not a run directory of this project (empty when it is one, or holds
@@ -185,6 +199,44 @@ class RunDir:
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text(encoding="utf-8"))
 
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files of atomic writes that a killed process left (``.last.pt.<random>.tmp``);
+        only the process holding the run's lock may call this (no write of its own is under way)."""
+        from sharpdro.io import is_atomic_temp
+
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for p in (folder.iterdir() if folder.is_dir() else ()):
+                if is_atomic_temp(p) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    def missing_epochs(self, records: list[dict] | None = None) -> list[int]:
+        """The epochs (0-based) of a finished run that its ``metrics.jsonl`` lacks (lines lost, e.g. a truncated
+        copy): every epoch of a run has its line, and its summary says how many epochs it ran. Empty for an
+        unfinished run, a complete file, or a summary that does not say."""
+        if not self.summary_finished():
+            return []
+        try:
+            epochs = self.read_summary().get("epochs")
+        except (OSError, ValueError):
+            return []
+        if not isinstance(epochs, int) or isinstance(epochs, bool):
+            return []
+        have = {int(r["epoch"]) for r in (self.epoch_records() if records is None else records)}
+        return [e for e in range(epochs) if e not in have]
+
+    def lost_lines_note(self, records: list[dict] | None = None) -> str | None:
+        """What a reader of a finished run must say when its ``metrics.jsonl`` lacks epochs (None: complete)."""
+        missing = self.missing_epochs(records)
+        if not missing:
+            return None
+        shown = ", ".join(str(e + 1) for e in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        return (f"{self.metrics} lacks the line(s) of epoch {shown} of this finished run (lost, e.g. a truncated "
+                f"copy): numbers read from it are not the run's ({self.summary.name} holds its result); restore "
+                f"the file from the run's original")
+
     def epoch_records(self) -> list[dict]:
         """``metrics.jsonl``, one record per epoch (the last written wins, after a resume), by epoch."""
         from sharpdro.io import read_jsonl
@@ -205,6 +257,88 @@ class RunDir:
             return f"failed ({ERROR} unreadable)"
         text = lines[-1] if lines else f"failed (empty {ERROR})"
         return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ------------------------------------------------------------------ one process per run directory
+# The lock files this process holds, by (pid, st_dev, st_ino). A sweep job holds its folder's lock while it
+# calls train in the same process; train's own hold_lock(nested=True) then finds it here (a second flock on
+# another descriptor of the same file would fail against its own process).
+_HELD: set[tuple[int, int, int]] = set()
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def hold_lock(directory: str | os.PathLike, nested: bool = False) -> Iterator[bool]:
+    """Hold ``directory/.lock`` (an flock, gone with its process even when killed); yields False when another
+    process holds it. ``nested``: a lock this process holds already counts as held (``train`` inside a sweep
+    job); otherwise it is another holder (yields False). Creates ``directory``."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield True
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        st = os.fstat(fd)
+        key = (os.getpid(), st.st_dev, st.st_ino)
+        with _HELD_GUARD:
+            mine = key in _HELD
+        if mine:  # held by an enclosing hold_lock of this process (closing this fd leaves its flock alone)
+            yield nested
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                yield False
+                return
+            import warnings  # a file system without locks (some network mounts): go on, and say so
+
+            warnings.warn(f"cannot lock {directory / LOCK} ({exc.strerror}): a second process on this folder "
+                          f"would not be noticed", stacklevel=3)
+            yield True
+            return
+        with _HELD_GUARD:
+            _HELD.add(key)
+        try:
+            try:  # who holds it, for the message of a refused second process (best effort: a full disk)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            yield True
+        finally:
+            with _HELD_GUARD:
+                _HELD.discard(key)
+    finally:
+        os.close(fd)
+
+
+def lock_held(directory: str | os.PathLike) -> bool:
+    """Whether a live process (this one included) holds ``directory/.lock``."""
+    lock = Path(directory) / LOCK
+    if fcntl is None or not lock.exists():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:  # another descriptor: fails against a holder in this process too
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def lock_holder(directory: str | os.PathLike) -> str:
+    """The process id written into a held lock file, as text ('?' when unknown)."""
+    try:
+        text = (Path(directory) / LOCK).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return "?"
+    return text if text.isdigit() else "?"
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -253,6 +387,40 @@ def checkpoint_backend(ckpt: str | os.PathLike) -> str:
     if cfg is not None and isinstance(cfg.get("backend"), str):
         return cfg["backend"]
     return "torch"
+
+
+# The keys a checkpoint's state is laid out by: another value is another network or algorithm state.
+_STATE_KEYS = (("algorithm", "name"), ("model", "name"), ("model", "width"))
+
+
+def check_checkpoint_fits(path: str | os.PathLike, written: dict | None, cfg: dict) -> None:
+    """Refuse a checkpoint that another method or network wrote (its stored config ``written``) before it is
+    loaded into the run of ``cfg``: loading it fails deep inside, or worse, half succeeds."""
+    from sharpdro.errors import TrainingError
+
+    if not isinstance(written, dict):
+        return
+    differ = [f"{s}.{k}" for s, k in _STATE_KEYS
+              if isinstance(written.get(s), dict) and k in written[s] and written[s][k] != cfg[s][k]]
+    if differ:
+        def spell(c: dict) -> str:
+            return f"{c['algorithm']['name']!r} ({c['model']['name']}, width {c['model']['width']})"
+
+        raise TrainingError(f"checkpoint {path} was written by a run of method {spell(written)}; this run is "
+                            f"{spell(cfg)} (differs in {', '.join(differ)}), so it cannot continue from it. Put this "
+                            f"run's own checkpoint there, or use the checkpoint with a run of that method")
+
+
+def check_finite_weights(path: str | os.PathLike, bad: list[str]) -> None:
+    """Refuse a checkpoint whose network weights ``bad`` (their names) hold NaN or infinity: a damaged file
+    (flipped bits) or a run that diverged; every prediction from it would be meaningless."""
+    from sharpdro.errors import TrainingError
+
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise TrainingError(f"checkpoint {path} holds non-finite weights (NaN or infinity in {shown}): the file is "
+                            f"damaged or its run diverged. Use the run's other checkpoint (best / last), or a copy "
+                            f"of this one that is intact")
 
 
 def unreadable_checkpoint_message(path: str | os.PathLike, exc: BaseException) -> str:

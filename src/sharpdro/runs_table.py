@@ -5,7 +5,8 @@ One row per run x split x severity x epoch, with these columns:
 =================  ==========================================================================
 ``run``            the run folder's name (a sweep's job hash)
 ``run_dir``        its path
-``status``         ``done`` (finished), ``failed`` (``error.txt``) or ``partial``
+``status``         ``done`` (finished), ``failed`` (``error.txt``), ``partial``, or ``damaged`` (finished,
+                   but its ``metrics.jsonl`` lacks epochs: a warning names them)
 ``split``          ``train``, ``val``, ``test`` or ``extra_test``
 ``severity``       0..S (int)
 ``epoch``          0-based epoch (int)
@@ -70,6 +71,12 @@ def run_rows(path) -> list[dict]:
     flat = _flat_config(cfg)
     records = run.epoch_records()
     status = "done" if run.is_finished() else ("failed" if run.error.exists() else "partial")
+    lost = run.lost_lines_note(records)
+    if lost is not None:
+        import warnings
+
+        warnings.warn(lost, stacklevel=2)
+        status = "damaged"
     try:
         selected = int(select_epoch(records, cfg.get("eval", {}).get("selection", "worst"))["epoch"])
     except (ValueError, KeyError):

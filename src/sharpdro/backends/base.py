@@ -62,6 +62,20 @@ class Backend(Protocol):
     # ``loss_landscape`` (measure_session(...) for ``sharpdro sharpness``).
 
 
+def finite_logits(session: Session, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``session.predict_logits``, refused when an output is NaN or infinite: an argmax of NaN is class 0, which
+    would be reported as a prediction, or as an accuracy (the share of class 0)."""
+    logits = session.predict_logits(images, batch_size)
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        from sharpdro.errors import TrainingError
+
+        raise TrainingError(f"the model's outputs are not finite (NaN or infinity) for {int(bad.sum())} of "
+                            f"{len(logits)} images: its weights are damaged or overflow, so no prediction or "
+                            f"accuracy is reported. Use another checkpoint of the run, or train it again")
+    return logits
+
+
 def session_shape(splits: Splits) -> dict:
     """What every backend's session derives from the training data (and stores in its checkpoints)."""
     from sharpdro.data.normalize import channel_mean_std

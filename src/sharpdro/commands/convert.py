@@ -18,9 +18,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     # the conversion module imports no framework at module level
     from sharpdro.backends.mindspore import convert
+    from pathlib import Path
+
     from sharpdro.errors import TrainingError
+    from sharpdro.io import check_path_name
     from sharpdro.rundir import checkpoint_format, find_checkpoint
 
+    out = Path(args.out)
+    check_path_name(out, "OUT")
+    if out.is_dir() or (out.exists() and checkpoint_format(out) is None):  # never replace a file it did not write
+        raise TrainingError(f"{out} exists and is not a sharpdro checkpoint; nothing was written. Choose another "
+                            f"OUT (or move that {'folder' if out.is_dir() else 'file'} away first)")
     src = find_checkpoint(args.src)
     kind = checkpoint_format(src)
     if kind is None:

@@ -29,6 +29,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from sharpdro.io import WriteError
+
+    try:
+        return _run(args)
+    except WriteError as exc:  # e.g. a run on a read-only file system: the result was printed already
+        raise WriteError(exc.errno, f"{exc} with --json PATH (the result is printed above)") from None
+
+
+def _run(args) -> int:
     if args.cifar_c or args.imagenet_c:  # the standard corruption benchmark: sharpdro.robustness
         from sharpdro.robustness import run_command
 

@@ -16,7 +16,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from sharpdro.backends.base import get_backend
+    from sharpdro.backends.base import finite_logits, get_backend
     from sharpdro.data.sources import decode_image
     from sharpdro.errors import DataError
     from sharpdro.rundir import checkpoint_backend, find_checkpoint
@@ -33,7 +33,7 @@ def run(args) -> int:
             failed.append(path)
             print(f"sharpdro predict: error: {exc}", file=sys.stderr)
     if batch:
-        _print_top(paths, session.predict_logits(np.stack(batch), cfg["eval"]["batch_size"]), session.classes,
+        _print_top(paths, finite_logits(session, np.stack(batch), cfg["eval"]["batch_size"]), session.classes,
                    args.top)
     if failed:
         print(f"sharpdro predict: {len(failed)} of {len(args.images)} image(s) could not be read "

@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from sharpdro.errors import CacheError
-from sharpdro.io import disk_full_error, make_ordinary
+from sharpdro.io import disk_full_error, fsync_dir, make_ordinary
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -186,19 +186,6 @@ def _write_entry(tmp: Path, key: Mapping, arrays: Mapping[str, np.ndarray], info
     return manifest
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def clean_stale_tmp(root: Path, max_age_s: float = _STALE_TMP_SECONDS) -> int:
     """Remove temp folders left by killed builders (older than ``max_age_s``). Returns how many."""
     n = 0
@@ -281,7 +268,7 @@ def get_or_build(root: str | os.PathLike, key: Mapping, build: Callable[[], Mapp
                 warnings.warn(f"cache entry {path} was written by another process meanwhile; using it",
                               stacklevel=2)
             return load_entry(path, key)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

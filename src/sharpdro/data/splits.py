@@ -30,6 +30,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -345,10 +346,12 @@ def load_source(cfg: dict, progress: bool = True) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
-def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: bool = False) -> Splits:
+def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: bool = False,
+                 check: Callable[[np.ndarray], None] | None = None) -> Splits:
     """Load the source, split it by the Poisson protocol, corrupt every set (cached) and return Splits.
 
-    ``cache=False`` builds in memory and writes nothing; ``rebuild=True`` replaces the cache entry.
+    ``cache=False`` builds in memory and writes nothing; ``rebuild=True`` replaces the cache entry;
+    ``check(train images per severity)`` may refuse the split before anything is corrupted or written.
     """
     from sharpdro.config import validate
     from sharpdro.data import cache as cache_mod
@@ -365,6 +368,8 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
     table = resolve_table(d["table"], int(train.images.shape[1]))
     _warn_if_recompressing(train, d, table)
     plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
+    if check is not None:
+        check(plan.train_counts().sum(axis=0))
     key = cache_key_fields(cfg, train, test, table)
     key_hash = cache_mod.key_hash(key)
 

@@ -193,6 +193,9 @@ def load_run(d: Path, selection: str = "worst", config: dict | None = None, name
         return Run(name, cfg, "missing")
     records = run_dir.epoch_records()
     if run_dir.is_finished():
+        lost = run_dir.lost_lines_note(records)
+        if lost is not None:  # selecting among the epochs left would report other numbers than the run's
+            return Run(name, cfg, "failed", records, error=lost)
         run = Run(name, cfg, "done", records, group_names=group_names_of(run_dir.read_data()))
         try:
             rec = select_epoch(records, selection)

@@ -5,13 +5,13 @@ its config, the epoch metrics, checkpoints (``partial``) -> the summary -> :func
 writes the ``done`` marker atomically.  A finished job is skipped; a partial one is run
 again with ``resume=True``; a job that raises leaves ``error.txt`` (the traceback, status
 ``failed``).  While a job runs, its process holds an ``flock`` on the job's ``.lock``
-(released when the process ends, even when killed), so two sweeps started on the same
+(:func:`sharpdro.rundir.hold_lock`, the run directory's own lock, which ``train`` takes too;
+released when the process ends, even when killed), so two sweeps started on the same
 folder never run the same job.  After a job the backends it used release their cached
 accelerator memory (:func:`sharpdro.backends.base.release_memory`).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import importlib
 import json
@@ -19,17 +19,12 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no job locks
-    fcntl = None  # type: ignore[assignment]
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from sharpdro.errors import SharpDROError
 from sharpdro.experiments.sweep_spec import SweepError
 from sharpdro.io import atomic_write_json, atomic_write_text
-from sharpdro.rundir import DONE, ERROR, LOCK, SLURM_MARKER, RunDir
+from sharpdro.rundir import DONE, ERROR, SLURM_MARKER, RunDir, hold_lock, lock_held
 
 if TYPE_CHECKING:
     from sharpdro.experiments.sweep_spec import Job, SweepSpec
@@ -47,7 +42,7 @@ def job_status(job_dir: str | os.PathLike) -> str:
     d = Path(job_dir)
     if (d / DONE).exists():
         return "done"
-    if _lock_held(d):
+    if lock_held(d):
         return "running"
     if (d / ERROR).exists():
         return "failed"
@@ -63,42 +58,10 @@ def _has_run_files(d: Path) -> bool:
     return RunDir(d).has_trainer_files()
 
 
-def _lock_held(d: Path) -> bool:
-    if fcntl is None or not (d / LOCK).exists():
-        return False
-    try:
-        fd = os.open(d / LOCK, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
-
-
-@contextlib.contextmanager
-def job_lock(job_dir: Path) -> Iterator[bool]:
-    """Hold ``job_dir/.lock`` (flock) while a job runs; yields False when another live process holds it.
-
-    The lock goes away with its process, so a killed sweep leaves no stale lock.
-    """
-    if fcntl is None:  # pragma: no cover - Windows
-        yield True
-        return
-    job_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(job_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+def job_lock(job_dir: Path):
+    """Hold ``job_dir/.lock`` while a job runs (a context manager yielding False when another process, or
+    another holder in this one, holds it): the run directory's lock, :func:`sharpdro.rundir.hold_lock`."""
+    return hold_lock(job_dir)
 
 
 def _summary_finished(job_dir: Path) -> bool:

@@ -121,16 +121,11 @@ def _reorder_like(state: dict, keys) -> dict:
 # --------------------------------------------------------------------------- MindSpore checkpoint file
 def write_checkpoint(path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     """Write the ``.npz`` checkpoint atomically (see the module docstring)."""
-    from sharpdro.io import atomic_save
+    from sharpdro.io import atomic_write_stream
 
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload[META_KEY] = np.frombuffer(json.dumps(meta, default=_json_default).encode("utf-8"), dtype=np.uint8)
-
-    def writer(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-
-    atomic_save(path, writer, need=sum(a.nbytes for a in payload.values()))
+    atomic_write_stream(path, lambda f: np.savez(f, **payload), need=sum(a.nbytes for a in payload.values()))
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:

@@ -36,6 +36,7 @@ from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import TrainEpochSums
+from sharpdro.rundir import check_checkpoint_fits, check_finite_weights
 
 from . import convert
 from sharpdro import methods
@@ -296,6 +297,7 @@ class MindSporeSession:
 
     def load_checkpoint(self, path, weights_only: bool = False) -> dict:
         arrays, meta = convert.read_checkpoint(path)
+        _check_state(path, arrays, meta, self.cfg)
         return self._load_state(arrays, meta, weights_only)
 
     def _load_state(self, arrays: dict, meta: dict, weights_only: bool) -> dict:
@@ -319,6 +321,14 @@ class MindSporeSession:
             if "rng/mindspore" in arrays:
                 ms.set_rng_state(ms.Tensor(arrays["rng/mindspore"]))
         return meta.get("extra", {})
+
+
+def _check_state(path, arrays: dict, state: dict, cfg: dict | None = None) -> None:
+    """Before a checkpoint is loaded: written by this method and network (``cfg``), with finite weights."""
+    if cfg is not None:
+        check_checkpoint_fits(path, (state.get("meta") or {}).get("config"), cfg)
+    check_finite_weights(path, [k for k, v in arrays.items() if k.startswith("algorithm/model.")
+                                and np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()])
 
 
 class MindSporeBackend:
@@ -351,6 +361,7 @@ class MindSporeBackend:
         from sharpdro.config import validate
 
         arrays, state = convert.read_checkpoint(path)
+        _check_state(path, arrays, state)
         meta = state["meta"]
         cfg = validate({**meta["config"], "backend": "mindspore"})  # fills keys added since it was written
         if device is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sharpdro.errors import TrainingError
-from sharpdro.io import atomic_save
+from sharpdro.io import atomic_write_stream
 from sharpdro.rundir import unreadable_checkpoint_message
 
 
@@ -62,14 +62,9 @@ def read_checkpoint(path) -> dict:
 
 
 def write_checkpoint(path, state: dict) -> None:
-    """``torch.save`` through a Python file object into an atomic temp file: a full disk is a
-    DiskFullError naming the path and the size (``torch.save`` to a path says only "unexpected pos")."""
-
-    def writer(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-
-    atomic_save(path, writer, need=state_bytes(state))
+    """``torch.save`` into an atomic temp file: a full disk is a DiskFullError naming the path and the size
+    (torch.save itself says "unexpected pos", to a path and to a file object alike)."""
+    atomic_write_stream(path, lambda f: torch.save(state, f), need=state_bytes(state))
 
 
 def state_bytes(obj) -> int:

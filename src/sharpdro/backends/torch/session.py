@@ -29,6 +29,7 @@ from sharpdro.backends.base import session_shape
 from sharpdro.data.types import Splits
 from sharpdro.errors import NonFiniteLossError, TrainingError
 from sharpdro.metrics import TrainEpochSums
+from sharpdro.rundir import check_checkpoint_fits, check_finite_weights
 
 from .algorithms import build_algorithm
 from .algorithms.base import PrepareContext
@@ -425,6 +426,7 @@ class TorchSession:
             state = broadcast_state(_read_checkpoint(path) if self.rank == 0 else None, self._collective_device())
         else:
             state = _read_checkpoint(path)
+        _check_state(path, state, self.cfg)
         self.algorithm.load_state_dict(state["algorithm"])
         if not weights_only:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -460,6 +462,15 @@ def _raise_compile_error(exc: Exception, cfg: dict) -> None:
 _read_checkpoint = read_checkpoint  # weights_only=True; see .checkpoints
 
 
+def _check_state(path, state: dict, cfg: dict | None = None) -> None:
+    """Before a checkpoint is loaded: written by this method and network (``cfg``), with finite weights."""
+    if cfg is not None:
+        check_checkpoint_fits(path, (state.get("meta") or {}).get("config"), cfg)
+    check_finite_weights(path, [k for k, v in state["algorithm"].items()
+                                if k.startswith("model.") and isinstance(v, torch.Tensor) and v.is_floating_point()
+                                and not bool(torch.isfinite(v).all())])
+
+
 class TorchBackend:
     name = "torch"
 
@@ -487,6 +498,7 @@ class TorchBackend:
 
     def load_for_inference(self, checkpoint_path, device: str | None = None):
         state = _read_checkpoint(checkpoint_path)
+        _check_state(checkpoint_path, state)
         from sharpdro.config import validate
 
         meta = state["meta"]
