@@ -252,7 +252,6 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
     run_dir = run_dir_for(cfg, out_dir)
     run = RunDir(run_dir)
     requested_precision = cfg["train"]["precision"]
-    cfg = _resolve_precision(cfg, backend, run, resume, procs)
     last_ckpt, metrics_path = run.checkpoint("last", cfg["backend"]), run.metrics
     handler = tracker = None
     owner = contextlib.ExitStack()  # rank 0: the run directory's lock, held until train returns
@@ -265,6 +264,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 check_path_name(run_dir, "the run directory")
                 _refuse_foreign_folder(run)
                 created = _own_run_dir(run, owner)
+                cfg = _resolve_precision(cfg, backend, run, resume)
                 if not resume and run.holds_run():
                     raise SharpDROError(f"run directory {run_dir} already holds a run; continue it with --resume, "
                                         f"or choose another --out / output.name")
@@ -279,6 +279,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         refusal = procs.broadcast(refusal)
         if refusal:
             raise SharpDROError(refusal)
+        cfg = {**cfg, "train": {**cfg["train"], "precision": procs.broadcast(cfg["train"]["precision"])}}
         finished = procs.broadcast(finished)
         check_config_runnable(cfg)
         show = cfg["train"]["progress"] and main
@@ -426,7 +427,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
         procs.close()
 
 
-def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool, procs) -> dict:
+def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool) -> dict:
     """``train.precision: auto`` made concrete before anything is compared or written (config.yaml records it).
 
     A resumed run keeps the precision it recorded (a run written before ``auto`` existed recorded fp32),
@@ -436,7 +437,7 @@ def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool, procs) -> 
         return cfg
     here = backend.resolve_precision(cfg)
     value = here
-    if procs.is_main and resume and run.config.exists():
+    if resume and run.config.exists():
         try:
             recorded = ((config_mod.read_yaml(run.config) or {}).get("train") or {}).get("precision", "fp32")
         except (OSError, config_mod.ConfigError):
@@ -446,7 +447,6 @@ def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool, procs) -> 
             if recorded != here:
                 _echo(f"train.precision=auto: {run.path} trained in {recorded} and continues in {recorded} "
                       f"(this machine would resolve auto to {here})")
-    value = procs.broadcast(value)
     return {**cfg, "train": {**cfg["train"], "precision": value}}
 
 
