@@ -82,8 +82,8 @@ SCHEMA: dict[str, Any] = {
         "nesterov": Field(False, bool, "Nesterov momentum"),
         "schedule": Field("step", str, "learning-rate schedule: x gamma at milestones (official) or cosine",
                           choices=("step", "cosine", "constant")),
-        "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of the epochs",
-                            item_type=float),
+        "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of train.epochs "
+                            "(0.3: after 30% of the epochs), not epoch numbers", item_type=float, min=0.0, max=1.0),
         "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
         "device": Field("auto", str, "cpu, cuda, cuda:N or auto", choices=None),
         "precision": Field("fp32", str, "fp32, bf16 (autocast) or fp16 (autocast + dynamic loss scale; "
@@ -218,17 +218,16 @@ def _check_value(path: str, field: Field, value):
     elif t is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, choices=field.choices,
-                                                    finite=field.finite), v)
-                 for i, v in enumerate(value)]
-        return value
+        # min / max bound each item; an item's error quotes the key's help (e.g. milestones are fractions)
+        item = Field(None, field.item_type or str, field.help, choices=field.choices, finite=field.finite,
+                     min=field.min, max=field.max)
+        return [_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
     _check_finite(path, field, value)
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
-    if field.min is not None and value < field.min:
-        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
-    if field.max is not None and value > field.max:
-        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
+    if (field.min is not None and value < field.min) or (field.max is not None and value > field.max):
+        what = f" ({field.help})" if path.endswith("]") and field.help else ""  # a list item: say what items are
+        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}{what}")
     return value
 
 
