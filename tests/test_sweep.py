@@ -278,6 +278,38 @@ def test_sweep_index_and_dry_run(tmp_path, capsys, monkeypatch):
         assert "data.dataset=digits" in entry["overrides"]
 
 
+def test_two_sweeps_writing_the_index_keep_each_others_jobs(tmp_path, monkeypatch):
+    """Issue 25, case 17: sweep.json was read, merged and written back without a lock, so a second sweep
+    that read it while the first was writing lost the first one's entries. The first writer here is held
+    between its read and its write (as a slow disk would hold it) while the second one runs."""
+    import threading
+
+    from sharpdro.experiments import sweep_jobs
+
+    first, second = sw.expand(_spec(seeds=(0, 1))), sw.expand(_spec(seeds=(2, 3)))
+    merged, release = threading.Event(), threading.Event()
+    real = sweep_jobs.atomic_write_json
+
+    def slow_write(path, obj, *a, **k):
+        if threading.current_thread().name == "first":
+            merged.set()  # the first sweep has read and merged the index
+            release.wait(10)
+        return real(path, obj, *a, **k)
+
+    monkeypatch.setattr(sweep_jobs, "atomic_write_json", slow_write)
+    a = threading.Thread(target=sw.write_index, args=(tmp_path, first), name="first")
+    a.start()
+    assert merged.wait(10)
+    b = threading.Thread(target=sw.write_index, args=(tmp_path, second), name="second")
+    b.start()
+    b.join(1.0)  # with the lock, the second sweep waits here for the first
+    release.set()
+    a.join(10)
+    b.join(10)
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert sorted(jobs) == sorted(j.hash for j in first + second)
+
+
 def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     jobs = sw.expand(_spec(seeds=(0, 1)))
     out = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:fake_train_parallel",
