@@ -324,6 +324,44 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     assert again.skipped == 2
 
 
+def train_or_die_on_seed1(cfg, out_dir=None, resume=False):
+    """Seed 1's process is killed (as the OOM killer would) while the others run; each job's span is recorded."""
+    import signal
+    import time
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))  # started: a partial run from here on
+    start = time.time()
+    if cfg["seed"] == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(2.0)
+    summary = _write_fake_run(cfg, out_dir)
+    (out / "span.json").write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time()}))
+    return summary
+
+
+def test_parallel_launcher_runs_one_process_per_job_and_a_dead_one_fails_alone(tmp_path):
+    """Issue 25, case 16: the launcher used ProcessPoolExecutor(max_tasks_per_child=1), a TypeError on Python
+    3.10 and the submit-everything pattern of CPython gh-115634; and a killed worker broke the pool, failing
+    the job running beside it. Now each job has a process of its own, at most --workers alive."""
+    jobs = sw.expand(_spec(seeds=(0, 1, 2, 3)))
+    out = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:train_or_die_on_seed1",
+                       progress=False, log=lambda m: None)
+    status = {j.config["seed"]: sw.job_status(tmp_path / j.hash) for j in jobs}
+    assert status == {0: "done", 1: "failed", 2: "done", 3: "done"}  # seed 0 ran beside the killed seed 1
+    assert (out.done, out.failed) == (3, 1)
+    assert "killed by signal 9" in (tmp_path / jobs[1].hash / "error.txt").read_text()
+    spans = [json.loads((tmp_path / jobs[i].hash / "span.json").read_text()) for i in (0, 2, 3)]
+    assert len({s["pid"] for s in spans}) == 3 and all(s["pid"] != os.getpid() for s in spans)
+    for t in [s["start"] for s in spans]:  # never more than --workers jobs at once (the killed one aside)
+        assert sum(s["start"] <= t < s["end"] for s in spans) <= 2
+    again = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:fake_train_parallel",
+                         progress=False)
+    assert (again.done, again.skipped) == (1, 3)  # the killed job resumes on the next run
+
+
 # --------------------------------------------------------------------------- slurm without a cluster
 
 

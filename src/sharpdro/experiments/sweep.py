@@ -213,83 +213,95 @@ def _run_local(pending, out, train, outcome, progress, say) -> None:
             _after(result, job, outcome, bar, say)
 
 
-def _init_worker(threads: int, gpu_slots=None) -> None:
+def _job_process(conn, cfg: dict, job_dir: str, h: str, train, threads: int, gpu: str | None) -> None:
+    """A parallel job's own process: its thread count and GPU set before the job imports a framework, then
+    :func:`run_job`; the result goes back through ``conn``."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    global _GPU_SLOTS
-    _GPU_SLOTS = gpu_slots
-
-
-_GPU_SLOTS = None  # in a parallel worker on a GPU machine: a queue of free GPU ids (sharpdro.cluster)
-
-
-def run_job_on_own_gpu(cfg: dict, job_dir: str, h: str | None = None, train: Callable | str | None = None) -> dict:
-    """:func:`run_job` in a parallel worker, on one GPU of its own: a free id from the launcher's queue becomes
-    this process's ``CUDA_VISIBLE_DEVICES`` (before CUDA starts: each worker process runs one job) and goes
-    back to the queue when the job ends.  Without GPUs it is :func:`run_job`."""
-    if _GPU_SLOTS is None:
-        return run_job(cfg, job_dir, h, train)
-    gpu = _GPU_SLOTS.get()
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU of its own, before CUDA starts
     try:
-        return run_job(cfg, job_dir, h, train)
-    finally:
-        _GPU_SLOTS.put(gpu)
+        result = run_job(cfg, job_dir, h, train)
+    except BaseException as exc:  # noqa: BLE001 - e.g. the train function cannot be imported
+        _write_error(Path(job_dir), "".join(traceback.format_exception(exc)))
+        result = {"hash": h, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    conn.send(result)
+    conn.close()
 
 
 def _run_parallel(pending, out, train, workers, outcome, progress, say) -> None:
+    """One fresh process per job (spawned, as DomainBed's launcher does), at most ``workers`` alive, polled.
+
+    No process pool: ``ProcessPoolExecutor(max_tasks_per_child=1)`` is a TypeError before Python 3.11, and
+    submitting every job at once is the pattern of CPython gh-115634 (a hang); in a pool one dead worker
+    also broke the jobs running beside it. Here a job whose process dies (killed, out of memory) fails
+    alone, with ``error.txt`` saying so, and the others go on.
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing.connection import wait
 
     from sharpdro.cluster import parallel_devices
 
+    ctx = mp.get_context("spawn")
     threads = max(1, available_cores() // workers)
-    gpus = parallel_devices(workers)  # one GPU per worker slot; [] without GPUs
+    free_gpus = parallel_devices(workers)  # one GPU per worker slot; [] without GPUs
+    gpus = bool(free_gpus)
     queue = list(pending)
-    restarts = 0
-    with _bar(len(pending), progress) as bar:
-        while queue:
-            broken: list[Job] = []
-            ctx = mp.get_context("spawn")
-            slots = ctx.Queue() if gpus else None
-            for g in gpus:
-                slots.put(g)
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx,
-                                       max_tasks_per_child=1, initializer=_init_worker, initargs=(threads, slots))
+    running: dict = {}  # process -> (job, connection, gpu)
+    results: dict = {}  # process -> the result its job sent
+
+    def finish(proc) -> None:
+        job, conn, gpu = running.pop(proc)
+        proc.join()
+        result = results.pop(proc, None)
+        if result is None and conn.poll():
             try:
-                futures = {}
-                for job in queue:
+                result = conn.recv()
+            except (EOFError, OSError):
+                result = None
+        conn.close()
+        if gpu is not None:
+            free_gpus.append(gpu)
+        if result is None:
+            code = proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            msg = (f"the process running this job died ({how}: killed, crashed or out of memory); run the "
+                   f"sweep again to resume it")
+            _write_error(out / job.hash, f"WorkerDied: {msg}\n")
+            result = {"hash": job.hash, "status": "failed", "error": f"worker died: {msg}"}
+        _after(result, job, outcome, bar, say)
+
+    with _bar(len(pending), progress) as bar:
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    job = queue.pop(0)
+                    gpu = free_gpus.pop(0) if gpus else None
+                    recv, send = ctx.Pipe(duplex=False)
                     cfg = _runtime_config(job.config, threads=threads, progress=False)
-                    futures[pool.submit(run_job_on_own_gpu, cfg, str(out / job.hash), job.hash, train)] = job
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        broken.append(job)
-                        continue
-                    except Exception as exc:  # e.g. the train function cannot be pickled
-                        _write_error(out / job.hash, "".join(traceback.format_exception(exc)))
-                        result = {"hash": job.hash, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                    _after(result, job, outcome, bar, say)
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            queue = []
-            for job in broken:  # a worker died (killed, out of memory): the jobs it took down fail,
-                started = job_status(out / job.hash) != "new"  # the ones not started yet run again
-                if started or restarts >= 3:
-                    msg = ("the worker process running this job died (killed, crashed or out of memory), "
-                           "or another worker died and the pool was shut down; run the sweep again to resume it")
-                    _write_error(out / job.hash, f"BrokenProcessPool: {msg}\n")
-                    _after({"hash": job.hash, "status": "failed", "error": f"worker died: {msg}"}, job, outcome,
-                           bar, say)
-                else:
-                    queue.append(job)
-            restarts += 1
+                    proc = ctx.Process(target=_job_process, name=f"sweep-{job.hash}",
+                                       args=(send, cfg, str(out / job.hash), job.hash, train, threads, gpu))
+                    proc.start()
+                    send.close()  # the child holds the other end: EOF when it dies
+                    running[proc] = (job, recv, gpu)
+                by_conn = {running[p][1]: p for p in running if p not in results}  # at EOF once read
+                by_sentinel = {p.sentinel: p for p in running}
+                for ready in wait(list(by_conn) + list(by_sentinel)):
+                    if ready in by_conn:  # a result (read now, so that a large one never blocks its sender)
+                        proc = by_conn[ready]
+                        if proc not in results:
+                            try:
+                                results[proc] = ready.recv()
+                            except (EOFError, OSError):
+                                results[proc] = None
+                for proc in [p for p in running if not p.is_alive()]:
+                    finish(proc)
+        except BaseException:  # Ctrl-C or an error here: no job process outlives the sweep
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.join()
+            raise
 
 
 def _run_slurm(pending, out, train, params, cluster, wait, outcome, progress, say) -> None:
