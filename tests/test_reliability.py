@@ -632,8 +632,11 @@ def test_quickstart_with_other_settings_is_a_new_run(tmp_path):
     second = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.epochs=2")
     assert second.returncode == 0, second.stderr
     assert len(list(out.iterdir())) == 2  # two runs, two folders
-    again = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.threads=2")
+    again = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.progress=true")
     assert again.returncode == 0 and len(list(out.iterdir())) == 2  # runtime keys do not make a new run
+    # another thread count computes other numbers: a run of its own, never the first run's numbers read back
+    threads = _cli("quickstart", "--algorithms", "erm", "--out", out, *sets, "--set=train.threads=2")
+    assert threads.returncode == 0 and len(list(out.iterdir())) == 3
 
 
 @pytest.mark.parametrize("name", ["quickstart", "cifar10", "cifar100", "imagenet30"])

@@ -199,6 +199,36 @@ def test_grid_values_split_outside_brackets_and_bad_keys_fail():
         sw.expand(sw.build_spec(None, grids=["algorithm.name=erm,magic"]))
 
 
+def record_root_train(cfg, out_dir=None, resume=False):
+    summary = _write_fake_run(cfg, out_dir)
+    (Path(out_dir) / "root.txt").write_text(str(cfg["data"]["root"]))
+    return summary
+
+
+def test_a_grid_over_data_root_runs_every_data_set(tmp_path):
+    """Issue 25, case 9: a grid over data.root (a runtime key, out of the job hash) collapsed to one job per
+    seed: the second data set never ran. A runtime key the sweep varies is part of the job's identity."""
+    a, b, c = (str(tmp_path / "data" / n) for n in ("A", "B", "C"))
+    sweep_file = tmp_path / "roots.yaml"
+    sweep_file.write_text(yaml.safe_dump({"set": ["data.dataset=folder", "train.epochs=2"],
+                                          "grid": {"data.root": [a, b], "seed": [0, 1]},
+                                          "include": [{"data.root": c, "seed": 0}]}))
+    jobs = sw.expand(sw.build_spec(sweep_file))
+    assert len({j.hash for j in jobs}) == len(jobs) == 5
+    out = sw.run_sweep(jobs, tmp_path / "sweep", train=record_root_train, progress=False)
+    assert out.done == 5
+    roots = sorted((tmp_path / "sweep" / j.hash / "root.txt").read_text() for j in jobs)
+    assert roots == [a, a, b, b, c]
+    # the data given once for every job (--set, as the committed sweeps do) still names no job: moving it
+    # renames nothing, and the jobs keep the names they had without it
+    common = ["data.dataset=folder", "train.epochs=2"]
+    given = sw.expand(sw.build_spec(None, sets=common + [f"data.root={a}"], grids=["seed=0,1"]))
+    moved = sw.expand(sw.build_spec(None, sets=common + [f"data.root={b}"], grids=["seed=0,1"]))
+    plain = sw.expand(sw.build_spec(None, sets=common, grids=["seed=0,1"]))
+    assert [j.hash for j in given] == [j.hash for j in moved] == [j.hash for j in plain]
+    assert [j.hash for j in plain] == [sw.job_hash(j.config) for j in plain]
+
+
 # --------------------------------------------------------------------------- running
 
 

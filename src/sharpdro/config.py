@@ -96,7 +96,8 @@ SCHEMA: dict[str, Any] = {
         "m_sharpness": Field(False, bool, "data-parallel SAM family: perturb each replica with its own "
                              "gradient (m-sharpness) instead of the all-reduced one"),
         "sync_bn": Field(False, bool, "data-parallel: SyncBatchNorm (batch statistics of the global batch)"),
-        "threads": Field(None, int, "CPU threads (null: the library default)", min=1, nullable=True),
+        "threads": Field(None, int, "CPU threads (null: the library default); the numbers differ in the last "
+                         "bits with another count, so --resume keeps the run's", min=1, nullable=True),
         "deterministic": Field(True, bool, "deterministic kernels (bitwise reproducible on CPU)"),
         "progress": Field(True, bool, "show progress bars"),
     },
@@ -131,9 +132,10 @@ def _sync_algorithm_section() -> None:
 _sync_algorithm_section()
 methods.on_change(_sync_algorithm_section)
 
-# Keys that change where or how fast a run goes, never what it computes: ignored by the
-# sweep's job hash and by the same-config check of --resume. data.root says where the data lies, not
-# what it is: a run records its data's fingerprint instead (rundir.DATA), which --resume compares.
+# Keys that change where or how fast a run goes, not what it is: ignored by the sweep's job hash (unless
+# the sweep varies them: sweep_spec.identity_axes) and by the same-config check of --resume. data.root says
+# where the data lies, not what it is: a run records its data's fingerprint instead (rundir.DATA), which
+# --resume compares. The thread count changes the numbers bit for bit: --resume keeps it (RESUME_SAME).
 RUNTIME_KEYS = (
     "train.threads",
     "train.progress",
@@ -145,6 +147,13 @@ RUNTIME_KEYS = (
     "output.name",
     "output.loggers",
 )
+
+# Keys a run's numbers depend on (bit for bit) that a sweep job's name leaves out or may hold unresolved:
+# train.threads is a runtime key (finished jobs keep their names on another machine or launcher), and
+# train.precision may resolve to another value elsewhere. --resume refuses another value than the run's,
+# naming the key (engine.used_value is the value compared); a finished run read back under another value
+# would show numbers it did not compute.
+RESUME_SAME = ("train.threads", "train.precision")
 
 # Keys whose default changed after sweeps were hashed: their former default, declared beside each key
 # (``Field.identity_default``) and gathered here. A job at the former default keeps the name it had; a

@@ -67,9 +67,11 @@ def result_line(name: str, seed: int, block: dict) -> str:
 
 
 def run_name(cfg: dict) -> str:
-    """``<algorithm>-<hash>``: the hash covers every key except the runtime ones (threads, progress, device...)."""
-    from sharpdro.config import RUNTIME_KEYS, config_hash
+    """``<algorithm>-<hash>``: the hash covers every key except the runtime ones (progress, device...); the
+    thread count counts (another one computes other numbers: config.RESUME_SAME)."""
+    from sharpdro.config import RESUME_SAME, RUNTIME_KEYS, config_hash
 
-    kept = {s: ({k: v for k, v in cfg[s].items() if f"{s}.{k}" not in RUNTIME_KEYS} if isinstance(cfg[s], dict)
+    ignored = set(RUNTIME_KEYS) - set(RESUME_SAME)
+    kept = {s: ({k: v for k, v in cfg[s].items() if f"{s}.{k}" not in ignored} if isinstance(cfg[s], dict)
                 else cfg[s]) for s in cfg}
     return f"{cfg['algorithm']['name']}-{config_hash(kept, 8)}"

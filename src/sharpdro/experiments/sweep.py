@@ -39,6 +39,8 @@ keys (:data:`RUNTIME_KEYS`: threads, progress bars, device, data, cache and outp
 locations) reset to their defaults, so running the same sweep with another
 launcher, worker count or machine, or with the data at another path, finds the jobs
 it already finished (a resumed job checks its data's fingerprint instead: ``rundir.DATA``).
+A runtime key the sweep itself varies (a ``grid`` axis or ``include`` entry over ``data.root``:
+two data sets) is part of the hash (:func:`identity_axes`).
 
 The rooms (this module re-exports their public names):
 
@@ -67,8 +69,8 @@ from sharpdro.experiments.sweep_jobs import (DEFAULT_TRAIN, INDEX, job_lock, job
 from sharpdro.experiments.sweep_slurm import (SlurmJobFunction, make_slurm_executor,  # noqa: F401
                                               parse_slurm_time, slurm_parameters)
 from sharpdro.experiments.sweep_spec import (Job, SweepError, SweepSpec, build_spec, expand,  # noqa: F401
-                                             format_value, job_hash, job_identity, load_sweep, make_override,
-                                             normalize_override, parse_grid_arg, split_values)
+                                             format_value, identity_axes, job_hash, job_identity, load_sweep,
+                                             make_override, normalize_override, parse_grid_arg, split_values)
 from sharpdro.io import atomic_write_json
 from sharpdro.rundir import ERROR, SLURM_MARKER
 
