@@ -199,6 +199,26 @@ def default_config() -> dict:
     return out
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, bounded whatever the value holds (a giant string, a nested list)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8
+    r.maxlevel = 3
+    return cut(r.repr(value), 2 * limit)
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` whole when short, else its head and tail and how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = max(1, limit // 2 - 20)
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters)...{text[-keep:]}"
+
+
 def _check_value(path: str, field: Field, value):
     if value is None:
         if field.nullable:
@@ -210,33 +230,33 @@ def _check_value(path: str, field: Field, value):
         value = _number_from_text(value, t)
     if t is float or t == NUM:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a number, got {shown(value)}")
         value = float(value) if t is float else value
     elif t is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+                raise ConfigError(f"config key '{path}' must be an integer, got {shown(value)}")
     elif t is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be true or false, got {shown(value)}")
     elif t is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a string, got {shown(value)}")
     elif t is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a list, got {shown(value)}")
         # min / max bound each item; an item's error quotes the key's help (e.g. milestones are fractions)
         item = Field(None, field.item_type or str, field.help, choices=field.choices, finite=field.finite,
                      min=field.min, max=field.max)
         return [_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
     _check_finite(path, field, value)
     if field.choices is not None and value not in field.choices:
-        raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
+        raise ConfigError(f"config key '{path}' = {shown(value)} is not allowed; allowed: {field.describe()}")
     if (field.min is not None and value < field.min) or (field.max is not None and value > field.max):
         what = f" ({field.help})" if path.endswith("]") and field.help else ""  # a list item: say what items are
-        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}{what}")
+        raise ConfigError(f"config key '{path}' = {shown(value)} is out of range; allowed: {field.describe()}{what}")
     return value
 
 
@@ -284,7 +304,7 @@ def check_value(dotted: str, value: Any) -> Any:
     """One key's value checked against its schema entry (type, range, choices) and coerced as a config holds it."""
     f = schema_field(dotted)
     if f is None:
-        raise ConfigError(f"unknown config key {dotted!r}")
+        raise ConfigError(f"unknown config key {shown(dotted)}")
     return _check_value(dotted, f, coerce_value(dotted, value))
 
 
@@ -293,7 +313,7 @@ def _check_finite(path: str, field: Field, value) -> None:
     import math
 
     if field.finite and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key '{path}' = {value!r} is not a finite number; allowed: {field.describe()}")
+        raise ConfigError(f"config key '{path}' = {shown(value)} is not a finite number; allowed: {field.describe()}")
 
 
 def validate_or_raw(cfg: Mapping) -> dict:
@@ -313,13 +333,13 @@ def validate(cfg: Mapping) -> dict:
 
     def walk(schema_node, node, prefix):
         if not isinstance(node, Mapping):
-            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {node!r}")
+            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {shown(node)}")
         out = {}
         for key in node:
             if key not in schema_node:
                 allowed = ", ".join(sorted(schema_node))
                 where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
-                raise ConfigError(f"unknown config key '{prefix}{key}' in {where}; allowed keys: {allowed}")
+                raise ConfigError(f"unknown config key '{prefix}{cut(key, 80)}' in {where}; allowed keys: {allowed}")
         for key, sub in schema_node.items():
             path = prefix + key
             if _is_field(sub):
@@ -332,7 +352,7 @@ def validate(cfg: Mapping) -> dict:
     resolve_rho(out["algorithm"])  # rho: null -> SAM's or ASAM's radius
     dev = out["train"]["device"]
     if not dev.startswith(_DEVICE_PREFIXES):
-        raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"config key 'train.device' = {shown(dev)} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     return out
 
 
@@ -350,15 +370,17 @@ def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` -> (['section', 'key'], value parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must be written section.key=value (e.g. train.lr=0.1)")
+        raise ConfigError(f"override {shown(text)} must be written section.key=value (e.g. train.lr=0.1)")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ConfigError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {shown(text)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
+        value = safe_load(raw) if raw.strip() != "" else None
+    except _TooMuch as exc:
+        raise ConfigError(f"override {shown(text)}: {exc.reason}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {shown(text)}: value is not valid YAML ({cut(exc, 300)})") from None
     return path, value
 
 
@@ -371,12 +393,12 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(schema_node, dict) or part not in schema_node:
                 where = ".".join(path[:i]) or "the top level"
                 allowed = ", ".join(sorted(schema_node)) if isinstance(schema_node, dict) else "(none)"
-                raise ConfigError(f"unknown config key '{'.'.join(path)}' in override {text!r}; "
+                raise ConfigError(f"unknown config key {shown('.'.join(path))} in override {shown(text)}; "
                                   f"keys under {where}: {allowed}")
             schema_node = schema_node[part]
             if i == len(path) - 1:
                 if not _is_field(schema_node):
-                    raise ConfigError(f"override {text!r} names a section; name a key under it, "
+                    raise ConfigError(f"override {shown(text)} names a section; name a key under it, "
                                       f"one of: {', '.join(sorted(schema_node))}")
                 node[part] = value
             else:
@@ -439,7 +461,7 @@ def deep_merge(base: Mapping, child: Mapping) -> dict:
 
 def _base_path(name, relative_to: Path) -> Path:
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
-        raise ConfigError(f"{relative_to}: 'base' must name a config file or a shipped config, got {name!r}")
+        raise ConfigError(f"{relative_to}: 'base' must name a config file or a shipped config, got {shown(name)}")
     for cand in (relative_to.parent / str(name), relative_to.parent / f"{name}.yaml"):
         if cand.is_file():
             return cand
@@ -447,12 +469,16 @@ def _base_path(name, relative_to: Path) -> Path:
 
 
 def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping with its ``base`` chain applied (not validated)."""
+    """A config file's mapping with its ``base`` chain applied (not validated); a chain holds at most
+    :data:`MAX_BASE_CHAIN` files."""
     p = Path(path)
     key = p.resolve()
     if key in _chain:
-        cycle = " -> ".join(str(x) for x in (*_chain[_chain.index(key):], key))
-        raise ConfigError(f"config 'base' cycle: {cycle}")
+        cycle = " -> ".join(cut(x, 120) for x in (*_chain[_chain.index(key):], key))
+        raise ConfigError(f"config 'base' cycle: {cut(cycle, 1500)}")
+    if len(_chain) >= MAX_BASE_CHAIN:
+        raise ConfigError(f"config 'base' chain of more than {MAX_BASE_CHAIN} files: {cut(_chain[0], 200)} -> ... -> "
+                          f"{cut(p, 200)}; a config builds on a few, is a 'base' wrong?")
     loaded = read_yaml(p) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
@@ -463,19 +489,97 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     return deep_merge(parent, child)
 
 
+# What a config or sweep file may hold (real ones are a few KB, a few hundred values): reading one takes
+# bounded time and memory whatever it holds. Its values, aliases expanded (each use counted, so "billion
+# laughs" is refused while being read), hold at most MAX_YAML_NODES values and MAX_YAML_WEIGHT characters
+# (about 3 s of PyYAML at most); nesting is at most MAX_YAML_DEPTH deep (the composer recurses), and a base
+# chain holds at most MAX_BASE_CHAIN files.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_YAML_WEIGHT = 4 << 20
+MAX_YAML_DEPTH = 64
+MAX_BASE_CHAIN = 32
+
+
+class _TooMuch(yaml.YAMLError):
+    """A YAML text beyond the limits (a YAMLError, so that any caller of :func:`safe_load` handles it)."""
+
+    def __init__(self, reason: str, mark=None):
+        super().__init__(reason)
+        self.reason, self.mark = reason, mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: a ``!!python/...`` tag is an error, never code) within the limits
+    above: the values and characters are added up while the document is composed (an alias counting what it
+    stands for), before anything is built from it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth, self._nodes, self._weight, self._sizes = 0, 0, 0, {}
+
+    def _add(self, nodes: int, weight: int, mark) -> None:
+        self._nodes += nodes
+        self._weight += weight
+        if self._nodes > MAX_YAML_NODES or self._weight > MAX_YAML_WEIGHT:
+            raise _TooMuch(f"it holds more than {MAX_YAML_NODES} values or {MAX_YAML_WEIGHT >> 20} MiB of text, "
+                           f"aliases expanded (a config holds a few hundred); is it the right file?", mark)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                if id(target) not in self._sizes:  # its anchor's node is still being read
+                    raise _TooMuch(f"the alias *{cut(event.anchor, 40)} is used inside the node it names (a structure "
+                                   f"that holds itself)", event.start_mark)
+                self._add(*self._sizes[id(target)], event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _TooMuch(f"values nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+        nodes, weight = self._nodes, self._weight
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._add(1, 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0), node.start_mark)
+        self._sizes[id(node)] = (self._nodes - nodes, self._weight - weight)
+        return node
+
+
+def safe_load(text: str):
+    """``yaml.safe_load`` within the limits of :class:`_BoundedLoader` (raises its errors)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | os.PathLike):
-    """A YAML file's content (safe loader: never runs code); a syntax error names the file, line and column."""
+    """A YAML file's content (safe loader: never runs code; bounded: :data:`MAX_CONFIG_BYTES` and the
+    loader's limits); a syntax error names the file, line and column."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # never more than the limit read, whatever the file (or device) is
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except IsADirectoryError:
         raise ConfigError(f"{path} is a folder, not a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config or sweep file is a few KB: "
+                          f"is it the right file?")
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    try:
+        return safe_load(text)
+    except _TooMuch as exc:
+        where = f":{exc.mark.line + 1}:{exc.mark.column + 1}" if exc.mark is not None else ""
+        raise ConfigError(f"{path}{where}: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error_message(path, text, exc)) from None
 
@@ -489,8 +593,8 @@ def _yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
     hint = ""
     if "\t" in line[:max(mark.column, 0) + 1] or "\t" in problem or "tab" in problem:
         hint = "; YAML indents with spaces, not tabs: replace the tab by spaces"
-    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{hint}"
-            + (f" (line {mark.line + 1}: {line.strip()!r})" if line.strip() else ""))
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {cut(problem, 300)}{hint}"
+            + (f" (line {mark.line + 1}: {shown(line.strip(), 100)})" if line.strip() else ""))
 
 
 def config_hash(cfg: Mapping, length: int = 10) -> str:

@@ -165,12 +165,16 @@ class RunDir:
         return self.done.exists() or self.summary_finished()
 
     def read_config(self) -> dict | None:
-        """The run's ``config.yaml`` as a dict (None when absent or unreadable); never runs code."""
-        import yaml
+        """The run's ``config.yaml`` as a dict (None when absent or unreadable); never runs code, bounded
+        (:func:`sharpdro.config.read_yaml`)."""
+        from sharpdro.config import read_yaml
+        from sharpdro.errors import ConfigError
 
+        if not self.config.is_file():
+            return None
         try:
-            cfg = yaml.safe_load(self.config.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+            cfg = read_yaml(self.config)
+        except ConfigError:
             return None
         return cfg if isinstance(cfg, dict) else None
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from sharpdro.config import FORMER_DEFAULTS, RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, read_yaml, \
-    parse_override, resolve_config_path, schema_field, shipped_file
+    parse_override, safe_load, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
 _SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description", "tune")
@@ -147,7 +147,7 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):
         try:
-            plain = yaml.safe_load(value) == value
+            plain = safe_load(value) == value
         except yaml.YAMLError:
             plain = False
         if plain and value and not re.search(r"[,\[\]{}#:&*!|>'\"%@`]", value) and value.strip() == value:
