@@ -251,6 +251,25 @@ def test_interrupted_sweep_finishes_on_rerun_without_redoing_jobs(tmp_path):
     assert third.calls == [] and out.skipped == 4
 
 
+def test_a_resumed_job_keeps_the_thread_count_it_began_with(tmp_path):
+    """A job begun by the parallel launcher (threads = cores / workers) and resumed by another launcher or
+    worker count continues with its own thread count: --resume refuses another (issue 25, case 9)."""
+    jobs = sw.expand(_spec(seeds=(0, 1)))
+    begun = tmp_path / jobs[0].hash
+    begun.mkdir()
+    (begun / "config.yaml").write_text(yaml.safe_dump({**jobs[0].config, "train": {**jobs[0].config["train"],
+                                                                                   "threads": 3}}))
+    (begun / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+    seen = {}
+
+    def train(cfg, out_dir=None, resume=False):
+        seen[cfg["seed"]] = (cfg["train"]["threads"], resume)
+        return _write_fake_run(cfg, out_dir)
+
+    assert sw.run_sweep(jobs, tmp_path, train=train, progress=False).ok
+    assert seen == {0: (3, True), 1: (None, False)}  # the new job: the library default, as before
+
+
 def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
     jobs = sw.expand(_spec(seeds=(0, 1, 2)))
     train = CountingTrain(interrupt_on=2, exc=RuntimeError)

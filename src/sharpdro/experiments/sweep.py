@@ -80,13 +80,28 @@ LAUNCHERS = ("local", "parallel", "slurm")
 # --------------------------------------------------------------------------- runtime settings of a launch
 
 
-def _runtime_config(cfg: dict, threads: int | None = None, progress: bool | None = None) -> dict:
+def _runtime_config(cfg: dict, threads: int | None = None, progress: bool | None = None,
+                    job_dir: Path | None = None) -> dict:
+    """The job's config with the launcher's settings: ``threads`` unless the config fixes them, except that a
+    job that began keeps the thread count it began with (its numbers depend on it; --resume refuses another)."""
     cfg = copy.deepcopy(cfg)
-    if threads is not None and cfg["train"].get("threads") is None:
-        cfg["train"]["threads"] = int(threads)
+    if cfg["train"].get("threads") is None:
+        began = _threads_begun_with(job_dir)
+        if began is not None or threads is not None:
+            cfg["train"]["threads"] = int(began if began is not None else threads)
     if progress is not None:
         cfg["train"]["progress"] = bool(progress)
     return cfg
+
+
+def _threads_begun_with(job_dir: Path | None) -> int | None:
+    from sharpdro.rundir import RunDir
+
+    if job_dir is None or not RunDir(job_dir).has_trainer_files():
+        return None
+    recorded = RunDir(job_dir).read_config() or {}
+    threads = (recorded.get("train") or {}).get("threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
 
 
 def available_cores() -> int:
@@ -211,7 +226,7 @@ def _run_local(pending, out, train, outcome, progress, say) -> None:
     with _bar(len(pending), progress) as bar:
         for job in pending:
             bar.set_description(f"sweep {job.hash}")
-            result = run_job(job.config, out / job.hash, job.hash, train)
+            result = run_job(_runtime_config(job.config, job_dir=out / job.hash), out / job.hash, job.hash, train)
             _after(result, job, outcome, bar, say)
 
 
@@ -280,7 +295,7 @@ def _run_parallel(pending, out, train, workers, outcome, progress, say) -> None:
                     job = queue.pop(0)
                     gpu = free_gpus.pop(0) if gpus else None
                     recv, send = ctx.Pipe(duplex=False)
-                    cfg = _runtime_config(job.config, threads=threads, progress=False)
+                    cfg = _runtime_config(job.config, threads=threads, progress=False, job_dir=out / job.hash)
                     proc = ctx.Process(target=_job_process, name=f"sweep-{job.hash}",
                                        args=(send, cfg, str(out / job.hash), job.hash, train, threads, gpu))
                     proc.start()
@@ -315,7 +330,7 @@ def _run_slurm(pending, out, train, params, cluster, wait, outcome, progress, sa
     submitted = []
     with executor.batch():
         for job in pending:
-            cfg = _runtime_config(job.config, threads=threads, progress=False)
+            cfg = _runtime_config(job.config, threads=threads, progress=False, job_dir=out / job.hash)
             submitted.append((job, executor.submit(fn, cfg, str(out / job.hash), job.hash, train)))
     for job, sjob in submitted:
         d = out / job.hash
