@@ -709,13 +709,11 @@ def test_plot_of_runs_differing_in_many_keys(tmp_path, erm_run):
     table = collect(sweep, "worst")
     titles = [plots._block_title(table, row) for row in table.rows]
     assert titles and all(len(title) <= 80 and "settings" in title for title in titles)
-    plt = plots._plt()
-    fig, ax = plt.subplots()
+    fig, ax = plots._figure()
     ax.plot([0, 5], [71.2, 71.8])  # a 0.6-point spread
     plots._readable_accuracy_axis(ax)
     lo, hi = ax.get_ylim()
     assert hi - lo >= 10 and lo <= 71.2 and hi >= 71.8
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------ faults of a shared GPU server (docs/reliability.md)

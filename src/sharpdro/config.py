@@ -97,7 +97,7 @@ SCHEMA: dict[str, Any] = {
                              "gradient (m-sharpness) instead of the all-reduced one"),
         "sync_bn": Field(False, bool, "data-parallel: SyncBatchNorm (batch statistics of the global batch)"),
         "threads": Field(None, int, "CPU threads (null: the library default); the numbers differ in the last "
-                         "bits with another count, so --resume keeps the run's", min=1, nullable=True),
+                         "bits with another count, so --resume refuses another than the run's", min=1, nullable=True),
         "deterministic": Field(True, bool, "deterministic kernels (bitwise reproducible on CPU)"),
         "progress": Field(True, bool, "show progress bars"),
     },

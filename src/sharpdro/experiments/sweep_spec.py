@@ -35,8 +35,8 @@ class SweepError(SharpDROError):
 def job_identity(cfg: Mapping, axes: Sequence[str] = ()) -> dict:
     """What a job computes: the keys whose value differs from the schema default.
 
-    Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, except ``axes``: the runtime keys its sweep
-    varies from job to job (:func:`identity_axes`), and so are keys at their
+    Runtime-only keys (:data:`RUNTIME_KEYS`) are left out (but for ``axes``: those its sweep varies from
+    job to job, :func:`identity_axes`), and so are keys at their
     default, so that adding a config key (with a default) to a later version does not
     rename every finished job of a long sweep.  A key whose default changed
     (``Field.identity_default``, gathered in :data:`~sharpdro.config.FORMER_DEFAULTS`) is left out at its former default, and at its
