@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SharpDROError as exc:
-        from sharpdro.config import cut
+        from sharpdro.errors import cut
 
         # bounded, whatever a file or value put in the message (a giant key, a long base chain)
         print(f"sharpdro {args.command}: error: {cut(exc, MAX_ERROR_CHARS)}", file=sys.stderr)

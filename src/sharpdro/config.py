@@ -20,9 +20,11 @@ import yaml
 
 from sharpdro import methods
 from sharpdro.methods.hparams import resolve_rho
-from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigError lives in errors; re-exported)
+from sharpdro.errors import ConfigError, SharpDROError, cut, shown  # noqa: F401  (ConfigError lives in errors; re-exported)
 from sharpdro.fields import DEFAULT as IDENTITY_DEFAULT_UNSET  # noqa: E402
 from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
+from sharpdro.yaml_input import (MAX_CONFIG_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,  # noqa: F401  (re-exported)
+                                 MAX_YAML_WEIGHT, TooMuchYAML, read_yaml, safe_load)
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet")
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression")
@@ -199,26 +201,6 @@ def default_config() -> dict:
     return out
 
 
-def shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` for a message, bounded whatever the value holds (a giant string, a nested list)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = limit
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8
-    r.maxlevel = 3
-    return cut(r.repr(value), 2 * limit)
-
-
-def cut(text: str, limit: int = 200) -> str:
-    """``text`` whole when short, else its head and tail and how much was left out."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    keep = max(1, limit // 2 - 20)
-    return f"{text[:keep]}...({len(text) - 2 * keep} characters)...{text[-keep:]}"
-
-
 def _check_value(path: str, field: Field, value):
     if value is None:
         if field.nullable:
@@ -377,7 +359,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {shown(text)} has an empty key")
     try:
         value = safe_load(raw) if raw.strip() != "" else None
-    except _TooMuch as exc:
+    except TooMuchYAML as exc:
         raise ConfigError(f"override {shown(text)}: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {shown(text)}: value is not valid YAML ({cut(exc, 300)})") from None
@@ -442,6 +424,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 
 # ------------------------------------------------------------------ config files that build on others
+MAX_BASE_CHAIN = 32  # files in one ``base`` chain (a config builds on a few)
 # ``base: NAME_OR_PATH`` names a base config (a path, relative to the file first, or a shipped config such
 # as ``cifar10``); the file's keys override the base's section by section (a list replaces the base's
 # list). A base may have its own base (a chain); a file that reaches itself again is a cycle, an error.
@@ -487,114 +470,6 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     child = {k: v for k, v in loaded.items() if k != BASE_KEY}
     parent = read_config_file(_base_path(loaded[BASE_KEY], p), (*_chain, key))
     return deep_merge(parent, child)
-
-
-# What a config or sweep file may hold (real ones are a few KB, a few hundred values): reading one takes
-# bounded time and memory whatever it holds. Its values, aliases expanded (each use counted, so "billion
-# laughs" is refused while being read), hold at most MAX_YAML_NODES values and MAX_YAML_WEIGHT characters
-# (about 3 s of PyYAML at most); nesting is at most MAX_YAML_DEPTH deep (the composer recurses), and a base
-# chain holds at most MAX_BASE_CHAIN files.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_YAML_NODES = 100_000
-MAX_YAML_WEIGHT = 4 << 20
-MAX_YAML_DEPTH = 64
-MAX_BASE_CHAIN = 32
-
-
-class _TooMuch(yaml.YAMLError):
-    """A YAML text beyond the limits (a YAMLError, so that any caller of :func:`safe_load` handles it)."""
-
-    def __init__(self, reason: str, mark=None):
-        super().__init__(reason)
-        self.reason, self.mark = reason, mark
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only: a ``!!python/...`` tag is an error, never code) within the limits
-    above: the values and characters are added up while the document is composed (an alias counting what it
-    stands for), before anything is built from it."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth, self._nodes, self._weight, self._sizes = 0, 0, 0, {}
-
-    def _add(self, nodes: int, weight: int, mark) -> None:
-        self._nodes += nodes
-        self._weight += weight
-        if self._nodes > MAX_YAML_NODES or self._weight > MAX_YAML_WEIGHT:
-            raise _TooMuch(f"it holds more than {MAX_YAML_NODES} values or {MAX_YAML_WEIGHT >> 20} MiB of text, "
-                           f"aliases expanded (a config holds a few hundred); is it the right file?", mark)
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            target = self.anchors.get(event.anchor)
-            if target is not None:
-                if id(target) not in self._sizes:  # its anchor's node is still being read
-                    raise _TooMuch(f"the alias *{cut(event.anchor, 40)} is used inside the node it names (a structure "
-                                   f"that holds itself)", event.start_mark)
-                self._add(*self._sizes[id(target)], event.start_mark)
-            return super().compose_node(parent, index)
-        self._depth += 1
-        if self._depth > MAX_YAML_DEPTH:
-            raise _TooMuch(f"values nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
-        nodes, weight = self._nodes, self._weight
-        try:
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        self._add(1, 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0), node.start_mark)
-        self._sizes[id(node)] = (self._nodes - nodes, self._weight - weight)
-        return node
-
-
-def safe_load(text: str):
-    """``yaml.safe_load`` within the limits of :class:`_BoundedLoader` (raises its errors)."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | os.PathLike):
-    """A YAML file's content (safe loader: never runs code; bounded: :data:`MAX_CONFIG_BYTES` and the
-    loader's limits); a syntax error names the file, line and column."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:  # never more than the limit read, whatever the file (or device) is
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a YAML file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config or sweep file is a few KB: "
-                          f"is it the right file?")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    try:
-        return safe_load(text)
-    except _TooMuch as exc:
-        where = f":{exc.mark.line + 1}:{exc.mark.column + 1}" if exc.mark is not None else ""
-        raise ConfigError(f"{path}{where}: {exc.reason}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_error_message(path, text, exc)) from None
-
-
-def _yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if mark is None:
-        return f"{path}: not valid YAML ({problem})"
-    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
-    hint = ""
-    if "\t" in line[:max(mark.column, 0) + 1] or "\t" in problem or "tab" in problem:
-        hint = "; YAML indents with spaces, not tabs: replace the tab by spaces"
-    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {cut(problem, 300)}{hint}"
-            + (f" (line {mark.line + 1}: {shown(line.strip(), 100)})" if line.strip() else ""))
 
 
 def config_hash(cfg: Mapping, length: int = 10) -> str:

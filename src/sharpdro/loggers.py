@@ -46,6 +46,7 @@ from sharpdro.rundir import RunDir
 LOGGERS = ("tensorboard", "mlflow", "wandb")
 MLRUNS = "mlruns"  # the default MLflow store's folder, beside the run directories
 MLFLOW_DB = "mlflow.db"  # the default store itself: SQLite, in MLRUNS
+MLFLOW_DB_LOCK = "mlflow.db.lock"  # held while a job creates the database's tables or the experiment
 _EXTRA = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 _SPLITS = ("val", "test", "extra_test")
 _PER_SEVERITY = {"accuracy": "acc", "loss": "loss", "ece": "ece", "nll": "nll", "brier": "brier"}
@@ -163,7 +164,7 @@ class MLflowLogger:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PACKAGE)
-        with _file_lock(None if store is None else store.with_name(store.name + ".lock")):
+        with _file_lock(None if store is None else store.with_name(MLFLOW_DB_LOCK)):
             # the jobs of a parallel sweep start together: one creates the database's tables and the experiment
             exp = self.client.get_experiment_by_name(name)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(

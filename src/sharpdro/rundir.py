@@ -166,9 +166,9 @@ class RunDir:
 
     def read_config(self) -> dict | None:
         """The run's ``config.yaml`` as a dict (None when absent or unreadable); never runs code, bounded
-        (:func:`sharpdro.config.read_yaml`)."""
-        from sharpdro.config import read_yaml
+        (:func:`sharpdro.yaml_input.read_yaml`)."""
         from sharpdro.errors import ConfigError
+        from sharpdro.yaml_input import read_yaml
 
         if not self.config.is_file():
             return None

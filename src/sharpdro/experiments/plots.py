@@ -34,6 +34,7 @@ from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log
                                               severity_series, spread_text, summarize_values)
 from sharpdro.experiments.report import Row, Table, _fmt_value, collect
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
+from sharpdro.version import PACKAGE
 
 FORMATS = ("png", "svg")
 
@@ -126,7 +127,7 @@ def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) 
     for t in targets:
         fmt = t.suffix.lower().lstrip(".")
         metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
-        with matplotlib.rc_context({"svg.hashsalt": "sharpdro"}):  # stable SVG ids, for this save only
+        with matplotlib.rc_context({"svg.hashsalt": PACKAGE}):  # stable SVG ids, for this save only
             fig.savefig(t, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
         out.append(t)
     return out
