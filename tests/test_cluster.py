@@ -83,6 +83,22 @@ def test_ranks_from_slurm_variables():
     assert environ["RANK"] == "5" and slurm_rank(environ) == 5 and slurm_rank({}) == 0
 
 
+def test_first_host_follows_slurms_hostlist_grammar():
+    from itertools import islice
+
+    from sharpdro.cluster import expand_hostlist
+
+    assert first_host("node[01-04]-ib") == "node01-ib"  # text after the brackets is part of the host
+    assert first_host("a[1-2]b[3-4]") == "a1b3"  # several bracket groups
+    assert list(expand_hostlist("a[1-2]b[3-4]")) == ["a1b3", "a1b4", "a2b3", "a2b4"]
+    assert list(expand_hostlist("gpu[08-10,3],login")) == ["gpu08", "gpu09", "gpu10", "gpu3", "login"]
+    assert first_host(" r[7]n[001-128] ") == "r7n001"
+    assert list(islice(expand_hostlist("n[0-99999999999]"), 2)) == ["n0", "n1"]  # lazily: no giant list
+    with pytest.raises(ValueError):
+        list(expand_hostlist("n[b-a]"))
+    assert first_host("n[b-a]") == "n[b-a]"  # not a host list: the text as given (MASTER_ADDR shows it)
+
+
 def test_torch_backend_reads_slurm_ranks(monkeypatch):
     from sharpdro.backends.torch.distributed import env_world
 

@@ -87,6 +87,21 @@ def test_step_schedule_official_milestones():
     assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(5, cos) == pytest.approx(0.05)
 
 
+def test_milestones_given_as_epoch_numbers_are_refused(tmp_path):
+    """Issue 25, case 8: MultiStepLR's habit ``[30, 60, 80]`` passed and the rate never decayed (a milestone
+    of 30 x the epochs is never reached): now one error that says milestones are fractions of training."""
+    for text in ("train.milestones=[30, 60, 80]", "train.milestones=[0.5, 75]", "train.milestones=[-0.1]"):
+        with pytest.raises(ConfigError, match=r"train\.milestones\[\d\]' = .* out of range.*fractions of "
+                                              r"train\.epochs.*not epoch numbers"):
+            load_config("cifar10", ["train.epochs=100", text])
+    path = tmp_path / "c.yaml"
+    path.write_text("base: cifar10\ntrain: {epochs: 100, milestones: [30, 60, 80]}\n")
+    with pytest.raises(ConfigError, match="fractions of train.epochs"):
+        load_config(path)
+    cfg = load_config("cifar10", ["train.epochs=100", "train.milestones=[0.3, 0.6, 0.8]", "train.lr=0.1"])
+    assert [lr_at(e, cfg) for e in (29, 30, 60, 80)] == pytest.approx([0.1, 0.02, 0.004, 0.0008])
+
+
 def test_exponent_notation_is_a_number():
     # YAML 1.1 would read 1e-3 as a string
     assert load_config("quickstart", ["train.lr=1e-3"])["train"]["lr"] == pytest.approx(1e-3)

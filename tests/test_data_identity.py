@@ -124,3 +124,22 @@ def test_resume_follows_the_data_not_its_path(tmp_path):
     again = train(_cfg(elsewhere), out_dir=stop, resume=True)
     assert again["test_accuracy"] == full["test_accuracy"]
     assert json.loads((stop / "data.json").read_text())["fingerprint"] == record["fingerprint"]
+
+
+def test_resume_with_another_thread_count_or_precision_is_refused(tmp_path):
+    """Issue 25, case 9: a rerun with another train.threads printed "resumed" and showed the old run's numbers
+    (threads is a runtime key, out of the sweep's job names, yet the numbers depend on it). --resume now
+    refuses another thread count or precision than the run's, naming the key; the job's name is unchanged."""
+    here = _class_folders(tmp_path / "data", seed=0)
+    run = tmp_path / "run"
+    first = train(_cfg(here), out_dir=run)  # train.threads=1, fp32
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for override, key, was in (("train.threads=2", "train.threads", "1"), ("train.threads=null", "train.threads", "1"),
+                               ("train.precision=bf16", "train.precision", "fp32")):
+        cfg = load_config("quickstart", [*TINY, f"data.root={here}", override])
+        with pytest.raises(SharpDROError) as exc:
+            train(cfg, out_dir=run, resume=True)
+        assert f"--resume with {key} = " in str(exc.value) and f"--set {key}={was}" in str(exc.value)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing touched
+    assert job_hash(load_config("quickstart", [*TINY, "train.threads=2"])) == job_hash(_cfg(here))  # same name
+    assert train(_cfg(here), out_dir=run, resume=True)["test_accuracy"] == first["test_accuracy"]

@@ -1,5 +1,6 @@
 """output.loggers: metrics.jsonl mirrored to TensorBoard / MLflow (read back from their files) and W&B (a stub)."""
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -30,19 +31,20 @@ def read_tensorboard(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def read_mlflow_store(store: Path) -> list[dict]:
-    """MLflow's file store read directly: <store>/<experiment id>/<run id>/{metrics,params,tags}/<key>."""
+    """The default MLflow store (``<store>/mlflow.db``, SQLite) read back with a client of its own; the status
+    as the file store's ``meta.yaml`` line (``status: 3`` = FINISHED)."""
+    from mlflow.entities import RunStatus, ViewType
+    from mlflow.tracking import MlflowClient
+
+    assert (store / "mlflow.db").is_file() and not list(store.glob("*/meta.yaml"))  # SQLite, not a file store
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     runs = []
-    for meta in store.glob("*/*/meta.yaml"):
-        run = meta.parent
-        metrics = {}
-        for f in (run / "metrics").rglob("*"):
-            if f.is_file():
-                rows = [line.split() for line in f.read_text().splitlines() if line.strip()]
-                metrics[f.relative_to(run / "metrics").as_posix()] = [(int(r[2]), float(r[1])) for r in rows]
-        params = {f.relative_to(run / "params").as_posix(): f.read_text()
-                  for f in (run / "params").rglob("*") if f.is_file()}
-        status = [line for line in meta.read_text().splitlines() if line.startswith("status:")]
-        runs.append({"id": run.name, "metrics": metrics, "params": params, "status": status})
+    for exp in client.search_experiments(view_type=ViewType.ALL):
+        for r in client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL):
+            metrics = {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
+                       for k in r.data.metrics}
+            runs.append({"id": r.info.run_id, "metrics": metrics, "params": dict(r.data.params),
+                         "status": [f"status: {RunStatus.from_string(r.info.status)}"]})
     return runs
 
 
@@ -91,6 +93,39 @@ def test_resumed_run_logs_into_the_same_mlflow_run(tmp_path):
     train(tiny("output.loggers=[mlflow]", "train.epochs=1"), out_dir=run, resume=True)  # nothing left: same run
     runs = read_mlflow_store(tmp_path / "runs" / "mlruns")
     assert len(runs) == 1
+
+
+def test_mlflow_defaults_to_sqlite_and_sets_nothing_process_wide(tmp_path, monkeypatch):
+    """Issue 25, case 21: the default was MLflow 3's deprecated file store, opened by setting
+    MLFLOW_ALLOW_FILE_STORE for the whole process. Now a SQLite file, or the user's MLFLOW_TRACKING_URI."""
+    pytest.importorskip("mlflow")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    before = dict(os.environ)
+    run = tmp_path / "runs" / "r"
+    handle = open_loggers(tiny("output.loggers=[mlflow]"), run)
+    handle.log({"epoch": 0, "lr": 0.5})
+    handle.close()
+    assert dict(os.environ) == before  # nothing set for the rest of the process
+    assert handle.trackers == [] and (tmp_path / "runs" / "mlruns" / "mlflow.db").is_file()
+    (ml,) = read_mlflow_store(tmp_path / "runs" / "mlruns")
+    assert ml["metrics"]["lr"] == [(0, 0.5)]
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()  # nothing in the working folder
+
+    own = tmp_path / "elsewhere" / "mine.db"  # the user's tracking URI wins
+    own.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{own}")
+    open_loggers(tiny("output.loggers=[mlflow]"), tmp_path / "runs2" / "r").close()
+    assert own.is_file() and not (tmp_path / "runs2" / "mlruns").exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # find_spec(None module) raises ValueError
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "sqlalchemy" else real(n, *a))
+    with pytest.raises(LoggerError, match=r"needs sqlalchemy .*sharpdro\[mlflow\]"):
+        open_loggers(tiny("output.loggers=[mlflow]"), tmp_path / "runs3" / "r")
 
 
 def test_wandb_offline_through_its_api(tmp_path, monkeypatch):

@@ -90,6 +90,42 @@ def test_plot_sharpness(tmp_path):
     assert one == [tmp_path / "one.svg"] and one[0].stat().st_size > 1000
 
 
+def test_plotting_leaves_the_callers_backend_rcparams_and_figures_alone(sweep_dir, tmp_path):
+    """Issue 25, case 20: the plots called matplotlib.use("Agg", force=True) and set a global rcParam, so
+    plotting from a notebook switched the notebook's backend. They now draw on Figure objects of their own."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        import matplotlib
+        matplotlib.use("svg")  # the caller's backend (a notebook's would be inline)
+        import matplotlib.pyplot as plt
+        plt.rcParams["lines.linewidth"] = 3.25
+        mine = plt.figure()
+        before = {{k: repr(v) for k, v in matplotlib.rcParams.items()}}
+        from sharpdro.experiments import plots
+        plots.plot_dir({str(sweep_dir)!r})
+        a = plots.plot_sharpness({{"erm": {{0: {{"radii": [0, 0.1], "mean_increase": [0, 1], "worst_increase": 1}}}}}},
+                                 {str(tmp_path / "a.svg")!r})[0]
+        b = plots.plot_sharpness({{"erm": {{0: {{"radii": [0, 0.1], "mean_increase": [0, 1], "worst_increase": 1}}}}}},
+                                 {str(tmp_path / "b.svg")!r})[0]
+        after = {{k: repr(v) for k, v in matplotlib.rcParams.items()}}
+        json.dump({{"backend": matplotlib.get_backend(), "figures": plt.get_fignums(), "mine": plt.gcf() is mine,
+                   "changed": sorted(k for k in before if before[k] != after[k]),
+                   "same_svg": open(a, "rb").read() == open(b, "rb").read()}}, sys.stdout)
+    """)
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    state = json.loads(res.stdout)
+    assert state == {"backend": "svg", "figures": [1], "mine": True, "changed": [], "same_svg": True}
+    assert len(list((sweep_dir / "plots").glob("*.png"))) == 3  # and the figures were written
+
+
 def test_sharpness_runs_of_one_algorithm_share_a_colour(tmp_path, figures):
     """Seeds of one method (labels ERM_s1, ERM_s2, ...) are drawn in their method's colour with a line style
     each, so that a figure of nine runs reads as three methods."""

@@ -205,6 +205,36 @@ def test_grid_values_split_outside_brackets_and_bad_keys_fail():
         sw.expand(sw.build_spec(None, grids=["algorithm.name=erm,magic"]))
 
 
+def record_root_train(cfg, out_dir=None, resume=False):
+    summary = _write_fake_run(cfg, out_dir)
+    (Path(out_dir) / "root.txt").write_text(str(cfg["data"]["root"]))
+    return summary
+
+
+def test_a_grid_over_data_root_runs_every_data_set(tmp_path):
+    """Issue 25, case 9: a grid over data.root (a runtime key, out of the job hash) collapsed to one job per
+    seed: the second data set never ran. A runtime key the sweep varies is part of the job's identity."""
+    a, b, c = (str(tmp_path / "data" / n) for n in ("A", "B", "C"))
+    sweep_file = tmp_path / "roots.yaml"
+    sweep_file.write_text(yaml.safe_dump({"set": ["data.dataset=folder", "train.epochs=2"],
+                                          "grid": {"data.root": [a, b], "seed": [0, 1]},
+                                          "include": [{"data.root": c, "seed": 0}]}))
+    jobs = sw.expand(sw.build_spec(sweep_file))
+    assert len({j.hash for j in jobs}) == len(jobs) == 5
+    out = sw.run_sweep(jobs, tmp_path / "sweep", train=record_root_train, progress=False)
+    assert out.done == 5
+    roots = sorted((tmp_path / "sweep" / j.hash / "root.txt").read_text() for j in jobs)
+    assert roots == [a, a, b, b, c]
+    # the data given once for every job (--set, as the committed sweeps do) still names no job: moving it
+    # renames nothing, and the jobs keep the names they had without it
+    common = ["data.dataset=folder", "train.epochs=2"]
+    given = sw.expand(sw.build_spec(None, sets=common + [f"data.root={a}"], grids=["seed=0,1"]))
+    moved = sw.expand(sw.build_spec(None, sets=common + [f"data.root={b}"], grids=["seed=0,1"]))
+    plain = sw.expand(sw.build_spec(None, sets=common, grids=["seed=0,1"]))
+    assert [j.hash for j in given] == [j.hash for j in moved] == [j.hash for j in plain]
+    assert [j.hash for j in plain] == [sw.job_hash(j.config) for j in plain]
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -225,6 +255,25 @@ def test_interrupted_sweep_finishes_on_rerun_without_redoing_jobs(tmp_path):
     third = CountingTrain()
     out = sw.run_sweep(jobs, tmp_path, train=third, progress=False)
     assert third.calls == [] and out.skipped == 4
+
+
+def test_a_resumed_job_keeps_the_thread_count_it_began_with(tmp_path):
+    """A job begun by the parallel launcher (threads = cores / workers) and resumed by another launcher or
+    worker count continues with its own thread count: --resume refuses another (issue 25, case 9)."""
+    jobs = sw.expand(_spec(seeds=(0, 1)))
+    begun = tmp_path / jobs[0].hash
+    begun.mkdir()
+    (begun / "config.yaml").write_text(yaml.safe_dump({**jobs[0].config, "train": {**jobs[0].config["train"],
+                                                                                   "threads": 3}}))
+    (begun / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+    seen = {}
+
+    def train(cfg, out_dir=None, resume=False):
+        seen[cfg["seed"]] = (cfg["train"]["threads"], resume)
+        return _write_fake_run(cfg, out_dir)
+
+    assert sw.run_sweep(jobs, tmp_path, train=train, progress=False).ok
+    assert seen == {0: (3, True), 1: (None, False)}  # the new job: the library default, as before
 
 
 def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
@@ -284,6 +333,38 @@ def test_sweep_index_and_dry_run(tmp_path, capsys, monkeypatch):
         assert "data.dataset=digits" in entry["overrides"]
 
 
+def test_two_sweeps_writing_the_index_keep_each_others_jobs(tmp_path, monkeypatch):
+    """Issue 25, case 17: sweep.json was read, merged and written back without a lock, so a second sweep
+    that read it while the first was writing lost the first one's entries. The first writer here is held
+    between its read and its write (as a slow disk would hold it) while the second one runs."""
+    import threading
+
+    from sharpdro.experiments import sweep_jobs
+
+    first, second = sw.expand(_spec(seeds=(0, 1))), sw.expand(_spec(seeds=(2, 3)))
+    merged, release = threading.Event(), threading.Event()
+    real = sweep_jobs.atomic_write_json
+
+    def slow_write(path, obj, *a, **k):
+        if threading.current_thread().name == "first":
+            merged.set()  # the first sweep has read and merged the index
+            release.wait(10)
+        return real(path, obj, *a, **k)
+
+    monkeypatch.setattr(sweep_jobs, "atomic_write_json", slow_write)
+    a = threading.Thread(target=sw.write_index, args=(tmp_path, first), name="first")
+    a.start()
+    assert merged.wait(10)
+    b = threading.Thread(target=sw.write_index, args=(tmp_path, second), name="second")
+    b.start()
+    b.join(1.0)  # with the lock, the second sweep waits here for the first
+    release.set()
+    a.join(10)
+    b.join(10)
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert sorted(jobs) == sorted(j.hash for j in first + second)
+
+
 def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     jobs = sw.expand(_spec(seeds=(0, 1)))
     out = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:fake_train_parallel",
@@ -296,6 +377,44 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     # the runtime threads setting does not change the job folders: everything is skipped now
     again = sw.run_sweep(jobs, tmp_path, launcher="local", train=CountingTrain(), progress=False)
     assert again.skipped == 2
+
+
+def train_or_die_on_seed1(cfg, out_dir=None, resume=False):
+    """Seed 1's process is killed (as the OOM killer would) while the others run; each job's span is recorded."""
+    import signal
+    import time
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))  # started: a partial run from here on
+    start = time.time()
+    if cfg["seed"] == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(2.0)
+    summary = _write_fake_run(cfg, out_dir)
+    (out / "span.json").write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time()}))
+    return summary
+
+
+def test_parallel_launcher_runs_one_process_per_job_and_a_dead_one_fails_alone(tmp_path):
+    """Issue 25, case 16: the launcher used ProcessPoolExecutor(max_tasks_per_child=1), a TypeError on Python
+    3.10 and the submit-everything pattern of CPython gh-115634; and a killed worker broke the pool, failing
+    the job running beside it. Now each job has a process of its own, at most --workers alive."""
+    jobs = sw.expand(_spec(seeds=(0, 1, 2, 3)))
+    out = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:train_or_die_on_seed1",
+                       progress=False, log=lambda m: None)
+    status = {j.config["seed"]: sw.job_status(tmp_path / j.hash) for j in jobs}
+    assert status == {0: "done", 1: "failed", 2: "done", 3: "done"}  # seed 0 ran beside the killed seed 1
+    assert (out.done, out.failed) == (3, 1)
+    assert "killed by signal 9" in (tmp_path / jobs[1].hash / "error.txt").read_text()
+    spans = [json.loads((tmp_path / jobs[i].hash / "span.json").read_text()) for i in (0, 2, 3)]
+    assert len({s["pid"] for s in spans}) == 3 and all(s["pid"] != os.getpid() for s in spans)
+    for t in [s["start"] for s in spans]:  # never more than --workers jobs at once (the killed one aside)
+        assert sum(s["start"] <= t < s["end"] for s in spans) <= 2
+    again = sw.run_sweep(jobs, tmp_path, launcher="parallel", workers=2, train=f"{__name__}:fake_train_parallel",
+                         progress=False)
+    assert (again.done, again.skipped) == (1, 3)  # the killed job resumes on the next run
 
 
 # --------------------------------------------------------------------------- slurm without a cluster

@@ -60,6 +60,9 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override one config key (repeatable), e.g. --set train.lr=0.1")
 
 
+MAX_ERROR_CHARS = 2000
+
+
 def main(argv: list[str] | None = None) -> int:
     from sharpdro.errors import SharpDROError
 
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SharpDROError as exc:
-        print(f"sharpdro {args.command}: error: {exc}", file=sys.stderr)
+        from sharpdro.errors import cut
+
+        # bounded, whatever a file or value put in the message (a giant key, a long base chain)
+        print(f"sharpdro {args.command}: error: {cut(exc, MAX_ERROR_CHARS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sharpdro {args.command}: interrupted; finished results and checkpoints are kept "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, MutableMapping
+from typing import Iterator, Mapping, MutableMapping
 
 _TORCHRUN_KEYS = ("RANK", "WORLD_SIZE")
 
@@ -52,17 +52,66 @@ def parallel_devices(workers: int, environ: Mapping[str, str] | None = None) -> 
     return [gpus[i % len(gpus)] for i in range(max(1, int(workers)))]
 
 
+def expand_hostlist(nodelist: str) -> Iterator[str]:
+    """The hosts of a Slurm node list, in Slurm's order, lazily (``n[0-99999999]`` costs nothing until read).
+
+    Slurm's grammar: host expressions separated by commas outside brackets; each is text with any number
+    of bracket groups ``[1-3,7]`` of numbers and ranges, a range zero-padded to its first bound's width
+    (``node[01-04]-ib`` -> ``node01-ib`` ... ``node04-ib``; ``a[1-2]b[3-4]`` -> ``a1b3``, ``a1b4``, ``a2b3``...).
+    A malformed group raises ValueError.
+    """
+    for expr in _split_outside_brackets(nodelist.strip()):
+        parts = re.split(r"(\[[^\]]*\])", expr)  # text, [group], text, [group], ...
+        yield from _combine([_bracket_ranges(x) if x.startswith("[") else x for x in parts])
+
+
+def _combine(parts: list, prefix: str = "") -> Iterator[str]:
+    """Every host of text / range-list parts, the last group varying fastest (not itertools.product, which
+    would hold every value of a group in memory)."""
+    if not parts:
+        yield prefix
+        return
+    head, rest = parts[0], parts[1:]
+    if isinstance(head, str):
+        yield from _combine(rest, prefix + head)
+        return
+    for lo, hi, width in head:
+        for n in range(lo, hi + 1):
+            yield from _combine(rest, prefix + str(n).zfill(width))
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+    out, depth, cur = [], 0, []
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [x.strip() for x in out if x.strip()]
+
+
+def _bracket_ranges(group: str) -> list[tuple[int, int, int]]:
+    """``[01-04,7]`` -> [(1, 4, 2), (7, 7, 1)]: (first, last, zero-padded width)."""
+    out = []
+    for item in group[1:-1].split(","):
+        lo, _, hi = item.strip().partition("-")
+        hi = hi or lo
+        if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+            raise ValueError(f"not a Slurm host range: {item!r} in {group!r}")
+        out.append((int(lo), int(hi), len(lo)))
+    return out
+
+
 def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: ``node[01-04,07],gpu5`` -> ``node01``."""
-    text = nodelist.strip()
-    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", text)
-    if not m:
-        return text
-    prefix, ranges = m.group(1), m.group(2)
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+    """The first host of a Slurm node list: ``node[01-04,07],gpu5`` -> ``node01``; ``node[01-04]-ib`` ->
+    ``node01-ib``; ``a[1-2]b[3-4]`` -> ``a1b3`` (:func:`expand_hostlist`); the text itself when it is not one."""
+    try:
+        return next(iter(expand_hostlist(nodelist)), nodelist.strip())
+    except ValueError:
+        return nodelist.strip()
 
 
 def _first_int(text: str | None) -> int | None:

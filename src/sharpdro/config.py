@@ -20,9 +20,11 @@ import yaml
 
 from sharpdro import methods
 from sharpdro.methods.hparams import resolve_rho
-from sharpdro.errors import ConfigError, SharpDROError  # noqa: F401  (ConfigError lives in errors; re-exported)
+from sharpdro.errors import ConfigError, SharpDROError, cut, shown  # noqa: F401  (ConfigError lives in errors; re-exported)
 from sharpdro.fields import DEFAULT as IDENTITY_DEFAULT_UNSET  # noqa: E402
 from sharpdro.fields import NUM, Field, _type_name  # noqa: F401  (re-exported)
+from sharpdro.yaml_input import (MAX_CONFIG_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,  # noqa: F401  (re-exported)
+                                 MAX_YAML_WEIGHT, TooMuchYAML, read_yaml, safe_load)
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet30", "labelfile", "tinyimagenet", "csv")
 # "none": the groups come from the data (data.dataset=csv), no severity mixture
@@ -93,8 +95,8 @@ SCHEMA: dict[str, Any] = {
         "nesterov": Field(False, bool, "Nesterov momentum (sgd only)"),
         "schedule": Field("step", str, "learning-rate schedule: x gamma at milestones (official) or cosine",
                           choices=("step", "cosine", "constant")),
-        "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of the epochs",
-                            item_type=float),
+        "milestones": Field([0.3, 0.6, 0.8], list, "step schedule milestones as fractions of train.epochs "
+                            "(0.3: after 30% of the epochs), not epoch numbers", item_type=float, min=0.0, max=1.0),
         "gamma": Field(0.2, NUM, "step schedule factor", min=0.0, max=1.0),
         "warmup_epochs": Field(0, int, "linear learning-rate warm-up: epoch e < N runs at the schedule's lr x "
                                "(e+1)/(N+1), then the schedule alone (0: off)", min=0),
@@ -112,7 +114,8 @@ SCHEMA: dict[str, Any] = {
         "m_sharpness": Field(False, bool, "data-parallel SAM family: perturb each replica with its own "
                              "gradient (m-sharpness) instead of the all-reduced one"),
         "sync_bn": Field(False, bool, "data-parallel: SyncBatchNorm (batch statistics of the global batch)"),
-        "threads": Field(None, int, "CPU threads (null: the library default)", min=1, nullable=True),
+        "threads": Field(None, int, "CPU threads (null: the library default); the numbers differ in the last "
+                         "bits with another count, so --resume refuses another than the run's", min=1, nullable=True),
         "deterministic": Field(True, bool, "deterministic kernels (bitwise reproducible on CPU)"),
         "progress": Field(True, bool, "show progress bars"),
     },
@@ -147,9 +150,10 @@ def _sync_algorithm_section() -> None:
 _sync_algorithm_section()
 methods.on_change(_sync_algorithm_section)
 
-# Keys that change where or how fast a run goes, never what it computes: ignored by the
-# sweep's job hash and by the same-config check of --resume. data.root says where the data lies, not
-# what it is: a run records its data's fingerprint instead (rundir.DATA), which --resume compares.
+# Keys that change where or how fast a run goes, not what it is: ignored by the sweep's job hash (unless
+# the sweep varies them: sweep_spec.identity_axes) and by the same-config check of --resume. data.root says
+# where the data lies, not what it is: a run records its data's fingerprint instead (rundir.DATA), which
+# --resume compares. The thread count changes the numbers bit for bit: --resume keeps it (RESUME_SAME).
 RUNTIME_KEYS = (
     "train.threads",
     "train.progress",
@@ -161,6 +165,13 @@ RUNTIME_KEYS = (
     "output.name",
     "output.loggers",
 )
+
+# Keys a run's numbers depend on (bit for bit) that a sweep job's name leaves out or may hold unresolved:
+# train.threads is a runtime key (finished jobs keep their names on another machine or launcher), and
+# train.precision may resolve to another value elsewhere. --resume refuses another value than the run's,
+# naming the key (engine.used_value is the value compared); a finished run read back under another value
+# would show numbers it did not compute.
+RESUME_SAME = ("train.threads", "train.precision")
 
 # Keys whose default changed after sweeps were hashed: their former default, declared beside each key
 # (``Field.identity_default``) and gathered here. A job at the former default keeps the name it had; a
@@ -217,34 +228,33 @@ def _check_value(path: str, field: Field, value):
         value = _number_from_text(value, t)
     if t is float or t == NUM:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a number, got {shown(value)}")
         value = float(value) if t is float else value
     elif t is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+                raise ConfigError(f"config key '{path}' must be an integer, got {shown(value)}")
     elif t is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be true or false, got {shown(value)}")
     elif t is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a string, got {shown(value)}")
     elif t is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
-        value = [_check_value(f"{path}[{i}]", Field(None, field.item_type or str, choices=field.choices,
-                                                    finite=field.finite), v)
-                 for i, v in enumerate(value)]
-        return value
+            raise ConfigError(f"config key '{path}' must be a list, got {shown(value)}")
+        # min / max bound each item; an item's error quotes the key's help (e.g. milestones are fractions)
+        item = Field(None, field.item_type or str, field.help, choices=field.choices, finite=field.finite,
+                     min=field.min, max=field.max)
+        return [_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
     _check_finite(path, field, value)
     if field.choices is not None and value not in field.choices:
-        raise ConfigError(f"config key '{path}' = {value!r} is not allowed; allowed: {field.describe()}")
-    if field.min is not None and value < field.min:
-        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
-    if field.max is not None and value > field.max:
-        raise ConfigError(f"config key '{path}' = {value!r} is out of range; allowed: {field.describe()}")
+        raise ConfigError(f"config key '{path}' = {shown(value)} is not allowed; allowed: {field.describe()}")
+    if (field.min is not None and value < field.min) or (field.max is not None and value > field.max):
+        what = f" ({field.help})" if path.endswith("]") and field.help else ""  # a list item: say what items are
+        raise ConfigError(f"config key '{path}' = {shown(value)} is out of range; allowed: {field.describe()}{what}")
     return value
 
 
@@ -292,7 +302,7 @@ def check_value(dotted: str, value: Any) -> Any:
     """One key's value checked against its schema entry (type, range, choices) and coerced as a config holds it."""
     f = schema_field(dotted)
     if f is None:
-        raise ConfigError(f"unknown config key {dotted!r}")
+        raise ConfigError(f"unknown config key {shown(dotted)}")
     return _check_value(dotted, f, coerce_value(dotted, value))
 
 
@@ -301,7 +311,7 @@ def _check_finite(path: str, field: Field, value) -> None:
     import math
 
     if field.finite and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key '{path}' = {value!r} is not a finite number; allowed: {field.describe()}")
+        raise ConfigError(f"config key '{path}' = {shown(value)} is not a finite number; allowed: {field.describe()}")
 
 
 def validate_or_raw(cfg: Mapping) -> dict:
@@ -321,13 +331,13 @@ def validate(cfg: Mapping) -> dict:
 
     def walk(schema_node, node, prefix):
         if not isinstance(node, Mapping):
-            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {node!r}")
+            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {shown(node)}")
         out = {}
         for key in node:
             if key not in schema_node:
                 allowed = ", ".join(sorted(schema_node))
                 where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
-                raise ConfigError(f"unknown config key '{prefix}{key}' in {where}; allowed keys: {allowed}")
+                raise ConfigError(f"unknown config key '{prefix}{cut(key, 80)}' in {where}; allowed keys: {allowed}")
         for key, sub in schema_node.items():
             path = prefix + key
             if _is_field(sub):
@@ -341,7 +351,7 @@ def validate(cfg: Mapping) -> dict:
     _check_model_and_optimizer(out)
     dev = out["train"]["device"]
     if not dev.startswith(_DEVICE_PREFIXES):
-        raise ConfigError(f"config key 'train.device' = {dev!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"config key 'train.device' = {shown(dev)} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     return out
 
 
@@ -398,15 +408,17 @@ def algorithm_hparams(hparams: Mapping[str, Any] | None) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` -> (['section', 'key'], value parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must be written section.key=value (e.g. train.lr=0.1)")
+        raise ConfigError(f"override {shown(text)} must be written section.key=value (e.g. train.lr=0.1)")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ConfigError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {shown(text)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
+        value = safe_load(raw) if raw.strip() != "" else None
+    except TooMuchYAML as exc:
+        raise ConfigError(f"override {shown(text)}: {exc.reason}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {shown(text)}: value is not valid YAML ({cut(exc, 300)})") from None
     return path, value
 
 
@@ -419,12 +431,12 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(schema_node, dict) or part not in schema_node:
                 where = ".".join(path[:i]) or "the top level"
                 allowed = ", ".join(sorted(schema_node)) if isinstance(schema_node, dict) else "(none)"
-                raise ConfigError(f"unknown config key '{'.'.join(path)}' in override {text!r}; "
+                raise ConfigError(f"unknown config key {shown('.'.join(path))} in override {shown(text)}; "
                                   f"keys under {where}: {allowed}")
             schema_node = schema_node[part]
             if i == len(path) - 1:
                 if not _is_field(schema_node):
-                    raise ConfigError(f"override {text!r} names a section; name a key under it, "
+                    raise ConfigError(f"override {shown(text)} names a section; name a key under it, "
                                       f"one of: {', '.join(sorted(schema_node))}")
                 node[part] = value
             else:
@@ -468,6 +480,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 
 # ------------------------------------------------------------------ config files that build on others
+MAX_BASE_CHAIN = 32  # files in one ``base`` chain (a config builds on a few)
 # ``base: NAME_OR_PATH`` names a base config (a path, relative to the file first, or a shipped config such
 # as ``cifar10``); the file's keys override the base's section by section (a list replaces the base's
 # list). A base may have its own base (a chain); a file that reaches itself again is a cycle, an error.
@@ -487,7 +500,7 @@ def deep_merge(base: Mapping, child: Mapping) -> dict:
 
 def _base_path(name, relative_to: Path) -> Path:
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
-        raise ConfigError(f"{relative_to}: 'base' must name a config file or a shipped config, got {name!r}")
+        raise ConfigError(f"{relative_to}: 'base' must name a config file or a shipped config, got {shown(name)}")
     for cand in (relative_to.parent / str(name), relative_to.parent / f"{name}.yaml"):
         if cand.is_file():
             return cand
@@ -495,12 +508,16 @@ def _base_path(name, relative_to: Path) -> Path:
 
 
 def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping with its ``base`` chain applied (not validated)."""
+    """A config file's mapping with its ``base`` chain applied (not validated); a chain holds at most
+    :data:`MAX_BASE_CHAIN` files."""
     p = Path(path)
     key = p.resolve()
     if key in _chain:
-        cycle = " -> ".join(str(x) for x in (*_chain[_chain.index(key):], key))
-        raise ConfigError(f"config 'base' cycle: {cycle}")
+        cycle = " -> ".join(cut(x, 120) for x in (*_chain[_chain.index(key):], key))
+        raise ConfigError(f"config 'base' cycle: {cut(cycle, 1500)}")
+    if len(_chain) >= MAX_BASE_CHAIN:
+        raise ConfigError(f"config 'base' chain of more than {MAX_BASE_CHAIN} files: {cut(_chain[0], 200)} -> ... -> "
+                          f"{cut(p, 200)}; a config builds on a few, is a 'base' wrong?")
     loaded = read_yaml(p) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: a config file must be a YAML mapping of sections")
@@ -509,36 +526,6 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     child = {k: v for k, v in loaded.items() if k != BASE_KEY}
     parent = read_config_file(_base_path(loaded[BASE_KEY], p), (*_chain, key))
     return deep_merge(parent, child)
-
-
-def read_yaml(path: str | os.PathLike):
-    """A YAML file's content (safe loader: never runs code); a syntax error names the file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_error_message(path, text, exc)) from None
-
-
-def _yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if mark is None:
-        return f"{path}: not valid YAML ({problem})"
-    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
-    hint = ""
-    if "\t" in line[:max(mark.column, 0) + 1] or "\t" in problem or "tab" in problem:
-        hint = "; YAML indents with spaces, not tabs: replace the tab by spaces"
-    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{hint}"
-            + (f" (line {mark.line + 1}: {line.strip()!r})" if line.strip() else ""))
 
 
 def config_hash(cfg: Mapping, length: int = 10) -> str:

@@ -72,8 +72,10 @@ def markdown(section: str | None = None) -> str:
            "Generated from the schema in `src/sharpdro/config.py` by `sharpdro config --markdown`; "
            "`sharpdro config [SECTION]` prints the same in the terminal. Every key can be set in a YAML file "
            "(`section: {key: value}`, optionally over a `base:` config) or with `--set section.key=value`. "
-           "*Runtime* keys change where or how fast a run goes, never what it computes: the sweep's job hash "
-           "and `--resume`'s same-config check ignore them.", ""]
+           "*Runtime* keys change where or how fast a run goes, not what it is: the sweep's job hash "
+           "(unless the sweep's `grid` or `include` varies the key) and `--resume`'s same-config check ignore "
+           "them, except that `--resume` keeps `train.threads` (the numbers differ in the last bits with "
+           "another count).", ""]
     current = None
     for key, f in fields(section):
         sec = key.split(".")[0] if "." in key else "top level"

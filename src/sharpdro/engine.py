@@ -648,10 +648,33 @@ def _check_checkpoint_present(run: RunDir, cfg: dict) -> None:
 RESUME_CHANGEABLE = ("train.lr", "train.schedule", "train.milestones", "train.gamma", "algorithm.rho")
 
 
+RESUME_SAME = config_mod.RESUME_SAME  # keys --resume refuses to change (config.py says why)
+
+
+def used_value(cfg: dict, key: str):
+    """The value of a :data:`RESUME_SAME` key a run computes with: what --resume compares between the
+    run's recorded config.yaml and the new config. A key whose config value is resolved at run time
+    (``train.precision: auto``) returns the resolved value here."""
+    return config_mod.get(cfg, key)
+
+
+def _check_same_numerics(path: Path, old: dict, cfg: dict) -> None:
+    from sharpdro.experiments.sweep_spec import format_value
+
+    for key in RESUME_SAME:
+        was, now = used_value(old, key), used_value(cfg, key)
+        if was != now:
+            raise SharpDROError(f"--resume with {key} = {format_value(now)}, but the run computed with "
+                                f"{format_value(was)} ({path.name}); its numbers depend on {key}, so they would "
+                                f"not be this setting's: resume with --set {key}={format_value(was)}, or start a "
+                                f"new run (another --out or output.name)")
+
+
 def _check_same_config(path: Path, cfg: dict, allow_changes: bool = False) -> dict:
     """{key: [old, new]} of the allowed optimisation changes; any other difference is refused."""
     old = config_mod.validate(config_mod.read_yaml(path) or {})  # fills keys added since the run started
-    ignore = set(config_mod.RUNTIME_KEYS)
+    _check_same_numerics(path, old, cfg)
+    ignore = set(config_mod.RUNTIME_KEYS) | set(RESUME_SAME)
     diffs = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
              if f"{s}.{k}" not in ignore and old[s][k] != cfg[s][k]]
     diffs += [k for k in cfg if not isinstance(cfg[k], dict) and old[k] != cfg[k]]

@@ -9,10 +9,12 @@ config, flattened to dotted keys (``train.lr``), is logged once as hyperparamete
 Everything stays on this machine by default:
 
 - **tensorboard**: event files in ``<run>/tensorboard/`` (``tensorboard --logdir RUNS``);
-- **mlflow**: ``$MLFLOW_TRACKING_URI`` when set, else MLflow's local file store
-  ``<parent of the run>/mlruns`` (for a sweep: one store for all its jobs; MLflow 3 needs
-  ``MLFLOW_ALLOW_FILE_STORE=true`` for it, which is set for that store only), experiment
-  ``$MLFLOW_EXPERIMENT_NAME`` or ``sharpdro``; ``mlflow ui --backend-store-uri DIR/mlruns``;
+- **mlflow**: ``$MLFLOW_TRACKING_URI`` when set (a server, a database; a file store there needs the
+  user's own ``MLFLOW_ALLOW_FILE_STORE=true`` under MLflow 3), else a SQLite database
+  ``<parent of the run>/mlruns/mlflow.db`` (for a sweep: one for all its jobs; MLflow 3 deprecated the
+  file store; SQLite needs SQLAlchemy and Alembic, in the ``mlflow`` extra), experiment
+  ``$MLFLOW_EXPERIMENT_NAME`` or ``sharpdro``;
+  ``mlflow ui --backend-store-uri sqlite:///DIR/mlruns/mlflow.db``. Nothing is set process-wide;
 - **wandb**: offline mode (``$WANDB_MODE`` to change it), files under ``<run>/wandb/``,
   project ``$WANDB_PROJECT`` or ``sharpdro``; ``wandb sync`` uploads them later.
 
@@ -27,6 +29,7 @@ earlier step, puts it in the run's summary).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,7 +45,9 @@ from sharpdro.version import PACKAGE
 from sharpdro.rundir import RunDir
 
 LOGGERS = ("tensorboard", "mlflow", "wandb")
-MLRUNS = "mlruns"  # the default MLflow file store, beside the run directories
+MLRUNS = "mlruns"  # the default MLflow store's folder, beside the run directories
+MLFLOW_DB = "mlflow.db"  # the default store itself: SQLite, in MLRUNS
+MLFLOW_DB_LOCK = "mlflow.db.lock"  # held while a job creates the database's tables or the experiment
 _EXTRA = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 _SPLITS = ("val", "test", "extra_test")
 _PER_SEVERITY = {"accuracy": "acc", "loss": "loss", "ece": "ece", "nll": "nll", "brier": "brier"}
@@ -131,24 +136,40 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+def mlflow_store(run_dir) -> Path:
+    """The default MLflow store of a run: ``<parent of the run>/mlruns/mlflow.db`` (SQLite)."""
+    return Path(run_dir).resolve().parent / MLRUNS / MLFLOW_DB
+
+
 class MLflowLogger:
     def __init__(self, cfg: Mapping, run: RunDir, ids: dict, fresh: bool = False, **_):
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            store = (run.path.resolve().parent / MLRUNS)
-            uri = store.as_uri()
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it to use a file store
         try:
             from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise _missing("mlflow", exc) from None
+        uri, store = os.environ.get("MLFLOW_TRACKING_URI"), None
+        artifacts = None
+        if not uri:  # a SQLite file (MLflow 3 deprecated the file store); nothing set process-wide
+            import importlib.util
+
+            lacking = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+            if lacking:
+                raise LoggerError(f"output.loggers names 'mlflow', whose default store is a SQLite file that needs "
+                                  f"{' and '.join(lacking)} (not installed); pip install 'sharpdro[mlflow]', or set "
+                                  f"MLFLOW_TRACKING_URI to a tracking server")
+            store = mlflow_store(run.path)
+            store.parent.mkdir(parents=True, exist_ok=True)
+            uri, artifacts = f"sqlite:///{store}", (store.parent / "artifacts").as_uri()
         self._Metric = Metric
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PACKAGE)
-        exp = self.client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
+        with _file_lock(None if store is None else store.with_name(MLFLOW_DB_LOCK)):
+            # the jobs of a parallel sweep start together: one creates the database's tables and the experiment
+            exp = self.client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                name, artifact_location=artifacts)
         run_id = None if fresh else ids.get("mlflow")
         if run_id is not None:
             try:
@@ -175,6 +196,24 @@ class MLflowLogger:
 
     def close(self, failed: bool = False) -> None:
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None):
+    """An exclusive flock on ``path`` while the block runs (nothing when ``path`` is None or on Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class WandbLogger:

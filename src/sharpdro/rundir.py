@@ -179,12 +179,16 @@ class RunDir:
         return self.done.exists() or self.summary_finished()
 
     def read_config(self) -> dict | None:
-        """The run's ``config.yaml`` as a dict (None when absent or unreadable); never runs code."""
-        import yaml
+        """The run's ``config.yaml`` as a dict (None when absent or unreadable); never runs code, bounded
+        (:func:`sharpdro.yaml_input.read_yaml`)."""
+        from sharpdro.errors import ConfigError
+        from sharpdro.yaml_input import read_yaml
 
+        if not self.config.is_file():
+            return None
         try:
-            cfg = yaml.safe_load(self.config.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+            cfg = read_yaml(self.config)
+        except ConfigError:
             return None
         return cfg if isinstance(cfg, dict) else None
 

@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
                                    "output.loggers does while training: flattened names (test/acc/sev3), the epoch "
                                    "as the step, the resolved config as hyperparameters. TensorBoard event files go "
                                    "to <run>/tensorboard (or --out DIR/<run>); MLflow to $MLFLOW_TRACKING_URI or the "
-                                   "file store <parent>/mlruns; W&B offline under <run>/wandb.")
+                                   "SQLite database <parent>/mlruns/mlflow.db; W&B offline under <run>/wandb.")
     p.add_argument("path", metavar="RUN_OR_SWEEP", help="a run directory or a folder of runs (a sweep)")
     p.add_argument("--to", choices=("tensorboard", "mlflow", "wandb"), default="tensorboard",
                    help="tracker (default tensorboard)")

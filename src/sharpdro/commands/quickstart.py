@@ -41,7 +41,8 @@ def run(args) -> int:
         # settings are another run, in their own folder (named by the hash of what the settings compute).
         summary = train(cfg, out_dir=Path(args.out) / run_name(cfg), resume=True, splits=splits)
         columns[name] = {"accuracy": summary["test_accuracy"], "average": summary["test_average"],
-                         "worst": summary["test_worst"]}
+                         "worst": summary["test_worst"], "epoch": summary["selected_epoch"],
+                         "epochs": summary["epochs"]}
         print(result_line(name, seed, columns[name]), flush=True)
     h, w = splits.image_shape[:2]
     print()
@@ -49,13 +50,16 @@ def run(args) -> int:
                                 title=f"test accuracy (%) per severity: {d['dataset']} {h}x{w}, {d['corruption']} "
                                       f"({d['table']} constants), seed {seed}, "
                                       f"model selected on the worst validation severity"))
+    if len(columns) > 1:
+        print("\n" + verdict_line(columns))
     print(f"\nruns: {args.out}/<algorithm>-<hash of the settings>  (metrics.jsonl, summary.json, checkpoints/)")
     print(f"This is one seed of a small setting; for a comparison with intervals over seeds, see {REPRODUCTION}.")
     return 0
 
 
 def result_line(name: str, seed: int, block: dict) -> str:
-    """``NAME (seed N): test accuracy (%) at severity 0..S: ... | average | worst | gap 0-S``."""
+    """``NAME (seed N): test accuracy (%) at severity 0..S: ... | average | worst | gap 0-S | epoch K of E``:
+    the numbers are those of epoch K (counted from 1), the one selected on validation."""
     from sharpdro.engine import severity_gap
 
     acc = block["accuracy"]
@@ -63,13 +67,31 @@ def result_line(name: str, seed: int, block: dict) -> str:
     return (f"{name} (seed {seed}): test accuracy (%) at severity 0..{S}: "
             + " ".join(f"{100 * acc[str(s)]:.2f}" for s in range(S + 1))
             + f" | average {100 * block['average']:.2f} | worst {100 * block['worst']:.2f}"
-            f" | gap 0-{S} {100 * severity_gap(block):.2f}")
+            f" | gap 0-{S} {100 * severity_gap(block):.2f}"
+            + (f" | epoch {block['epoch'] + 1} of {block['epochs']} (selected on validation)" if "epoch" in block
+               else ""))
+
+
+def verdict_line(columns: dict) -> str:
+    """Which method is ahead at the worst severity, and by how much, said as what it is: one seed."""
+    ranked = sorted(columns, key=lambda n: -columns[n]["worst"])
+    best, rest = ranked[0], ranked[1:]
+    gap = 100 * (columns[best]["worst"] - columns[rest[0]]["worst"])
+    others = ", ".join(f"{n} {100 * columns[n]['worst']:.2f}%" for n in rest)
+    if round(gap, 2) == 0:
+        lead = f"at the worst severity {best} and {rest[0]} are even ({100 * columns[best]['worst']:.2f}%)"
+    else:
+        lead = (f"at the worst severity {best} is ahead: {100 * columns[best]['worst']:.2f}% against {others} "
+                f"({gap:.2f} points)")
+    return lead[0].upper() + lead[1:] + "; one seed decides nothing (another seed or thread count can reverse it)."
 
 
 def run_name(cfg: dict) -> str:
-    """``<algorithm>-<hash>``: the hash covers every key except the runtime ones (threads, progress, device...)."""
-    from sharpdro.config import RUNTIME_KEYS, config_hash
+    """``<algorithm>-<hash>``: the hash covers every key except the runtime ones (progress, device...); the
+    thread count counts (another one computes other numbers: config.RESUME_SAME)."""
+    from sharpdro.config import RESUME_SAME, RUNTIME_KEYS, config_hash
 
-    kept = {s: ({k: v for k, v in cfg[s].items() if f"{s}.{k}" not in RUNTIME_KEYS} if isinstance(cfg[s], dict)
+    ignored = set(RUNTIME_KEYS) - set(RESUME_SAME)
+    kept = {s: ({k: v for k, v in cfg[s].items() if f"{s}.{k}" not in ignored} if isinstance(cfg[s], dict)
                 else cfg[s]) for s in cfg}
     return f"{cfg['algorithm']['name']}-{config_hash(kept, 8)}"

@@ -30,7 +30,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -110,7 +110,8 @@ class SplitPlan:
 
 def make_plan(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, *, protocol: str,
               poisson_lambda: float, max_severity: int, train_per_class: int, val_per_class: int | None,
-              test_per_class: int | None, seed: int, warn: bool = True) -> SplitPlan:
+              test_per_class: int | None, seed: int, warn: bool = True,
+              class_names: Sequence[str] | None = None) -> SplitPlan:
     """Pick training images and their severities, the validation pool and the test subset.
 
     Warns (UserWarning) when a class is too small for ``train_per_class`` or a severity gets no image.
@@ -170,7 +171,8 @@ def make_plan(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: in
     plan = SplitPlan(train_index, train_severity, train_labels[train_index], val_index, test_index,
                      dropped_index, num_classes, S, short)
     if warn:
-        _warn_plan(plan, train_per_class, protocol)
+        _warn_plan(plan, train_per_class, protocol, np.bincount(train_labels[val_index], minlength=num_classes),
+                   class_names)
     return plan
 
 
@@ -182,18 +184,24 @@ def val_per_class(data_cfg: dict) -> int:
 
 
 def plan_from_config(cfg: dict, train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int,
-                     warn: bool = True) -> SplitPlan:
+                     warn: bool = True, class_names: Sequence[str] | None = None) -> SplitPlan:
     d = cfg["data"]
     plan = make_plan(train_labels, test_labels, num_classes, protocol=d["protocol"],
                      poisson_lambda=float(d["poisson_lambda"]), max_severity=d["max_severity"],
                      train_per_class=d["train_per_class"], val_per_class=val_per_class(d),
-                     test_per_class=d["test_per_class"], seed=cfg["seed"], warn=warn)
+                     test_per_class=d["test_per_class"], seed=cfg["seed"], warn=warn, class_names=class_names)
     return plan
 
 
-def _warn_plan(plan: SplitPlan, train_per_class: int, protocol: str) -> None:
+def _warn_plan(plan: SplitPlan, train_per_class: int, protocol: str, val_counts: np.ndarray,
+               class_names: Sequence[str] | None = None) -> None:
     if plan.short_classes:
-        shown = ", ".join(f"class {c}: {a} images -> {n} train" for c, a, n in plan.short_classes[:5])
+        # the class by its name, and the train / val counts `sharpdro info` shows in its row (train: after
+        # per_class_floor, which leaves some picked images unused)
+        train_counts = plan.train_counts().sum(axis=1)
+        name = (lambda c: class_names[c]) if class_names is not None else (lambda c: f"class {c}")
+        shown = ", ".join(f"{name(c)}: {a} images -> {train_counts[c]} train, {val_counts[c]} val"
+                          for c, a, _ in plan.short_classes[:5])
         more = f" (and {len(plan.short_classes) - 5} more)" if len(plan.short_classes) > 5 else ""
         warnings.warn(f"{len(plan.short_classes)} class(es) have too few images for data.train_per_class="
                       f"{train_per_class} plus a {MIN_VAL_SHARE:.0%} validation share; they train on fewer "
@@ -217,7 +225,7 @@ def describe_split(cfg: dict) -> list[str]:
     S = d["max_severity"]
     train, test = load_source(cfg, progress=cfg["train"]["progress"])
     classes = list(train.classes)
-    plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
+    plan = plan_from_config(cfg, train.labels, test.labels, len(classes), class_names=classes)
     counts = plan.train_counts()
     table = resolve_table(d["table"], int(train.images.shape[1]))
 
@@ -367,7 +375,7 @@ def build_splits(cfg: dict, progress: bool = True, cache: bool = True, rebuild: 
     classes = list(train.classes)
     table = resolve_table(d["table"], int(train.images.shape[1]))
     _warn_if_recompressing(train, d, table)
-    plan = plan_from_config(cfg, train.labels, test.labels, len(classes))
+    plan = plan_from_config(cfg, train.labels, test.labels, len(classes), class_names=classes)
     if check is not None:
         check(plan.train_counts().sum(axis=0))
     key = cache_key_fields(cfg, train, test, table)

@@ -1,4 +1,4 @@
-"""Figures of a sweep or a run (matplotlib, Agg backend; each figure as PNG and SVG).
+"""Figures of a sweep or a run (matplotlib ``Figure`` objects, no pyplot state; each figure as PNG and SVG).
 
 - accuracy vs severity: one figure per (dataset, corruption, swept hyperparameters), a line
   per method, the mean and a 95% Student-t interval over seeds per severity (``band="std"``:
@@ -34,18 +34,24 @@ from sharpdro.experiments.plot_series import (BAND_TEXT, draw, epoch_series, log
                                               severity_series, spread_text, summarize_values)
 from sharpdro.experiments.report import Row, Table, _fmt_value, collect
 from sharpdro.methods import display_order, label as method_label, rank as method_rank
+from sharpdro.version import PACKAGE
 
 FORMATS = ("png", "svg")
 
 
-def _plt():
+def _figure(nrows: int = 1, ncols: int = 1, figsize=None, **kw):
+    """A figure of its own and its axes: a ``matplotlib.figure.Figure``, never pyplot, so that plotting from a
+    notebook or a program neither switches its backend nor touches its rcParams or its open figures."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _cmap(name: str):
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    matplotlib.rcParams["svg.hashsalt"] = "sharpdro"  # stable SVG ids
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _color(method_key: str, i: int = 0):
@@ -111,7 +117,8 @@ def _readable_accuracy_axis(ax, min_span: float = 10.0) -> None:
 
 def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Save ``fig`` as ``path`` (its suffix picks the format) or, without a suffix, once per format."""
-    plt = _plt()
+    import matplotlib
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     targets = [path] if path.suffix.lower().lstrip(".") in ("png", "svg", "pdf") else \
@@ -120,9 +127,9 @@ def save_figure(fig, path: str | os.PathLike, formats: Sequence[str] = FORMATS) 
     for t in targets:
         fmt = t.suffix.lower().lstrip(".")
         metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
-        fig.savefig(t, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+        with matplotlib.rc_context({"svg.hashsalt": PACKAGE}):  # stable SVG ids, for this save only
+            fig.savefig(t, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
         out.append(t)
-    plt.close(fig)
     return out
 
 
@@ -199,7 +206,6 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats:
     """A figure per block, a line per row: mean test accuracy per severity over seeds, with the 95%
     t-interval of each severity (``band="ci95"``, as the report's CI columns) or ± the sample std
     (``band="std"``).  With variants, a second panel holds each variant beside its own method's row."""
-    plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
         rows = [r for r in rows if r.finished]
@@ -207,7 +213,7 @@ def plot_accuracy_vs_severity(table: Table, out_dir: str | os.PathLike, formats:
             continue
         style = dict(zip(map(id, rows), row_styles(rows, _row_color)))
         panels = [p for p in _variant_panels(rows) if p]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharey=True, squeeze=False)
+        fig, axes = _figure(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharey=True, squeeze=False)
         what = "mean and 95% interval" if band == "ci95" else "mean ± std"
         title = _block_title(table, rows[0]) + (" [ORACLE selection]" if table.oracle else "")
         legend_rows = 0
@@ -264,13 +270,12 @@ def plot_training_curves(table: Table, out_dir: str | os.PathLike, formats: Sequ
     """Train loss; averaged and worst-severity accuracy (val dashed, test solid) per epoch, a line per row
     (a star per run at its selected epoch for runs that evaluated the test set there only); a variant
     row has its own marker (and its line style in the train loss)."""
-    plt = _plt()
     paths = []
     for (data, corruption, hp), rows in _blocks(table):
         rows = [r for r in rows if _runs_with_records(r)]
         if not rows:
             continue
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig, axes = _figure(1, 3, figsize=(13, 3.6))
         for row, (color, line, mark) in zip(rows, row_styles(rows, _row_color)):
             runs = _runs_with_records(row)
             point = "." if row.variant is None else mark
@@ -319,7 +324,6 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
     :data:`~sharpdro.experiments.plot_series.LOG_RATIO` (a rare severity's q near 1e-3) the axis is log and
     the line and band are those of log q (the geometric mean), so that seeds decades apart give a band
     that says so rather than one reaching below zero."""
-    plt = _plt()
     paths = []
     for row in table.rows:
         runs = [r for r in _runs_with_records(row) if any(isinstance(rec.get("q"), list) for rec in r.records)]
@@ -332,8 +336,8 @@ def plot_group_weights(table: Table, out_dir: str | os.PathLike, formats: Sequen
             series = [epoch_series(runs, lambda r, g=g: r["q"][g], band, log=True) for g in range(groups)]
         means = [m for s in series for m in s.mean]
         floor = log_floor(means, Q_MARK) if log else None
-        cmap = plt.get_cmap("viridis")
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        cmap = _cmap("viridis")
+        fig, ax = _figure(figsize=(5.5, 3.8))
         for g, s in enumerate(series):
             if s.x:
                 label = f"group {table.column_label(g)}" if table.group_names else f"severity {g}"
@@ -381,7 +385,6 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
     score (severity >= 3 against 0) on the training memory and on the validation set; the share of each
     severity's samples selected per epoch; and, for a pre-stage (JTT, EIIL), the share of each severity's
     samples in the set it selected once, as bars with their 95% interval over seeds."""
-    plt = _plt()
     paths = []
     for row in table.rows:
         records = _runs_with_records(row)
@@ -396,7 +399,7 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
                                       ("prestage", members)) if present]
         if not kinds:
             continue
-        fig, axes = plt.subplots(1, len(kinds), figsize=(4.7 * len(kinds), 3.8), squeeze=False)
+        fig, axes = _figure(1, len(kinds), figsize=(4.7 * len(kinds), 3.8), squeeze=False)
         panel = dict(zip(kinds, axes[0]))
         if "severity" in panel:
             ax = panel["severity"]
@@ -413,7 +416,7 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
         if "fraction" in panel:
             ax = panel["fraction"]
             groups = max(len(f) for f in fractions)
-            cmap = plt.get_cmap("viridis")
+            cmap = _cmap("viridis")
             for g in range(groups):
                 s = epoch_series(epoch, lambda r, g=g: r["agnostic_selected_fraction"][g])
                 if s.x:
@@ -430,7 +433,7 @@ def plot_agnostic_selection(table: Table, out_dir: str | os.PathLike,
             means = [m for m, _, _ in stats]
             err = ([0.0 if lo is None else m - lo for m, lo, _ in stats],
                    [0.0 if hi is None else hi - m for m, _, hi in stats])
-            ax.bar(range(groups), means, yerr=err, color=[plt.get_cmap("viridis")(g / max(1, groups - 1))
+            ax.bar(range(groups), means, yerr=err, color=[_cmap("viridis")(g / max(1, groups - 1))
                                                          for g in range(groups)], capsize=3)
             ax.set_xlabel("severity")
             ax.set_xticks(range(groups))
@@ -486,7 +489,6 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
     """
     if not results:
         raise ValueError("plot_sharpness: results is empty")
-    plt = _plt()
     rank = lambda m: method_rank((algorithms or {}).get(m, m))  # noqa: E731
     methods = sorted(results, key=lambda m: (rank(m), str(m)))
     styles = _sharpness_styles(methods, algorithms)
@@ -494,7 +496,7 @@ def plot_sharpness(results: Mapping[str, Mapping], path: str | os.PathLike,
     n = len(severities) + 1
     cols = min(4, n)
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+    fig, axes = _figure(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
     flat = [ax for r in axes for ax in r]
     for i, sev in enumerate(severities):
         ax = flat[i]

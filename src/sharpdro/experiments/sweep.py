@@ -39,6 +39,8 @@ keys (:data:`RUNTIME_KEYS`: threads, progress bars, device, data, cache and outp
 locations) reset to their defaults, so running the same sweep with another
 launcher, worker count or machine, or with the data at another path, finds the jobs
 it already finished (a resumed job checks its data's fingerprint instead: ``rundir.DATA``).
+A runtime key the sweep itself varies (a ``grid`` axis or ``include`` entry over ``data.root``:
+two data sets) is part of the hash (:func:`identity_axes`).
 
 The rooms (this module re-exports their public names):
 
@@ -67,8 +69,8 @@ from sharpdro.experiments.sweep_jobs import (DEFAULT_TRAIN, INDEX, job_lock, job
 from sharpdro.experiments.sweep_slurm import (SlurmJobFunction, make_slurm_executor,  # noqa: F401
                                               parse_slurm_time, slurm_parameters)
 from sharpdro.experiments.sweep_spec import (Job, SweepError, SweepSpec, build_spec, expand,  # noqa: F401
-                                             format_value, job_hash, job_identity, load_sweep, make_override,
-                                             normalize_override, parse_grid_arg, split_values)
+                                             format_value, identity_axes, job_hash, job_identity, load_sweep,
+                                             make_override, normalize_override, parse_grid_arg, split_values)
 from sharpdro.io import atomic_write_json
 from sharpdro.rundir import ERROR, SLURM_MARKER
 
@@ -78,13 +80,28 @@ LAUNCHERS = ("local", "parallel", "slurm")
 # --------------------------------------------------------------------------- runtime settings of a launch
 
 
-def _runtime_config(cfg: dict, threads: int | None = None, progress: bool | None = None) -> dict:
+def _runtime_config(cfg: dict, threads: int | None = None, progress: bool | None = None,
+                    job_dir: Path | None = None) -> dict:
+    """The job's config with the launcher's settings: ``threads`` unless the config fixes them, except that a
+    job that began keeps the thread count it began with (its numbers depend on it; --resume refuses another)."""
     cfg = copy.deepcopy(cfg)
-    if threads is not None and cfg["train"].get("threads") is None:
-        cfg["train"]["threads"] = int(threads)
+    if cfg["train"].get("threads") is None:
+        began = _threads_begun_with(job_dir)
+        if began is not None or threads is not None:
+            cfg["train"]["threads"] = int(began if began is not None else threads)
     if progress is not None:
         cfg["train"]["progress"] = bool(progress)
     return cfg
+
+
+def _threads_begun_with(job_dir: Path | None) -> int | None:
+    from sharpdro.rundir import RunDir
+
+    if job_dir is None or not RunDir(job_dir).has_trainer_files():
+        return None
+    recorded = RunDir(job_dir).read_config() or {}
+    threads = (recorded.get("train") or {}).get("threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
 
 
 def available_cores() -> int:
@@ -209,87 +226,99 @@ def _run_local(pending, out, train, outcome, progress, say) -> None:
     with _bar(len(pending), progress) as bar:
         for job in pending:
             bar.set_description(f"sweep {job.hash}")
-            result = run_job(job.config, out / job.hash, job.hash, train)
+            result = run_job(_runtime_config(job.config, job_dir=out / job.hash), out / job.hash, job.hash, train)
             _after(result, job, outcome, bar, say)
 
 
-def _init_worker(threads: int, gpu_slots=None) -> None:
+def _job_process(conn, cfg: dict, job_dir: str, h: str, train, threads: int, gpu: str | None) -> None:
+    """A parallel job's own process: its thread count and GPU set before the job imports a framework, then
+    :func:`run_job`; the result goes back through ``conn``."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    global _GPU_SLOTS
-    _GPU_SLOTS = gpu_slots
-
-
-_GPU_SLOTS = None  # in a parallel worker on a GPU machine: a queue of free GPU ids (sharpdro.cluster)
-
-
-def run_job_on_own_gpu(cfg: dict, job_dir: str, h: str | None = None, train: Callable | str | None = None) -> dict:
-    """:func:`run_job` in a parallel worker, on one GPU of its own: a free id from the launcher's queue becomes
-    this process's ``CUDA_VISIBLE_DEVICES`` (before CUDA starts: each worker process runs one job) and goes
-    back to the queue when the job ends.  Without GPUs it is :func:`run_job`."""
-    if _GPU_SLOTS is None:
-        return run_job(cfg, job_dir, h, train)
-    gpu = _GPU_SLOTS.get()
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU of its own, before CUDA starts
     try:
-        return run_job(cfg, job_dir, h, train)
-    finally:
-        _GPU_SLOTS.put(gpu)
+        result = run_job(cfg, job_dir, h, train)
+    except BaseException as exc:  # noqa: BLE001 - e.g. the train function cannot be imported
+        _write_error(Path(job_dir), "".join(traceback.format_exception(exc)))
+        result = {"hash": h, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    conn.send(result)
+    conn.close()
 
 
 def _run_parallel(pending, out, train, workers, outcome, progress, say) -> None:
+    """One fresh process per job (spawned, as DomainBed's launcher does), at most ``workers`` alive, polled.
+
+    No process pool: ``ProcessPoolExecutor(max_tasks_per_child=1)`` is a TypeError before Python 3.11, and
+    submitting every job at once is the pattern of CPython gh-115634 (a hang); in a pool one dead worker
+    also broke the jobs running beside it. Here a job whose process dies (killed, out of memory) fails
+    alone, with ``error.txt`` saying so, and the others go on.
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing.connection import wait
 
     from sharpdro.cluster import parallel_devices
 
+    ctx = mp.get_context("spawn")
     threads = max(1, available_cores() // workers)
-    gpus = parallel_devices(workers)  # one GPU per worker slot; [] without GPUs
+    free_gpus = parallel_devices(workers)  # one GPU per worker slot; [] without GPUs
+    gpus = bool(free_gpus)
     queue = list(pending)
-    restarts = 0
-    with _bar(len(pending), progress) as bar:
-        while queue:
-            broken: list[Job] = []
-            ctx = mp.get_context("spawn")
-            slots = ctx.Queue() if gpus else None
-            for g in gpus:
-                slots.put(g)
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx,
-                                       max_tasks_per_child=1, initializer=_init_worker, initargs=(threads, slots))
+    running: dict = {}  # process -> (job, connection, gpu)
+    results: dict = {}  # process -> the result its job sent
+
+    def finish(proc) -> None:
+        job, conn, gpu = running.pop(proc)
+        proc.join()
+        result = results.pop(proc, None)
+        if result is None and conn.poll():
             try:
-                futures = {}
-                for job in queue:
-                    cfg = _runtime_config(job.config, threads=threads, progress=False)
-                    futures[pool.submit(run_job_on_own_gpu, cfg, str(out / job.hash), job.hash, train)] = job
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        broken.append(job)
-                        continue
-                    except Exception as exc:  # e.g. the train function cannot be pickled
-                        _write_error(out / job.hash, "".join(traceback.format_exception(exc)))
-                        result = {"hash": job.hash, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                    _after(result, job, outcome, bar, say)
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            queue = []
-            for job in broken:  # a worker died (killed, out of memory): the jobs it took down fail,
-                started = job_status(out / job.hash) != "new"  # the ones not started yet run again
-                if started or restarts >= 3:
-                    msg = ("the worker process running this job died (killed, crashed or out of memory), "
-                           "or another worker died and the pool was shut down; run the sweep again to resume it")
-                    _write_error(out / job.hash, f"BrokenProcessPool: {msg}\n")
-                    _after({"hash": job.hash, "status": "failed", "error": f"worker died: {msg}"}, job, outcome,
-                           bar, say)
-                else:
-                    queue.append(job)
-            restarts += 1
+                result = conn.recv()
+            except (EOFError, OSError):
+                result = None
+        conn.close()
+        if gpu is not None:
+            free_gpus.append(gpu)
+        if result is None:
+            code = proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            msg = (f"the process running this job died ({how}: killed, crashed or out of memory); run the "
+                   f"sweep again to resume it")
+            _write_error(out / job.hash, f"WorkerDied: {msg}\n")
+            result = {"hash": job.hash, "status": "failed", "error": f"worker died: {msg}"}
+        _after(result, job, outcome, bar, say)
+
+    with _bar(len(pending), progress) as bar:
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    job = queue.pop(0)
+                    gpu = free_gpus.pop(0) if gpus else None
+                    recv, send = ctx.Pipe(duplex=False)
+                    cfg = _runtime_config(job.config, threads=threads, progress=False, job_dir=out / job.hash)
+                    proc = ctx.Process(target=_job_process, name=f"sweep-{job.hash}",
+                                       args=(send, cfg, str(out / job.hash), job.hash, train, threads, gpu))
+                    proc.start()
+                    send.close()  # the child holds the other end: EOF when it dies
+                    running[proc] = (job, recv, gpu)
+                by_conn = {running[p][1]: p for p in running if p not in results}  # at EOF once read
+                by_sentinel = {p.sentinel: p for p in running}
+                for ready in wait(list(by_conn) + list(by_sentinel)):
+                    if ready in by_conn:  # a result (read now, so that a large one never blocks its sender)
+                        proc = by_conn[ready]
+                        if proc not in results:
+                            try:
+                                results[proc] = ready.recv()
+                            except (EOFError, OSError):
+                                results[proc] = None
+                for proc in [p for p in running if not p.is_alive()]:
+                    finish(proc)
+        except BaseException:  # Ctrl-C or an error here: no job process outlives the sweep
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.join()
+            raise
 
 
 def _run_slurm(pending, out, train, params, cluster, wait, outcome, progress, say) -> None:
@@ -301,7 +330,7 @@ def _run_slurm(pending, out, train, params, cluster, wait, outcome, progress, sa
     submitted = []
     with executor.batch():
         for job in pending:
-            cfg = _runtime_config(job.config, threads=threads, progress=False)
+            cfg = _runtime_config(job.config, threads=threads, progress=False, job_dir=out / job.hash)
             submitted.append((job, executor.submit(fn, cfg, str(out / job.hash), job.hash, train)))
     for job, sjob in submitted:
         d = out / job.hash

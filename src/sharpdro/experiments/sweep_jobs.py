@@ -140,6 +140,30 @@ def write_index(out: str | os.PathLike, jobs: Sequence[Job], spec: SweepSpec | N
     """Write (merge into) ``OUT/sweep.json``: every job hash -> its overrides and resolved config (and, for
     a tune block's variant job, ``variant_of``: {variant name: the selected final job's hash})."""
     out = Path(out)
+    with _index_lock(out):  # two sweeps on one folder: each merges into what the other wrote
+        return _merge_index(out, jobs, spec)
+
+
+INDEX_LOCK = ".sweep.json.lock"
+
+
+@contextlib.contextmanager
+def _index_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.sweep.json.lock`` (flock, blocking) around the index's read-merge-write. A lock file of its
+    own: ``sweep.json`` is replaced by a rename, so a lock on it would be on a file no longer read."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _merge_index(out: Path, jobs: Sequence[Job], spec: SweepSpec | None) -> Path:
     path = out / INDEX
     index: dict = {"format": 1, "jobs": {}}
     if path.exists():

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from sharpdro.config import FORMER_DEFAULTS, RUNTIME_KEYS, ConfigError, coerce_value, config_hash, default_config, load_config, read_yaml, \
-    parse_override, resolve_config_path, schema_field, shipped_file
+    parse_override, safe_load, resolve_config_path, schema_field, shipped_file
 from sharpdro.errors import SharpDROError
 
 _SWEEP_KEYS = ("base", "set", "grid", "include", "jobs", "description", "tune")
@@ -32,16 +32,17 @@ class SweepError(SharpDROError):
 # --------------------------------------------------------------------------- job identity
 
 
-def job_identity(cfg: Mapping) -> dict:
+def job_identity(cfg: Mapping, axes: Sequence[str] = ()) -> dict:
     """What a job computes: the keys whose value differs from the schema default.
 
-    Runtime-only keys (:data:`RUNTIME_KEYS`) are left out, and so are keys at their
+    Runtime-only keys (:data:`RUNTIME_KEYS`) are left out (but for ``axes``: those its sweep varies from
+    job to job, :func:`identity_axes`), and so are keys at their
     default, so that adding a config key (with a default) to a later version does not
     rename every finished job of a long sweep.  A key whose default changed
     (``Field.identity_default``, gathered in :data:`~sharpdro.config.FORMER_DEFAULTS`) is left out at its former default, and at its
     new default only when the job's method does not read it.
     """
-    out = _non_default(_runtime_reset(cfg), default_config())
+    out = _non_default(_runtime_reset(cfg, keep=axes), default_config())
     reads = _method_keys(cfg)
     for dotted, former in FORMER_DEFAULTS.items():
         *parents, leaf = dotted.split(".")
@@ -86,10 +87,12 @@ def _non_default(node, default) -> dict:
     return out
 
 
-def _runtime_reset(cfg: Mapping) -> dict:
-    """The resolved config with every :data:`RUNTIME_KEYS` entry reset to its default."""
+def _runtime_reset(cfg: Mapping, keep: Sequence[str] = ()) -> dict:
+    """The resolved config with every :data:`RUNTIME_KEYS` entry but ``keep`` reset to its default."""
     out = copy.deepcopy(dict(cfg))
     for dotted in RUNTIME_KEYS:
+        if dotted in keep:
+            continue
         *parents, leaf = dotted.split(".")
         node = out
         for p in parents:
@@ -117,9 +120,19 @@ def resolve_precision(cfg: dict) -> dict:
     return {**cfg, "train": {**cfg["train"], "precision": value}}
 
 
-def job_hash(cfg: Mapping) -> str:
-    """Folder name of a job: a stable hash of what the job computes (key order does not matter)."""
-    return config_hash(job_identity(cfg))
+def job_hash(cfg: Mapping, axes: Sequence[str] = ()) -> str:
+    """Folder name of a job: a stable hash of what the job computes (key order does not matter); ``axes``:
+    the runtime keys its sweep varies (:func:`identity_axes`)."""
+    return config_hash(job_identity(cfg, axes))
+
+
+def identity_axes(spec: "SweepSpec") -> tuple[str, ...]:
+    """The runtime keys a sweep varies from job to job (a ``grid`` axis, an ``include`` entry): they enter
+    the jobs' identity. ``grid: {data.root: [A, B]}`` trains on two data sets, two jobs per point; without
+    this both hashed alike and the second never ran. A runtime key set for every job (``set``, ``--set``:
+    how the committed sweeps give ``data.root``) stays out, so moving the data renames nothing."""
+    varied = set(spec.grid) | {o.split("=", 1)[0] for entry in spec.include for o in entry}
+    return tuple(sorted(k for k in varied if k in RUNTIME_KEYS))
 
 
 # --------------------------------------------------------------------------- overrides
@@ -149,7 +162,7 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):
         try:
-            plain = yaml.safe_load(value) == value
+            plain = safe_load(value) == value
         except yaml.YAMLError:
             plain = False
         if plain and value and not re.search(r"[,\[\]{}#:&*!|>'\"%@`]", value) and value.strip() == value:
@@ -365,6 +378,7 @@ def expand(spec: SweepSpec) -> list[Job]:
         trials = [[make_override(k, v) for k, v in pairs] for pairs in trial_points(spec.tune, fixed, algorithm)]
         points = [p + t for p in points for t in trials]
     points.extend(list(x) for x in spec.include)
+    axes = identity_axes(spec)
     jobs, seen = [], set()
     for point in points:
         overrides = tuple(spec.set) + tuple(point)
@@ -372,7 +386,7 @@ def expand(spec: SweepSpec) -> list[Job]:
             cfg = resolve_precision(load_config(base, overrides))
         except ConfigError as exc:
             raise ConfigError(f"sweep job [{' '.join(point) or 'base'}]: {exc}") from None
-        h = job_hash(cfg)
+        h = job_hash(cfg, axes)
         if h in seen:
             continue
         seen.add(h)

@@ -80,8 +80,9 @@ def final_plan(spec, out, jobs: Sequence) -> tuple[list, list[str]]:
 
 def _job(spec, overrides: tuple, shown: tuple, seed: int):
     from sharpdro.config import load_config
-    from sharpdro.experiments.sweep_spec import Job, _base_path, job_hash, make_override, resolve_precision
+    from sharpdro.experiments.sweep_spec import (Job, _base_path, identity_axes, job_hash, make_override,
+                                                 resolve_precision)
 
     overrides = overrides + (make_override("seed", seed),)
     cfg = resolve_precision(load_config(_base_path(spec), overrides))
-    return Job(hash=job_hash(cfg), config=cfg, overrides=overrides, varying=shown + (f"seed={seed}",))
+    return Job(hash=job_hash(cfg, identity_axes(spec)), config=cfg, overrides=overrides, varying=shown + (f"seed={seed}",))

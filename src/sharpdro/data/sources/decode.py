@@ -43,9 +43,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+#: The smallest image side read: a smaller image (a 1x1 tracking pixel, a 3x3 placeholder: at most 9 pixels)
+#: resized to the training size would be a blur of a few colours, trained on as a picture of its class.
+MIN_SIDE = 4
+
+
 def _decode_one(path, size: int | None) -> np.ndarray:
     try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as im:
+            if min(im.size) < MIN_SIDE:
+                raise DataError(f"cannot use image {path}: it is {im.size[0]}x{im.size[1]} pixels, smaller than "
+                                f"{MIN_SIDE}x{MIN_SIDE}, too small to show anything once resized")
             if size is not None and im.format == "JPEG":
                 im.draft("RGB", (size, size))  # DCT-domain downscale, never below the target
             rgb = _to_rgb(im)
@@ -128,23 +138,47 @@ def decode_images(paths: Sequence[str | os.PathLike], image_size: int | None = N
     if n == 0:
         s = image_size or 0
         return np.zeros((0, s, s, 3), dtype=np.uint8)
-    workers = _workers(_source_pixels(paths[0]))
-    first = _decode_one(paths[0], image_size)
+    bad: list[tuple[int, str]] = []  # (index, why): every unusable file, reported together at the end
+    k, first = 0, None
+    while first is None and k < n:  # the first usable image sets the shape
+        try:
+            first = _decode_one(paths[k], image_size)
+        except DataError as exc:
+            bad.append((k, str(exc)))
+            k += 1
+    if first is None:
+        raise _unusable(bad, n)
+    workers = _workers(_source_pixels(paths[k]))
     out = np.empty((n,) + first.shape, dtype=np.uint8)
-    out[0] = first
+    out[k] = first
     h, w = first.shape[:2]
 
     def work(lo: int, hi: int) -> None:
-        for i in range(max(lo, 1), hi):
-            a = _decode_one(paths[i], image_size)
+        for i in range(max(lo, k + 1), hi):
+            try:
+                a = _decode_one(paths[i], image_size)
+            except DataError as exc:
+                bad.append((i, str(exc)))
+                continue
             if a.shape != first.shape:
-                raise DataError(f"images differ in size: {paths[0]} is {w}x{h} but {paths[i]} is "
+                raise DataError(f"images differ in size: {paths[k]} is {w}x{h} but {paths[i]} is "
                                 f"{a.shape[1]}x{a.shape[0]}; set data.image_size (e.g. --set data.image_size=64) "
                                 f"to resize every image to one square size")
             out[i] = a
 
     _run_chunks(n, work, workers, progress, desc)
+    if bad:
+        raise _unusable(bad, n)
     return out
+
+
+def _unusable(bad: list[tuple[int, str]], n: int) -> DataError:
+    """One error naming every unusable file (the first few in full): nothing is trained on silently, and one
+    run shows them all instead of one per attempt."""
+    bad = sorted(bad)
+    shown = "; ".join(why for _, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return DataError(f"{len(bad)} of {n} image files cannot be used: {shown}. Delete or replace them (or move "
+                     f"them out of the data folder), then run again")
 
 
 def resize_images(images: np.ndarray, size: int, *, progress: bool = True) -> np.ndarray:

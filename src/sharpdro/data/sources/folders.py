@@ -32,9 +32,16 @@ def _is_image_name(name: str) -> bool:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), hidden files/folders and non-images skipped, sorted."""
+    """Image files under ``folder`` (recursively, into linked folders too, each folder once), hidden
+    files/folders and non-images skipped, sorted."""
     found: list[tuple[tuple[str, ...], Path]] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree (or to a folder already read): read once, never loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
         rel = Path(dirpath).relative_to(folder).parts
         for f in filenames:
