@@ -83,7 +83,7 @@ def test_an_image_that_is_no_picture_is_never_trained_on(tmp_path, bad):
     with pytest.raises(DataError) as exc:
         load_image_folder(root, image_size=16, progress=False)
     text = str(exc.value)
-    assert f"1 of 7 image files cannot be used: " in text and str(path) in text and "Delete or replace" in text
+    assert "1 of 7 image files cannot be used: " in text and str(path) in text and "Delete or replace" in text
     assert {"tiny": "1x1 pixels", "empty": "empty (0 bytes)", "truncated": "truncated",
             "text": "cannot identify image file"}[bad] in text
 

@@ -340,7 +340,7 @@ def _ddp_run(model, batches, rank=None):
     net = model if rank is None else nn.parallel.DistributedDataParallel(model)
     part = slice(None) if rank is None else slice(rank * DB // W, (rank + 1) * DB // W)
     opt = SharpDRO(net, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM), G, eta=0.5)
-    crit, sgd = GroupDROLoss(G, eta=0.5), None
+    crit = GroupDROLoss(G, eta=0.5)
     for x, y, g in batches:
         x, y, g = x[part], y[part], g[part]
         opt.step(lambda: F.cross_entropy(net(x), y, reduction="none"), g)

@@ -72,7 +72,6 @@ def finish_sums(sums: np.ndarray, bins: int = ECE_BINS) -> dict:
     if n <= 0:
         nan = float("nan")
         return {"accuracy": nan, "nll": nan, "brier": nan, "ece": nan, "count": 0}
-    count = s[_HEAD:_HEAD + bins]
     conf = s[_HEAD + bins:_HEAD + 2 * bins]
     corr = s[_HEAD + 2 * bins:]
     ece = float(np.abs(corr - conf).sum() / n)  # sum_m n_m/n |acc_m - conf_m| = sum_m |correct_m - conf_m| / n

@@ -136,6 +136,25 @@ def fsync_dir(path: str | os.PathLike) -> None:
 _UMASK_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def blocking_lock(path: str | os.PathLike | None) -> Iterator[None]:
+    """An exclusive flock on the file ``path`` (created if needed) while the block runs, waiting for another
+    holder; released when the block ends or the process dies.  Nothing when ``path`` is None or on Windows."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def current_umask() -> int:
     """The process umask (read without changing it where /proc tells it)."""
     try:

@@ -29,7 +29,6 @@ earlier step, puts it in the run's summary).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from sharpdro.errors import SharpDROError
+from sharpdro.io import blocking_lock
 from sharpdro.version import PACKAGE
 from sharpdro.rundir import RunDir
 
@@ -165,7 +165,7 @@ class MLflowLogger:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PACKAGE)
-        with _file_lock(None if store is None else store.with_name(MLFLOW_DB_LOCK)):
+        with blocking_lock(None if store is None else store.with_name(MLFLOW_DB_LOCK)):
             # the jobs of a parallel sweep start together: one creates the database's tables and the experiment
             exp = self.client.get_experiment_by_name(name)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
@@ -196,24 +196,6 @@ class MLflowLogger:
 
     def close(self, failed: bool = False) -> None:
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path | None):
-    """An exclusive flock on ``path`` while the block runs (nothing when ``path`` is None or on Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None
-    if path is None or fcntl is None:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class WandbLogger:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from sharpdro.errors import SharpDROError
 from sharpdro.experiments.sweep_spec import SweepError
-from sharpdro.io import atomic_write_json, atomic_write_text
+from sharpdro.io import atomic_write_json, atomic_write_text, blocking_lock
 from sharpdro.rundir import DONE, ERROR, SLURM_MARKER, RunDir, hold_lock, lock_held
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TRAIN = "sharpdro.engine:train"
 INDEX = "sweep.json"
+INDEX_LOCK = ".sweep.json.lock"  # the index's read-merge-write, under blocking_lock
 
 
 # --------------------------------------------------------------------------- job state
@@ -140,27 +141,11 @@ def write_index(out: str | os.PathLike, jobs: Sequence[Job], spec: SweepSpec | N
     """Write (merge into) ``OUT/sweep.json``: every job hash -> its overrides and resolved config (and, for
     a tune block's variant job, ``variant_of``: {variant name: the selected final job's hash})."""
     out = Path(out)
-    with _index_lock(out):  # two sweeps on one folder: each merges into what the other wrote
+    out.mkdir(parents=True, exist_ok=True)
+    # a lock file of its own: sweep.json is replaced by a rename, so a lock on it would be on a file no longer read
+    with blocking_lock(out / INDEX_LOCK):  # two sweeps on one folder: each merges into what the other wrote
         return _merge_index(out, jobs, spec)
 
-
-INDEX_LOCK = ".sweep.json.lock"
-
-
-@contextlib.contextmanager
-def _index_lock(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.sweep.json.lock`` (flock, blocking) around the index's read-merge-write. A lock file of its
-    own: ``sweep.json`` is replaced by a rename, so a lock on it would be on a file no longer read."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _merge_index(out: Path, jobs: Sequence[Job], spec: SweepSpec | None) -> Path:
