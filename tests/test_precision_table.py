@@ -71,4 +71,6 @@ def test_the_verdict_follows_the_one_point_rule():
     mod = _module()
     row = {"method": "ERM", "metric": "worst severity", "seeds": [1, 2, 3], "mean_difference": -2.0, "low": -3.0}
     assert "keep fp32" in mod.verdict([{**row, "high": -1.2}])
-    assert "rules out a large harm" in mod.verdict([{**row, "high": -0.8}])
+    said = mod.verdict([{**row, "high": -0.8}, {**row, "method": "SharpDRO", "low": -12.34, "high": 5.0,
+                                                   "mean_difference": 0.5}])
+    assert "may train in bf16" in said and "ERM -3.0, SharpDRO -12.3" in said and "1 of the 2" in said

@@ -75,6 +75,8 @@ def rows(here: Path) -> list[dict]:
 
 
 def verdict(table: list[dict]) -> str:
+    """The rule set before the runs (a paired interval whose upper end lies below -HARM keeps fp32), and what
+    the intervals leave open: the largest harm each method's intervals do not rule out."""
     harmed = [r for r in table if r["high"] is not None and r["high"] < -HARM]
     if harmed:
         which = "; ".join(f"{r['method']}, {r['metric']}: {r['mean_difference']:+.1f} "
@@ -82,9 +84,16 @@ def verdict(table: list[dict]) -> str:
         return (f"bf16 is worse than fp32 by more than {HARM:g} point with an interval that excludes it in: "
                 f"{which}. The reproductions keep fp32.")
     n = min(len(r["seeds"]) for r in table)
+    lows = {}
+    for r in table:
+        lows[r["method"]] = min(lows.get(r["method"], r["low"]), r["low"])
+    reach = ", ".join(f"{m} {lo:+.1f}" for m, lo in lows.items())
+    negative = sum(r["mean_difference"] < 0 for r in table)
     return (f"No paired interval puts bf16 more than {HARM:g} point below fp32 (every upper end is above "
-            f"-{HARM:g}). With {n} seeds per method this rules out a large harm; it does not show that the "
-            f"two precisions are equivalent (the intervals are several points wide).")
+            f"-{HARM:g}), so by the rule set before the runs the reproductions may train in bf16 where it is fast "
+            f"(train.precision: auto). With {n} seeds per method this does not show the two equivalent, nor rule "
+            f"out a large harm: the intervals reach down to {reach} points, and {negative} of the {len(table)} "
+            f"mean differences are below zero.")
 
 
 def hardware(table: list[dict]) -> str:
@@ -97,7 +106,9 @@ def hardware(table: list[dict]) -> str:
         said.append(f"{h.get('device', '?')}, CPU capability {isa.get('capability', '?')}, AMX-BF16 "
                     f"{'yes' if isa.get('amx_bf16') else 'no'}, AVX512-BF16 {'yes' if isa.get('avx512_bf16') else 'no'}")
     fast = any(json.loads(t).get("fast_bf16") for t in seen)
-    return (f"The bf16 runs ran on: {'; '.join(said) or 'unrecorded hardware'}. " +
+    return (f"The bf16 runs ran on: {'; '.join(said) or 'unrecorded hardware'}. The minutes per run are "
+            f"wall-clock under whatever else shared the machine at the time (the fp32 runs' and the bf16 runs' "
+            f"loads differed); benchmarks/README.md compares the two precisions step by step, interleaved. " +
             ("" if fast else "Without those instructions bf16 is emulated (converted to fp32 around each kernel), "
                              "so its minutes per run say nothing of a CPU that has them. The arithmetic is the "
                              "same (bf16 operands, whose products fp32 holds exactly, summed in fp32) up to the "
