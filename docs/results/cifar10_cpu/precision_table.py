@@ -53,7 +53,7 @@ def rows(here: Path) -> list[dict]:
     found = pairs(here)
     table = []
     for method in NAMES:
-        mine = [p for p in found if p["method"] == method]
+        mine = sorted((p for p in found if p["method"] == method), key=lambda p: p["seed"])
         if not mine:
             continue
         for key, label in METRICS:
