@@ -58,7 +58,9 @@ def test_paper_sweep_runs_every_method_and_corruption_with_equal_tuning_on_the_r
     assert tune["trials"] >= 8
     jobs = expand(spec)
     network, per_class, size = PAPER[dataset]
-    c10 = load_config("cifar10")
+    from sharpdro.experiments.sweep_spec import resolve_precision
+
+    c10 = resolve_precision(load_config("cifar10"))  # jobs run in the precision auto resolves to where expanded
     counts: dict[tuple, int] = {}
     for job in jobs:
         cfg = job.config

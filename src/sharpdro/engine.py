@@ -498,7 +498,8 @@ def _evaluate_selected(session, splits, records: list[dict], cfg: dict, run: Run
             raise TrainingError(f"{best} holds epoch {held + 1}, not the selected epoch {sel['epoch'] + 1}; train "
                                 f"the run again")
         bs = cfg["eval"]["batch_size"]
-        if "test" in wanted and "test" not in sel:
+        tested = "test" in wanted and "test" not in sel
+        if tested:
             sel.update(_test_blocks(session, splits, bs, procs))
             _echo(f"test at the selected epoch {sel['epoch'] + 1}: avg {100 * sel['test']['average']:.2f} "
                   f"worst {100 * sel['test']['worst']:.2f}", procs.is_main)
@@ -506,7 +507,8 @@ def _evaluate_selected(session, splits, records: list[dict], cfg: dict, run: Run
             sel["train_fit"] = _fit_block(session, splits.train, bs, procs)
         if procs.is_main:
             atomic_write_text(run.metrics, jsonl_text(records))
-            tracker.log({"epoch": sel["epoch"], **{k: sel[k] for k in ("test", "extra_test") if k in sel}})
+            if tested:  # the trackers hold every epoch's other figures already
+                tracker.log({"epoch": sel["epoch"], **{k: sel[k] for k in ("test", "extra_test") if k in sel}})
     if procs.is_main and not cfg["output"]["save_best"]:
         best.unlink(missing_ok=True)  # kept only for this evaluation
 

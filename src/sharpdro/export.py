@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from sharpdro.errors import SharpDROError
+from sharpdro.version import PACKAGE
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -98,7 +99,7 @@ def _foreign_files(out: Path) -> list[str]:
             with open(out / MODEL_FILE, "rb") as f:  # safetensors: an 8-byte length, then a JSON header
                 n = int.from_bytes(f.read(8), "little")
                 header = json.loads(f.read(n)) if 0 < n < 100_000_000 else {}
-            ours = str(header.get("__metadata__", {}).get("producer", "")).startswith("sharpdro")
+            ours = str(header.get("__metadata__", {}).get("producer", "")).startswith(PACKAGE)
         except (OSError, ValueError, AttributeError):
             ours = False
         if not ours:
@@ -130,7 +131,7 @@ def export_run(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     model = session.algorithm.model
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     # in memory, then through atomic_path: safetensors' own save_file reports a full disk as a SafetensorError
-    weights = st.save(state, metadata={"format": "pt", "producer": f"sharpdro {__version__}"})
+    weights = st.save(state, metadata={"format": "pt", "producer": f"{PACKAGE} {__version__}"})
     m, d = cfg["model"], cfg["data"]
     mean, std = session.norm
     meta = {
