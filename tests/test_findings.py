@@ -153,6 +153,10 @@ def _computed_intervals(reports: dict) -> list[tuple[float, float, float]]:
         half = student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
         out.append((v.mean(), v.mean() - half, v.mean() + half))
 
+    precision = ROOT / "precision_table.json"
+    if precision.is_file():  # bf16 - fp32 paired by seed (tests/test_precision_table.py recomputes each from runs)
+        for row in json.loads(precision.read_text())["rows"]:
+            interval(row["differences"])
     for arm, _, rows in findings.complete_combinations(reports):
         per_seed = [{r["seed"]: {"average": r["average"], "worst": r["worst"], **r["accuracy"]}
                      for r in e["runs"] if r["status"] == "done"} for e in rows]
