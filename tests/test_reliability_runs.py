@@ -183,20 +183,25 @@ def _start_paused(tmp_path, *args):
     return proc, lambda: Path(flag + ".go").touch()
 
 
-def test_two_trains_on_one_out_at_once(tmp_path):
-    out = tmp_path / "run"
+def _refused_while_the_first_runs(tmp_path, out, first_args: list, second: list[list]) -> None:
+    """Start ``sharpdro train *first_args`` paused after it took the run directory, run each ``second`` command
+    while it holds it (each must be one line saying the folder is in use), let the first finish: it trains epochs
+    0 and 1 alone."""
     sets = [f"--set={o}" for o in TINY] + ["--set=train.epochs=2"]
-    first, go = _start_paused(tmp_path, "train", "-c", "quickstart", "--out", out, *sets)
+    first, go = _start_paused(tmp_path, "train", "-c", "quickstart", "--out", out, *first_args, *sets)
     try:
-        line = _one_error_line(_cli("train", "-c", "quickstart", "--out", out, *sets))
-        assert f"{out} is in use by another sharpdro process (pid {first.pid}" in line, line
-        line = _one_error_line(_cli("train", "-c", "quickstart", "--out", out, "--resume", *sets))
-        assert "in use by another sharpdro process" in line
+        for extra in second:
+            line = _one_error_line(_cli("train", "-c", "quickstart", "--out", out, *extra, *sets))
+            assert f"{out} is in use by another sharpdro process (pid {first.pid}" in line, line
     finally:
         go()
         _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_two_trains_on_one_out_at_once(tmp_path):
+    _refused_while_the_first_runs(tmp_path, tmp_path / "run", [], [[], ["--resume"]])
 
 
 def test_two_resumes_at_once_run_no_epoch_twice(tmp_path, erm_run):
@@ -208,16 +213,7 @@ def test_two_resumes_at_once_run_no_epoch_twice(tmp_path, erm_run):
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     state["extra"]["epoch"] = 0  # as if killed after epoch 1 of 2: the resume trains epoch 2
     torch.save(state, out / "checkpoints" / "last.pt")
-    sets = [f"--set={o}" for o in TINY] + ["--set=train.epochs=2"]
-    first, go = _start_paused(tmp_path, "train", "-c", "quickstart", "--out", out, "--resume", *sets)
-    try:
-        line = _one_error_line(_cli("train", "-c", "quickstart", "--out", out, "--resume", *sets))
-        assert "in use by another sharpdro process" in line
-    finally:
-        go()
-        _, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr
-    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    _refused_while_the_first_runs(tmp_path, out, ["--resume"], [["--resume"]])
 
 
 def test_train_inside_a_sweep_job_shares_its_lock(tmp_path, digits_splits):
