@@ -169,8 +169,8 @@ RUNTIME_KEYS = (
 # Keys a run's numbers depend on (bit for bit) that a sweep job's name leaves out or may hold unresolved:
 # train.threads is a runtime key (finished jobs keep their names on another machine or launcher), and
 # train.precision may resolve to another value elsewhere. --resume refuses another value than the run's,
-# naming the key (engine.used_value is the value compared); a finished run read back under another value
-# would show numbers it did not compute.
+# naming the key (engine._check_same_numerics, after train.precision: auto is resolved); a finished run
+# read back under another value would show numbers it did not compute.
 RESUME_SAME = ("train.threads", "train.precision")
 
 # Keys whose default changed after sweeps were hashed: their former default, declared beside each key

@@ -653,18 +653,12 @@ RESUME_CHANGEABLE = ("train.lr", "train.schedule", "train.milestones", "train.ga
 RESUME_SAME = config_mod.RESUME_SAME  # keys --resume refuses to change (config.py says why)
 
 
-def used_value(cfg: dict, key: str):
-    """The value of a :data:`RESUME_SAME` key a run computes with: what --resume compares between the
-    run's recorded config.yaml and the new config. A key whose config value is resolved at run time
-    (``train.precision: auto``) returns the resolved value here."""
-    return config_mod.get(cfg, key)
-
-
 def _check_same_numerics(path: Path, old: dict, cfg: dict) -> None:
     from sharpdro.experiments.sweep_spec import format_value
 
     for key in RESUME_SAME:
-        was, now = used_value(old, key), used_value(cfg, key)
+        # train.precision: auto is resolved before this check (_resolve_precision): both sides are what ran
+        was, now = config_mod.get(old, key), config_mod.get(cfg, key)
         if was != now:
             raise SharpDROError(f"--resume with {key} = {format_value(now)}, but the run computed with "
                                 f"{format_value(was)} ({path.name}); its numbers depend on {key}, so they would "
