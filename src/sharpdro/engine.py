@@ -338,7 +338,7 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 atomic_write_text(metrics_path, jsonl_text(records))
             records = procs.broadcast(records)
             if main and resume_from == last_ckpt.name:
-                _repair_best(records, rule, start_epoch, cfg, last_ckpt, best_ckpt)
+                _repair_best(records, rule, start_epoch, last_ckpt, best_ckpt)
             _echo(f"resumed {run_dir} after epoch {start_epoch}", main)
             if main and changes:
                 _record_changes(run, changes, start_epoch)
@@ -386,7 +386,8 @@ def train(cfg: dict, out_dir=None, resume: bool = False, splits=None, allow_chan
                 session.save_checkpoint(last_ckpt, {"epoch": epoch})
                 if "val" in record:
                     selected = select_epoch(records, rule)
-                    if selected["epoch"] == epoch and _keeps_best(cfg):
+                    # every run keeps the selected epoch's weights until _evaluate_selected has used them
+                    if selected["epoch"] == epoch:
                         _copy_atomic(last_ckpt, best_ckpt)
             _echo(_epoch_line(record, epochs), main)  # train.progress hides the bars, not these lines
 
@@ -450,17 +451,10 @@ def _resolve_precision(cfg: dict, backend, run: RunDir, resume: bool) -> dict:
     return {**cfg, "train": {**cfg["train"], "precision": value}}
 
 
-def _keeps_best(cfg: dict) -> bool:
-    """The best checkpoint is written in every run: the selected epoch's weights are evaluated after training
-    (the training-mixture fit; the test set with eval.test=selected); it is deleted then unless
-    output.save_best keeps it."""
-    return True
-
-
-def _repair_best(records: list[dict], rule: str, start_epoch: int, cfg: dict, last: Path, best: Path) -> None:
+def _repair_best(records: list[dict], rule: str, start_epoch: int, last: Path, best: Path) -> None:
     """A run killed between its last checkpoint and the copy to best resumes with a stale best checkpoint
     when that last epoch was the selected one: copy it again (the checkpoint holds exactly that epoch)."""
-    if _keeps_best(cfg) and any("val" in r for r in records):
+    if any("val" in r for r in records):
         if select_epoch(records, rule)["epoch"] == start_epoch - 1:
             _copy_atomic(last, best)
 
