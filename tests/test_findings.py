@@ -157,6 +157,11 @@ def _computed_intervals(reports: dict) -> list[tuple[float, float, float]]:
     if precision.is_file():  # bf16 - fp32 paired by seed (tests/test_precision_table.py recomputes each from runs)
         for row in json.loads(precision.read_text())["rows"]:
             interval(row["differences"])
+    scale = ROOT / "scale_study.json"
+    if scale.is_file():  # the scale study's paired differences (tests/test_scale_study.py recomputes each from runs)
+        for row in json.loads(scale.read_text())["paired"]:
+            if len(row["differences"]) >= 2:
+                interval(row["differences"])
     for arm, _, rows in findings.complete_combinations(reports):
         per_seed = [{r["seed"]: {"average": r["average"], "worst": r["worst"], **r["accuracy"]}
                      for r in e["runs"] if r["status"] == "done"} for e in rows]

@@ -260,6 +260,8 @@ COMMITTED_TABLES = {
     "cifar10_small": ("cifar10_small_table", []),
     "cifar10_cpu/imagenet_table": ("cifar10_cpu/imagenet_table_table", ["--select-hparams", "worst"]),
     "cifar10_cpu/cifar_table": ("cifar10_cpu/cifar_table_table", ["--select-hparams", "worst"]),
+    **{f"cifar10_cpu/scale/scale_{r}": (f"cifar10_cpu/scale/scale_{r}_table", ["--group-by", "none"])
+       for r in ("n2000_e20", "n4000_e20", "n500_e60")},
 }
 
 
