@@ -147,7 +147,7 @@ def _made_up(study, worst_diff: dict, q5: float) -> dict:
                              "fit_source": "evaluated", "fit_mixture": 90.0,
                              "counts": {"0": 10, "1": 10, "2": 5, "3": 2, "4": 1, "5": 1},
                              "q_top": q5 if m in ("sharpdro", "groupdro") else None, "minutes": 1.0})
-    return {"runs": runs, "expected": {k: 21 for k, _, _ in study.REGIMES}}
+    return {"runs": runs, "expected": {k: 21 for k, _, _ in study.REGIMES}, "pending": []}
 
 
 def test_verdict_says_a_sign_change_and_where_an_interval_excludes_zero():
@@ -175,3 +175,17 @@ def test_partial_regimes_give_no_verdict():
     assert lines[0].startswith("**No verdict yet**")
     assert not any(ln.startswith("- SharpDRO − ERM") for ln in lines)
     assert "under way" in study.headline(made, study.paired(made["runs"]))
+
+
+def test_hours_to_go_use_the_regimes_own_minutes_else_the_scaled_arm():
+    study = _study()
+    made = _made_up(study, {k: 0.0 for k, _, _ in study.REGIMES}, 0.2)
+    for r in made["runs"]:
+        r["minutes"] = {"n500_e20": 4.0, "n2000_e20": 20.0}.get(r["regime"], 1.0)
+    keep = [r for r in made["runs"] if not (r["regime"] == "n2000_e20" and r["seed"] == 3)
+            and not (r["regime"] == "n4000_e20" and r["method"] == "jtt")]
+    made["pending"] = [[r["regime"], r["method"], r["seed"]] for r in made["runs"] if r not in keep]
+    made["runs"] = keep
+    # 7 jobs at (2000, 20) at their own 20 minutes; 3 JTT jobs at (4000, 20) at 4 minutes x 8 (images x epochs)
+    assert study.to_go_hours(made) == pytest.approx((7 * 20 + 3 * 4 * 8) / 60)
+    assert f"The 10 runs to go would take about {(7 * 20 + 3 * 32) / 60:.0f} more" in study.status(made)

@@ -103,14 +103,16 @@ def jobs(here: Path) -> list[tuple[str, str, int, Path]]:
 
 
 def collect(here: Path) -> dict:
-    runs, expected = [], {}
+    runs, expected, pending = [], {}, []
     for regime, method, seed, folder in jobs(here):
         expected[regime] = expected.get(regime, 0) + 1
         rec = run_record(folder, regime, method, seed)
         if rec:
             runs.append(rec)
+        else:
+            pending.append([regime, method, seed])
     runs.sort(key=lambda r: ([k for k, _, _ in REGIMES].index(r["regime"]), METHODS.index(r["method"]), r["seed"]))
-    return {"runs": runs, "expected": expected}
+    return {"runs": runs, "expected": expected, "pending": pending}
 
 
 def _by(runs: list[dict], regime: str, method: str) -> dict[int, dict]:
@@ -177,8 +179,27 @@ def status(study: dict) -> str:
         done = sum(1 for r in runs if r["regime"] == key)
         parts.append(f"{regime_label(key)} {done}/{study['expected'][key]}")
     hours = sum(r["minutes"] for r in runs if r["regime"] != REGIMES[0][0]) / 60
-    return (f"Finished runs per regime (images per class, epochs): {', '.join(parts)}. The scale runs so far took "
+    text = (f"Finished runs per regime (images per class, epochs): {', '.join(parts)}. The scale runs so far took "
             f"{hours:.1f} CPU-hours (one thread each; `sharpdro cost` per regime in scale/).")
+    if study["pending"]:
+        text += (f" The {len(study['pending'])} runs to go would take about {to_go_hours(study):.0f} more, at the "
+                 "minutes per run each method took in that regime, else at its (500, 20) minutes scaled by images "
+                 "× epochs.")
+    return text
+
+
+def to_go_hours(study: dict) -> float:
+    """CPU-hours of the unfinished jobs, estimated from the finished runs' minutes."""
+    runs, scale = study["runs"], {k: n * e for k, n, e in REGIMES}
+    minutes = 0.0
+    for regime, method, _ in study["pending"]:
+        same = [r["minutes"] for r in runs if r["regime"] == regime and r["method"] == method]
+        if same:
+            minutes += sum(same) / len(same)
+        else:
+            base = [r["minutes"] for r in runs if r["regime"] == REGIMES[0][0] and r["method"] == method]
+            minutes += sum(base) / len(base) * scale[regime] / scale[REGIMES[0][0]]
+    return minutes / 60
 
 
 def verdict(study: dict, table: list[dict]) -> list[str]:
@@ -354,7 +375,7 @@ def write(here: Path, out: Path | None = None, plot: bool = True) -> str:
     (out / "scale_study.md").write_text(md, encoding="utf-8")
     (out / "scale_study.csv").write_text(to_csv(table), encoding="utf-8")
     (out / "scale_study.json").write_text(json.dumps(
-        {"runs": study["runs"], "expected": study["expected"], "paired": table, "cells": cells(study["runs"]),
+        {"runs": study["runs"], "expected": study["expected"], "pending": study["pending"], "paired": table, "cells": cells(study["runs"]),
          "verdict": verdict(study, table), "headline": headline(study, table)}, indent=1) + "\n", encoding="utf-8")
     if plot:
         figure(study, table, out / "plots" / "scale_dose_response.png")
