@@ -431,6 +431,34 @@ def test_pairs_stay_within_a_hyperparameter_group_or_the_selected_rows(tmp_path)
     assert [p.seeds for p in merged.paired()] == []
 
 
+def test_a_method_key_its_method_does_not_read_neither_shows_nor_blocks_a_pair(tmp_path):
+    """A sweep of several methods at their own hyperparameters (include lists, as the scale study's): ERM's row
+    shows no rho or eta (it reads neither), and every method is paired with ERM whatever its own rho or eta;
+    a swept key outside algorithm.* (train.lr) still keeps pairs apart. Before, ERM's row showed the default
+    rho and eta it never read, and a SAM at rho 0.03 had no ERM to be paired with."""
+    for lr in (0.1, 0.05):
+        for seed in (0, 1):
+            write_run(tmp_path, PAIR_BASE + ["algorithm.name=erm", f"train.lr={lr}", f"seed={seed}"],
+                      [0.5, 0.25 + seed / 16])
+            for rho in (0.03, 0.05):
+                write_run(tmp_path, PAIR_BASE + ["algorithm.name=sam", f"algorithm.rho={rho}", f"train.lr={lr}",
+                                                 f"seed={seed}"], [0.5, 0.25 + rho + seed / 8])
+            write_run(tmp_path, PAIR_BASE + ["algorithm.name=groupdro", "algorithm.eta=0.04", f"train.lr={lr}",
+                                             f"seed={seed}"], [0.5, 0.5])
+    table = rp.collect(tmp_path)
+    assert table.hparams == ["algorithm.eta", "algorithm.rho", "train.lr"]
+    erm = [r for r in table.rows if r.method_key == "erm"]
+    assert [r.hparams for r in erm] == [(rp.NOT_READ, rp.NOT_READ, 0.05), (rp.NOT_READ, rp.NOT_READ, 0.1)]
+    assert [r.hparams for r in table.rows if r.method_key == "groupdro"][0][:2] == (0.04, rp.NOT_READ)
+    pairs = sorted((p.row.method_key, p.row.hparams, p.reference.hparams[2], round(p.intervals["worst"].mean, 6))
+                   for p in table.paired())
+    # per seed: SAM - ERM = rho + seed / 16 points of worst accuracy; GroupDRO - ERM = 0.25 - seed / 16
+    assert pairs == sorted(
+        [("sam", (rp.NOT_READ, rho, lr), lr, round(100 * (rho + 1 / 32), 6)) for rho in (0.03, 0.05) for lr in (0.05, 0.1)]
+        + [("groupdro", (0.04, rp.NOT_READ, lr), lr, round(100 * (0.25 - 1 / 32), 6)) for lr in (0.05, 0.1)])
+    assert "| ERM | – | – | 0.05 |" in rf.to_markdown(table)
+
+
 def test_stats_helpers():
     from sharpdro.experiments import stats
 

@@ -1,7 +1,8 @@
 """Paired comparisons of a report's rows with the reference methods, seed by seed.
 
 Two rows of one block (same dataset, corruption and, unless the rows were selected per method
-by ``--select-hparams``, the same hyperparameter group) are compared on the seeds both
+by ``--select-hparams``, the same values of the swept keys outside ``algorithm.*``: each method at its own
+hyperparameters) are compared on the seeds both
 finished: per seed, the method's accuracy minus the reference's, in percentage points, and a
 t-interval over those differences (the std is that of the per-seed differences, which removes
 the seed-to-seed variation the two runs share).
@@ -37,7 +38,7 @@ def by_seed(row, metric: str) -> dict[int, float]:
 
 def _block(row, by_hparams: bool) -> tuple:
     key = (row.dataset, row.data, row.corruption)
-    return key + (json.dumps(row.hparams, sort_keys=True, default=str),) if by_hparams else key
+    return key + (json.dumps(getattr(row, "shared", row.hparams), sort_keys=True, default=str),) if by_hparams else key
 
 
 def _references(method: str) -> tuple:

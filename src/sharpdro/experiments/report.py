@@ -296,6 +296,9 @@ class Row:
     method_key: str
     hparams: tuple  # values of Table.hparams, in order
     runs: list = field(default_factory=list)
+    # the values of Table.hparams outside algorithm.*: the settings two methods must share to be paired (each
+    # method at its own hyperparameters; ERM is paired with every SAM rho of a block)
+    shared: tuple = ()
     trials: int | None = None  # --select-hparams: the number of configurations the row was chosen from
     variant: str | None = None  # a tune block variant's name: the selected trial of method_key rerun with its settings
     selected_text: str | None = None  # --select-hparams: what was selected (tuning_report.label_selection)
@@ -433,6 +436,9 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+NOT_READ = "–"  # a swept algorithm.* key's cell on a row whose method does not read it
+
+
 def _value_sort_key(v: Any):
     if v is None:
         return (0, 0.0, "")
@@ -465,8 +471,10 @@ def detect_hyperparameters(runs: Iterable[Run]) -> list[str]:
 
 
 def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequence[str] | None = None,
-                decimals: int = 2, calibration: bool = False) -> Table:
-    """Group runs into rows. ``group_by``: None detects swept keys; a list names them ([] for none)."""
+                decimals: int = 2, calibration: bool = False, blank_unread: bool = True) -> Table:
+    """Group runs into rows. ``group_by``: None detects swept keys; a list names them ([] for none).
+    ``blank_unread``: with detected keys, an ``algorithm.*`` key the row's method does not read is NOT_READ
+    (``--select-hparams`` keeps every value: its CSV and JSON list each configuration whole)."""
     if not runs:
         raise ReportError("no runs found: give a sweep folder (with sweep.json or run subfolders) or a run folder")
     hparams = detect_hyperparameters(runs) if group_by is None else list(group_by)
@@ -477,11 +485,16 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
         if missing:
             raise ReportError(f"--group-by: unknown config key(s) {', '.join(missing)}")
         hp = tuple(flat.get(k) for k in hparams)
+        if group_by is None and blank_unread:  # a detected method key its method does not read says nothing
+            spec = methods.find(str(r.config.get("algorithm", {}).get("name")))
+            own = {f"algorithm.{k}" for k in spec.hparams} if spec is not None else set()
+            hp = tuple(NOT_READ if k.startswith("algorithm.") and k not in own else v for k, v in zip(hparams, hp))
         ds = r.config.get("data", {}).get("dataset", "?")
         key = (ds, dataset_name(r.config), r.config.get("data", {}).get("corruption", "?"),
                r.config.get("algorithm", {}).get("name", "?"), json.dumps(hp, sort_keys=True, default=str))
         if key not in groups:
-            groups[key] = Row(ds, key[1], key[2], key[3], hp)
+            shared = tuple(v for k, v in zip(hparams, hp) if not k.startswith("algorithm."))
+            groups[key] = Row(ds, key[1], key[2], key[3], hp, shared=shared)
         groups[key].runs.append(r)
     rows = sorted(groups.values(), key=lambda row: (
         _order(_DATASET_ORDER, row.dataset), row.data, _order(CORRUPTIONS, row.corruption), row.corruption,
@@ -504,7 +517,7 @@ def collect(path: str | os.PathLike, selection: str = "worst", group_by: Sequenc
     and are no candidates of the selection (:mod:`sharpdro.experiments.tuning_report`).
     """
     runs = load_runs(path, selection)
-    table = build_table(runs, selection, group_by, decimals, calibration)
+    table = build_table(runs, selection, group_by, decimals, calibration, blank_unread=select_hparams is None)
     if select_hparams is None:
         return table
     from sharpdro.experiments import tuning_report as tr
