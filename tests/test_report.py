@@ -260,7 +260,7 @@ COMMITTED_TABLES = {
     "cifar10_small": ("cifar10_small_table", []),
     "cifar10_cpu/imagenet_table": ("cifar10_cpu/imagenet_table_table", ["--select-hparams", "worst"]),
     "cifar10_cpu/cifar_table": ("cifar10_cpu/cifar_table_table", ["--select-hparams", "worst"]),
-    **{f"cifar10_cpu/scale/scale_{r}": (f"cifar10_cpu/scale/scale_{r}_table", ["--group-by", "none"])
+    **{f"cifar10_cpu/scale/scale_{r}": (f"cifar10_cpu/scale/scale_{r}_table", [])
        for r in ("n2000_e20", "n4000_e20", "n500_e60")},
 }
 
@@ -444,19 +444,22 @@ def test_a_method_key_its_method_does_not_read_neither_shows_nor_blocks_a_pair(t
                 write_run(tmp_path, PAIR_BASE + ["algorithm.name=sam", f"algorithm.rho={rho}", f"train.lr={lr}",
                                                  f"seed={seed}"], [0.5, 0.25 + rho + seed / 8])
             write_run(tmp_path, PAIR_BASE + ["algorithm.name=groupdro", "algorithm.eta=0.04", f"train.lr={lr}",
-                                             f"seed={seed}"], [0.5, 0.5])
+                                             "data.sampler=group_balanced", f"seed={seed}"], [0.5, 0.5])
     table = rp.collect(tmp_path)
-    assert table.hparams == ["algorithm.eta", "algorithm.rho", "train.lr"]
+    assert table.hparams == ["algorithm.eta", "algorithm.rho", "data.sampler", "train.lr"]
     erm = [r for r in table.rows if r.method_key == "erm"]
-    assert [r.hparams for r in erm] == [(rp.NOT_READ, rp.NOT_READ, 0.05), (rp.NOT_READ, rp.NOT_READ, 0.1)]
-    assert [r.hparams for r in table.rows if r.method_key == "groupdro"][0][:2] == (0.04, rp.NOT_READ)
-    pairs = sorted((p.row.method_key, p.row.hparams, p.reference.hparams[2], round(p.intervals["worst"].mean, 6))
+    assert [r.hparams for r in erm] == [(rp.NOT_READ, rp.NOT_READ, "auto", 0.05), (rp.NOT_READ, rp.NOT_READ, "auto", 0.1)]
+    assert [r.hparams for r in table.rows if r.method_key == "groupdro"][0][:3] == (0.04, rp.NOT_READ, "group_balanced")
+    pairs = sorted((p.row.method_key, p.row.hparams, p.reference.hparams[3], round(p.intervals["worst"].mean, 6))
                    for p in table.paired())
-    # per seed: SAM - ERM = rho + seed / 16 points of worst accuracy; GroupDRO - ERM = 0.25 - seed / 16
+    # per seed: SAM - ERM = rho + seed / 16 points of worst accuracy; GroupDRO (its own sampler) - ERM = 0.25 - seed / 16
     assert pairs == sorted(
-        [("sam", (rp.NOT_READ, rho, lr), lr, round(100 * (rho + 1 / 32), 6)) for rho in (0.03, 0.05) for lr in (0.05, 0.1)]
-        + [("groupdro", (0.04, rp.NOT_READ, lr), lr, round(100 * (0.25 - 1 / 32), 6)) for lr in (0.05, 0.1)])
-    assert "| ERM | – | – | 0.05 |" in rf.to_markdown(table)
+        [("sam", (rp.NOT_READ, rho, "auto", lr), lr, round(100 * (rho + 1 / 32), 6))
+         for rho in (0.03, 0.05) for lr in (0.05, 0.1)]
+        + [("groupdro", (0.04, rp.NOT_READ, "group_balanced", lr), lr, round(100 * (0.25 - 1 / 32), 6))
+           for lr in (0.05, 0.1)])
+    assert "| ERM | – | – | auto | 0.05 |" in rf.to_markdown(table)
+    assert "same data and corruption and train.lr, each method at its own hyperparameters;" in rf.to_markdown(table)
 
 
 def test_stats_helpers():

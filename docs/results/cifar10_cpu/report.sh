@@ -10,8 +10,8 @@ for arm in imagenet_table cifar_table; do
   sharpdro plot "$here/$arm" --select-hparams worst --format png --out "$here/plots/$arm"
 done
 python "$here/findings.py" "$here" > "$here/findings.md"
-# The scale study (issue 27): each regime's table and cost (one configuration per method, so rows split by
-# method alone), then the study across regimes, its figure and the README blocks it generates.
+# The scale study (issue 27): each regime's table (one configuration per method; its columns show each
+# method's own hyperparameters) and cost, then the study across regimes, its figure and the README blocks.
 # A regime whose grid is still running is read from a copy of its finished runs: a committed table counts
 # exactly what a clone has (a run in progress would show as "unfinished" here and as "not started" there).
 stage="$(mktemp -d)"
@@ -27,7 +27,7 @@ for sweep in "$here"/scale/scale_*/; do
     mkdir "$copy/$(basename "$run")"
     find "$run" -maxdepth 1 -type f -exec cp {} "$copy/$(basename "$run")/" \;
   done
-  sharpdro report "$copy" --group-by none --out "${sweep}_table" --format md,csv,tex,json
+  sharpdro report "$copy" --out "${sweep}_table" --format md,csv,tex,json
   sharpdro cost "$copy" --out "${sweep}_cost"
 done
 python "$here/scale_study.py" "$here" > /dev/null

@@ -1,8 +1,8 @@
 """Paired comparisons of a report's rows with the reference methods, seed by seed.
 
 Two rows of one block (same dataset, corruption and, unless the rows were selected per method
-by ``--select-hparams``, the same values of the swept keys outside ``algorithm.*``: each method at its own
-hyperparameters) are compared on the seeds both
+by ``--select-hparams``, the same values of the swept keys that are no method setting, such as ``train.lr``:
+each method at its own hyperparameters and sampler) are compared on the seeds both
 finished: per seed, the method's accuracy minus the reference's, in percentage points, and a
 t-interval over those differences (the std is that of the per-seed differences, which removes
 the seed-to-seed variation the two runs share).

@@ -296,8 +296,8 @@ class Row:
     method_key: str
     hparams: tuple  # values of Table.hparams, in order
     runs: list = field(default_factory=list)
-    # the values of Table.hparams outside algorithm.*: the settings two methods must share to be paired (each
-    # method at its own hyperparameters; ERM is paired with every SAM rho of a block)
+    # the values of Table.hparams that are no method setting (METHOD_SETTINGS): what two methods must share to be
+    # paired, each at its own hyperparameters (ERM is paired with every SAM rho of a block)
     shared: tuple = ()
     trials: int | None = None  # --select-hparams: the number of configurations the row was chosen from
     variant: str | None = None  # a tune block variant's name: the selected trial of method_key rerun with its settings
@@ -439,6 +439,11 @@ def _fmt_value(v: Any) -> str:
 NOT_READ = "–"  # a swept algorithm.* key's cell on a row whose method does not read it
 
 
+def is_method_setting(key: str) -> bool:
+    """A method's own setting: its hyperparameters, and the sampler (the authors' sampling, which methods tune)."""
+    return key.startswith("algorithm.") or key == "data.sampler"
+
+
 def _value_sort_key(v: Any):
     if v is None:
         return (0, 0.0, "")
@@ -493,7 +498,7 @@ def build_table(runs: Sequence[Run], selection: str = "worst", group_by: Sequenc
         key = (ds, dataset_name(r.config), r.config.get("data", {}).get("corruption", "?"),
                r.config.get("algorithm", {}).get("name", "?"), json.dumps(hp, sort_keys=True, default=str))
         if key not in groups:
-            shared = tuple(v for k, v in zip(hparams, hp) if not k.startswith("algorithm."))
+            shared = tuple(v for k, v in zip(hparams, hp) if not is_method_setting(k))
             groups[key] = Row(ds, key[1], key[2], key[3], hp, shared=shared)
         groups[key].runs.append(r)
     rows = sorted(groups.values(), key=lambda row: (

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sharpdro.experiments.paired import Paired
-from sharpdro.experiments.report import CALIBRATION_COLUMNS, ReportError, Row, Table, _fmt_value
+from sharpdro.experiments.report import CALIBRATION_COLUMNS, ReportError, Row, Table, _fmt_value, is_method_setting
 from sharpdro.experiments.stats import Interval
 from sharpdro.io import atomic_write_text
 
@@ -95,8 +95,10 @@ def _paired_hparams(table: Table) -> list[str]:
 
 
 def paired_notes(table: Table) -> list[str]:
+    shared = [k for k in table.hparams if not is_method_setting(k)]
     group = (" (the rows selected per method, whatever their hyperparameters)" if table.select_hparams
-             else " and hyperparameters" if table.hparams else "")
+             else f" and {', '.join(shared)}, each method at its own hyperparameters" if shared
+             else ", each method at its own hyperparameters" if table.hparams else "")
     variants = VARIANT_REFERENCE if any(getattr(r, "variant", None) is not None for r in table.rows) else ""
     return [PAIRED_NOTE + ".", REFERENCE_NOTE.format(group=group, variants=variants) + "."]
 
