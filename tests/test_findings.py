@@ -3,7 +3,6 @@ tables; the words, tables and the intervals typed into the READMEs are claims, s
 what the committed runs give."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -15,14 +14,13 @@ from scipy.stats import t as student_t
 
 from sharpdro.cli import main
 
+from script_loader import load_script
+
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "cifar10_cpu"
 
 
 def _findings():
-    spec = importlib.util.spec_from_file_location("findings", ROOT / "findings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "findings.py")
 
 
 @pytest.fixture(scope="module")

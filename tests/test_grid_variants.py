@@ -2,7 +2,6 @@
 method, paired by seed, beside the final q); checked on a real tiny tuning sweep against the run folders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import t as student_t
+
+from script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "baselines" / "grid_variants.py"
 VARIANT = "SharpDRO, uniform, skip"
@@ -37,9 +38,7 @@ def _final_runs(sweep: Path, variant: bool) -> dict[int, Path]:
 
 
 def test_variant_row_is_the_paired_difference_and_the_last_q(sweep, capsys):
-    spec = importlib.util.spec_from_file_location("grid_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
     assert module.main([str(sweep)]) == 0
     lines = capsys.readouterr().out.splitlines()
     (row,) = [ln for ln in lines if f"| {VARIANT} |" in ln]
@@ -59,10 +58,7 @@ def test_variant_row_is_the_paired_difference_and_the_last_q(sweep, capsys):
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("grid_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "grid_variants")
 
 
 def test_committed_table_is_the_committed_runs(capsys):

@@ -3,7 +3,6 @@ each interval recomputes from the summaries by an independent path, and each bf1
 run of the same config."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,16 +12,15 @@ import pytest
 import yaml
 from scipy import stats
 
+from script_loader import load_script
+
 HERE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cifar10_cpu"
 pytestmark = pytest.mark.skipif(not (HERE / "precision_table.json").exists(),
                                 reason="the precision runs' table is not committed yet")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("precision_table", HERE / "precision_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "precision_table.py")
 
 
 def test_committed_table_is_the_committed_runs(tmp_path):

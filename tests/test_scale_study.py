@@ -4,7 +4,6 @@ independently of the script (by the runs' own config.yaml, not by job identity),
 checked on runs made up to change sign."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,14 +14,13 @@ from scipy.stats import t as student_t
 
 from sharpdro.config import read_yaml
 
+from script_loader import load_script
+
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "cifar10_cpu"
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("scale_study", ROOT / "scale_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scale_study.py")
 
 
 def _independent_runs() -> dict[tuple[str, str, int], dict]:
