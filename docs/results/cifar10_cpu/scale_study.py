@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sharpdro.experiments.stats import mean_std, paired_differences, t_interval
 from sharpdro.experiments.sweep_spec import expand, job_hash, load_sweep
+from sharpdro.rundir import RunDir
 
 # (key, images per class, epochs): the committed arm first, then the sweeps scale_<key>.yaml
 REGIMES = (("n500_e20", 500, 20), ("n2000_e20", 2000, 20), ("n4000_e20", 4000, 20), ("n500_e60", 500, 60))
@@ -49,16 +50,6 @@ def regime_label(key: str) -> str:
     return f"({n}, {e})"
 
 
-def _records(run: Path) -> list[dict]:
-    """metrics.jsonl, one record per epoch (a resumed run's later line of an epoch wins)."""
-    by_epoch = {}
-    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            by_epoch[r["epoch"]] = r
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def _counts(run: Path, summary: dict) -> dict[str, int]:
     if summary.get("train_count_by_severity"):
         return {k: int(v) for k, v in summary["train_count_by_severity"].items()}
@@ -71,7 +62,7 @@ def run_record(run: Path, regime: str, method: str, seed: int) -> dict | None:
     if not (run / "done").is_file():
         return None
     s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    records = _records(run)
+    records = RunDir(run).epoch_records()
     counts = _counts(run, s)
     if s.get("train_accuracy_by_severity"):
         fit, source = s["train_accuracy_by_severity"], "evaluated"
@@ -225,8 +216,8 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
                         f"- {NAMES[m]} − {NAMES[ref]}, {words}: "
                         + "; ".join(f"{regime_label(p['regime'])} {_iv(p)}" for p in ps) + ": "
                         + ("changes sign" if len(signs) > 1 else "keeps its sign") + "; "
-                        + (("excludes zero at " + ", ".join(regime_label(p["regime"]) + (
-                            f" ({m if p['mean'] > 0 else ref} better)".replace(m, NAMES[m]).replace(ref, NAMES[ref]))
+                        + (("excludes zero at " + ", ".join(
+                            f"{regime_label(p['regime'])} ({NAMES[m if p['mean'] > 0 else ref]} better)"
                             for p in told)) if told else "no interval excludes zero") + ".")
     sharp = [c for c in cells(runs) if c["method"] == "sharpdro" and c["q_top"]]
     if sharp:
