@@ -162,7 +162,20 @@ def test_verdict_says_a_sign_change_and_where_an_interval_excludes_zero():
     assert "no interval excludes zero" in erm_avg
     (q,) = [ln for ln in lines if "final q of severity 5" in ln]
     assert "below 0.001 in 3 of 3" in q
-    assert "At larger scale the answer changes" in study.headline(made, table)
+    head = study.headline(made, table)
+    assert head.startswith("Toward the paper's data size the answer changes: SharpDRO − ERM at the worst severity "
+                           "is +2.0 [")
+    assert "in 1 of the 4 regimes ((4000, 20))" in head
+
+
+def test_the_headline_reads_the_paper_sized_regime_not_the_most_favourable_one():
+    study = _study()
+    made = _made_up(study, {"n500_e20": -1.0, "n2000_e20": 3.0, "n4000_e20": 0.0, "n500_e60": 2.0}, 0.2)
+    head = study.headline(made, study.paired(made["runs"]))
+    assert head.startswith("Toward the paper's data size the answer does not change: SharpDRO − ERM at the worst "
+                           "severity is +0.0 [")
+    assert "at (4000, 20) against -1.0 [" in head
+    assert "in 2 of the 4 regimes ((2000, 20), (500, 60))" in head
 
 
 def test_partial_regimes_give_no_verdict():

@@ -31,6 +31,7 @@ from sharpdro.rundir import RunDir
 
 # (key, images per class, epochs): the committed arm first, then the sweeps scale_<key>.yaml
 REGIMES = (("n500_e20", 500, 20), ("n2000_e20", 2000, 20), ("n4000_e20", 4000, 20), ("n500_e60", 500, 60))
+TARGET = "n4000_e20"  # the headline's regime (closest to the paper's data), fixed before any of its runs
 ANCHOR = "n2000_e20"  # the sweep whose jobs, at 500 images per class, name the committed (500, 20) runs
 METHODS = ("erm", "sam", "groupdro", "jtt", "eiil", "sharpdro", "sharpdro_agnostic")
 NAMES = {"erm": "ERM", "sam": "SAM", "groupdro": "GroupDRO", "jtt": "JTT", "eiil": "EIIL", "sharpdro": "SharpDRO",
@@ -272,12 +273,17 @@ def headline(study: dict, table: list[dict]) -> str:
         return (f"The scale study (does the answer change toward the paper's 4,000 images per class, or with 60 "
                 f"epochs?) is under way: {done} of its {total} runs are finished, too few for a verdict "
                 "(docs/results/cifar10_cpu/README.md, \"Does the answer depend on scale?\").")
-    best = max((p for p in table if p["method"] == "sharpdro" and p["reference"] == "erm" and p["metric"] == "worst"),
-               key=lambda p: p["mean"])
-    return (f"At larger scale the answer {'changes' if best['excludes_zero'] and best['mean'] > 0 else 'holds'}: "
-            f"SharpDRO's best worst-severity difference against ERM over the four regimes is {_iv(best)} points "
-            f"at {regime_label(best['regime'])} (docs/results/cifar10_cpu/README.md, \"Does the answer depend on "
-            "scale?\").")
+    # The regime named in advance (the paper's 4,000 images per class) decides; never the most favourable one.
+    ours = {p["regime"]: p for p in table if p["method"] == "sharpdro" and p["reference"] == "erm"
+            and p["metric"] == "worst"}
+    target, base = ours[TARGET], ours[REGIMES[0][0]]
+    better = [k for k, _, _ in REGIMES if ours[k]["excludes_zero"] and ours[k]["mean"] > 0]
+    changes = target["excludes_zero"] and target["mean"] > 0
+    return (f"Toward the paper's data size the answer {'changes' if changes else 'does not change'}: SharpDRO − "
+            f"ERM at the worst severity is {_iv(target)} points at {regime_label(TARGET)} against {_iv(base)} at "
+            f"{regime_label(REGIMES[0][0])}, and its interval excludes zero in SharpDRO's favour in "
+            f"{len(better)} of the {len(REGIMES)} regimes{' (' + ', '.join(map(regime_label, better)) + ')' if better else ''} "
+            "(docs/results/cifar10_cpu/README.md, \"Does the answer depend on scale?\").")
 
 
 def to_csv(table: list[dict]) -> str:
