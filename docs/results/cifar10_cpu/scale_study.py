@@ -203,7 +203,7 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
     if len(complete) < 2:
         lines.append(f"**No verdict yet**: a verdict compares complete regimes (all {len(METHODS)} methods on "
                      f"{SEEDS} seeds), and {len(complete)} regime is complete "
-                     f"({', '.join(map(regime_label, complete)) or 'none'}). The numbers below are partial; a "
+                     f"({', '.join(map(regime_label, complete)) or 'none'}). The numbers above are partial; a "
                      "difference on one seed has no interval and says nothing yet.")
     else:
         for m in QUESTION:
