@@ -203,8 +203,8 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
     if len(complete) < 2:
         lines.append(f"**No verdict yet**: a verdict compares complete regimes (all {len(METHODS)} methods on "
                      f"{SEEDS} seeds), and {len(complete)} regime is complete "
-                     f"({', '.join(map(regime_label, complete)) or 'none'}). The numbers above are partial; a "
-                     "difference on one seed has no interval and says nothing yet.")
+                     f"({', '.join(map(regime_label, complete)) or 'none'}). The numbers above are partial and "
+                     "decide nothing yet: one seed gives no interval, two a half-width of 12.7 standard errors.")
     else:
         for m in QUESTION:
             for ref in REFERENCES:
@@ -278,11 +278,12 @@ def headline(study: dict, table: list[dict]) -> str:
             and p["metric"] == "worst"}
     target, base = ours[TARGET], ours[REGIMES[0][0]]
     better = [k for k, _, _ in REGIMES if ours[k]["excludes_zero"] and ours[k]["mean"] > 0]
-    changes = target["excludes_zero"] and target["mean"] > 0
-    return (f"Toward the paper's data size the answer {'changes' if changes else 'does not change'}: SharpDRO − "
+    where = f" ({', '.join(map(regime_label, better))})" if better else ""
+    return (f"Toward the paper's data size the answer {'changes' if TARGET in better else 'does not change'}: "
+            "SharpDRO − "
             f"ERM at the worst severity is {_iv(target)} points at {regime_label(TARGET)} against {_iv(base)} at "
             f"{regime_label(REGIMES[0][0])}, and its interval excludes zero in SharpDRO's favour in "
-            f"{len(better)} of the {len(REGIMES)} regimes{' (' + ', '.join(map(regime_label, better)) + ')' if better else ''} "
+            f"{len(better)} of the {len(REGIMES)} regimes{where} "
             "(docs/results/cifar10_cpu/README.md, \"Does the answer depend on scale?\").")
 
 
