@@ -162,6 +162,13 @@ def test_verdict_says_a_sign_change_and_where_an_interval_excludes_zero():
     assert "no interval excludes zero" in erm_avg
     (q,) = [ln for ln in lines if "final q of severity 5" in ln]
     assert "below 0.001 in 3 of 3" in q
+    # JTT and EIIL equal ERM here, so SharpDRO's worst-severity difference against each of the three changes sign
+    # with an interval on each side of zero, and starts to favour SharpDRO beyond (500, 20); nothing else moves
+    (short,) = [ln for ln in lines if ln.startswith("- **In short**")]
+    three = "(SharpDRO − ERM worst severity; SharpDRO − JTT worst severity; SharpDRO − EIIL worst severity)"
+    assert f"3 of the 18 differences change sign, 3 of them with an interval on each side of zero {three}" in short
+    assert f"3 start to exclude zero in the method's favour beyond (500, 20) {three}" in short
+    assert "about 0.9 per regime would exclude zero by chance" in short
     head = study.headline(made, table)
     assert head.startswith("Toward the paper's data size the answer changes: SharpDRO − ERM at the worst severity "
                            "is +2.0 [")
@@ -176,6 +183,10 @@ def test_the_headline_reads_the_paper_sized_regime_not_the_most_favourable_one()
                            "severity is +0.0 [")
     assert "at (4000, 20) against -1.0 [" in head
     assert "in 2 of the 4 regimes ((2000, 20), (500, 60))" in head
+    # favoured at (500, 20) already: a lead that holds is not one that starts
+    made = _made_up(study, {"n500_e20": 2.0, "n2000_e20": 3.0, "n4000_e20": 1.0, "n500_e60": 2.0}, 0.2)
+    (short,) = [ln for ln in study.verdict(made, study.paired(made["runs"])) if ln.startswith("- **In short**")]
+    assert "0 of the 18 differences change sign, 0 of them with an interval on each side of zero; 0 start" in short
 
 
 def test_partial_regimes_give_no_verdict():

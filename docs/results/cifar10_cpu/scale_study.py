@@ -206,6 +206,7 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
                      f"({', '.join(map(regime_label, complete)) or 'none'}). The numbers above are partial and "
                      "decide nothing yet: one seed gives no interval, two a half-width of 12.7 standard errors.")
     else:
+        lines.append(summary(table, complete))
         for m in QUESTION:
             for ref in REFERENCES:
                 for metric, words in METRICS:
@@ -229,6 +230,39 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
                         f"{_qtext(c['q_top'])}, below {COLLAPSED:g} in {low} of {len(c['q_top'])}")
         lines.append(f"- SharpDRO's final q of severity 5 (uniform would be {1 / 6:.3f}): " + "; ".join(said) + ".")
     return lines
+
+
+def summary(table: list[dict], complete: list[str]) -> str:
+    """The verdict in one line: which differences change sign (and which of those are reversals, an interval on
+    each side of zero), which start to exclude zero in the method's favour beyond the committed arm, and how many
+    would exclude zero by chance alone."""
+    base = REGIMES[0][0]
+    changed, reversed_, started = [], [], []
+    for m in QUESTION:
+        for ref in REFERENCES:
+            for metric, words in METRICS:
+                ps = [p for p in table if p["method"] == m and p["reference"] == ref and p["metric"] == metric
+                      and p["regime"] in complete]
+                name = f"{NAMES[m]} − {NAMES[ref]} {words}"
+                if len({p["mean"] > 0 for p in ps}) > 1:
+                    changed.append(name)
+                sides = {p["mean"] > 0 for p in ps if p["excludes_zero"]}
+                if len(sides) > 1:
+                    reversed_.append(name)
+                ahead = {p["regime"] for p in ps if p["excludes_zero"] and p["mean"] > 0}
+                if ahead and base not in ahead:
+                    started.append(name)
+    per = len(QUESTION) * len(REFERENCES) * len(METRICS)
+
+    def listed(names: list[str]) -> str:
+        return f" ({'; '.join(names)})" if names else ""
+
+    return (f"- **In short** (complete regimes: {', '.join(map(regime_label, complete))}): {len(changed)} of the "
+            f"{per} differences change sign, {len(reversed_)} of them with an interval on each side of zero"
+            f"{listed(reversed_)}; {len(started)} start to exclude zero in the method's favour beyond "
+            f"{regime_label(base)}{listed(started)}. The intervals are per comparison: with {per} comparisons per "
+            f"regime at 95%, about {per * 0.05:.1f} per regime would exclude zero by chance if no method differed "
+            "(they share runs, so not independently), and no correction for multiplicity is applied.")
 
 
 def _qtext(qs: list[float]) -> str:
