@@ -24,6 +24,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from sharpdro.experiments.stats import mean_std, paired_differences, t_interval
 from sharpdro.experiments.sweep_spec import expand, job_hash, load_sweep
@@ -152,6 +153,19 @@ def cells(runs: list[dict]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- words
 
+def _comparisons(table: list[dict], regimes) -> Iterator[tuple[str, str, str, list[dict]]]:
+    """Each (question method, reference, metric words) with its paired rows in ``regimes``, in the table's order."""
+    for m in QUESTION:
+        for ref in REFERENCES:
+            for metric, words in METRICS:
+                yield m, ref, words, [p for p in table if p["method"] == m and p["reference"] == ref
+                                      and p["metric"] == metric and p["regime"] in regimes]
+
+
+def _changes_sign(ps: list[dict]) -> bool:
+    return len({p["mean"] > 0 for p in ps}) > 1
+
+
 def _iv(p: dict) -> str:
     if p["mean"] is None:
         return "–"
@@ -207,20 +221,15 @@ def verdict(study: dict, table: list[dict]) -> list[str]:
                      "decide nothing yet: one seed gives no interval, two a half-width of 12.7 standard errors.")
     else:
         lines.append(summary(table, complete))
-        for m in QUESTION:
-            for ref in REFERENCES:
-                for metric, words in METRICS:
-                    ps = [p for p in table if p["method"] == m and p["reference"] == ref and p["metric"] == metric
-                          and p["regime"] in complete]
-                    signs = {p["mean"] > 0 for p in ps}
-                    told = [p for p in ps if p["excludes_zero"]]
-                    lines.append(
-                        f"- {NAMES[m]} − {NAMES[ref]}, {words}: "
-                        + "; ".join(f"{regime_label(p['regime'])} {_iv(p)}" for p in ps) + ": "
-                        + ("changes sign" if len(signs) > 1 else "keeps its sign") + "; "
-                        + (("excludes zero at " + ", ".join(
-                            f"{regime_label(p['regime'])} ({NAMES[m if p['mean'] > 0 else ref]} better)"
-                            for p in told)) if told else "no interval excludes zero") + ".")
+        for m, ref, words, ps in _comparisons(table, complete):
+            told = [p for p in ps if p["excludes_zero"]]
+            lines.append(
+                f"- {NAMES[m]} − {NAMES[ref]}, {words}: "
+                + "; ".join(f"{regime_label(p['regime'])} {_iv(p)}" for p in ps) + ": "
+                + ("changes sign" if _changes_sign(ps) else "keeps its sign") + "; "
+                + (("excludes zero at " + ", ".join(
+                    f"{regime_label(p['regime'])} ({NAMES[m if p['mean'] > 0 else ref]} better)"
+                    for p in told)) if told else "no interval excludes zero") + ".")
     sharp = [c for c in cells(runs) if c["method"] == "sharpdro" and c["q_top"]]
     if sharp:
         said = []
@@ -238,21 +247,17 @@ def summary(table: list[dict], complete: list[str]) -> str:
     would exclude zero by chance alone."""
     base = REGIMES[0][0]
     changed, reversed_, started = [], [], []
-    for m in QUESTION:
-        for ref in REFERENCES:
-            for metric, words in METRICS:
-                ps = [p for p in table if p["method"] == m and p["reference"] == ref and p["metric"] == metric
-                      and p["regime"] in complete]
-                name = f"{NAMES[m]} − {NAMES[ref]} {words}"
-                if len({p["mean"] > 0 for p in ps}) > 1:
-                    changed.append(name)
-                sides = {p["mean"] > 0 for p in ps if p["excludes_zero"]}
-                if len(sides) > 1:
-                    reversed_.append(name)
-                ahead = {p["regime"] for p in ps if p["excludes_zero"] and p["mean"] > 0}
-                if ahead and base not in ahead:
-                    started.append(name)
-    per = len(QUESTION) * len(REFERENCES) * len(METRICS)
+    per = 0
+    for m, ref, words, ps in _comparisons(table, complete):
+        per += 1
+        name = f"{NAMES[m]} − {NAMES[ref]} {words}"
+        if _changes_sign(ps):
+            changed.append(name)
+        if _changes_sign([p for p in ps if p["excludes_zero"]]):
+            reversed_.append(name)
+        ahead = {p["regime"] for p in ps if p["excludes_zero"] and p["mean"] > 0}
+        if ahead and base not in ahead:
+            started.append(name)
 
     def listed(names: list[str]) -> str:
         return f" ({'; '.join(names)})" if names else ""
@@ -276,13 +281,9 @@ def markdown(study: dict, table: list[dict]) -> str:
     lines = [status(study), "", "**Paired differences (method − reference), percentage points, mean [95% "
              "t-interval] over seeds; regime = (images per class, epochs)**", "", head,
              "| --- | --- | --- |" + " --: |" * len(keys)]
-    for m in QUESTION:
-        for ref in REFERENCES:
-            for metric, words in METRICS:
-                row = {p["regime"]: p for p in table if p["method"] == m and p["reference"] == ref
-                       and p["metric"] == metric}
-                lines.append(f"| {NAMES[m]} | {NAMES[ref]} | {words} | "
-                             + " | ".join(_iv(row[k]) for k in keys) + " |")
+    for m, ref, words, ps in _comparisons(table, keys):
+        row = {p["regime"]: p for p in ps}
+        lines.append(f"| {NAMES[m]} | {NAMES[ref]} | {words} | " + " | ".join(_iv(row[k]) for k in keys) + " |")
     lines += ["", "**Each method per regime: worst-severity and averaged test accuracy, fit of its training "
               "mixture (%), mean over n seeds; minutes per run**", "",
               "| regime | method | n | worst | averaged | fit | min/run |", "| --- | --- | --: | --: | --: | --: | --: |"]
