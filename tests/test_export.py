@@ -27,7 +27,10 @@ def run_dir(tmp_path_factory):
 def test_export_and_load_back_gives_the_runs_logits(run_dir, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
-    assert "model.safetensors" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "model.safetensors" in printed
+    # the screen counts epochs from 1, the files from 0 (README); this printed the 0-based index before
+    assert f", epoch {RunDir(run_dir).read_summary()['selected_epoch'] + 1}," in printed, printed
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((out / "config.json").read_text())
     summary = RunDir(run_dir).read_summary()

@@ -20,6 +20,8 @@ def run(args) -> int:
     out = export_run(args.path, args.out)
     meta = read_export_config(out)
     arch = meta["architecture"]
+    index = meta["selected_epoch"]  # 0-based in the file; a person reads epochs from 1
+    epoch = "epoch unknown" if index is None else f"epoch {index + 1}"
     print(f"{args.path} -> {out}/{MODEL_FILE} + {CONFIG_FILE}: {arch['name']} ({arch['num_classes']} classes, "
-          f"{arch['image_size']} px), epoch {meta['selected_epoch']}, config {meta['config_hash']}")
+          f"{arch['image_size']} px), {epoch}, config {meta['config_hash']}")
     return 0
