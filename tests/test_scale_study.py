@@ -211,3 +211,20 @@ def test_hours_to_go_use_the_regimes_own_minutes_else_the_scaled_arm():
     # 7 jobs at (2000, 20) at their own 20 minutes; 3 JTT jobs at (4000, 20) at 4 minutes x 8 (images x epochs)
     assert study.to_go_hours(made) == pytest.approx((7 * 20 + 3 * 4 * 8) / 60)
     assert f"The 10 runs to go would take about {(7 * 20 + 3 * 32) / 60:.0f} more" in study.status(made)
+
+
+def test_status_names_the_machines_when_the_minutes_mix_them():
+    """Minutes per run are only comparable on one machine: when the scale runs come from CPUs of more than one
+    kind, the status says how many ran on each (the (500, 20) arm's runs are not scale runs, so not counted)."""
+    study = _study()
+    made = _made_up(study, {k: 0.0 for k, _, _ in study.REGIMES}, 0.2)
+    for r in made["runs"]:
+        r["cpu"] = "AVX512"
+    assert "more than one machine" not in study.status(made)
+    scale = [r for r in made["runs"] if r["regime"] != "n500_e20"]
+    for r in scale[:5]:
+        r["cpu"] = "AVX2"
+    for r in made["runs"]:
+        if r["regime"] == "n500_e20":
+            r["cpu"] = None
+    assert f"AVX2 5 runs, AVX512 {len(scale) - 5} runs; a run's minutes depend on its machine." in study.status(made)

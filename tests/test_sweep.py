@@ -460,3 +460,26 @@ def test_job_hash_survives_a_new_config_key(monkeypatch):
     assert job_hash(extended) == before
     changed = config_mod.apply_overrides(extended, ["train.brand_new_knob=8"])
     assert job_hash(config_mod.validate(changed)) != before
+
+
+def test_only_runs_the_named_jobs_and_indexes_the_whole_sweep(tmp_path, capsys, monkeypatch):
+    """`--only HASH` (or a unique prefix) runs that job alone; the index still lists every job of the sweep,
+    and a name that matches no job, or several, is one clear error."""
+    monkeypatch.setattr(sw, "DEFAULT_TRAIN", f"{__name__}:fake_train_parallel")
+    argv = ["sweep", "--out", str(tmp_path), "--set", "data.dataset=digits", "--grid", "seed=0,1,2", "--no-progress"]
+    hashes = [j.hash for j in sw.expand(sw.build_spec(None, sets=["data.dataset=digits"], grids=["seed=0,1,2"]))]
+    assert main(argv + ["--only", hashes[1][:6], "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"{hashes[1]}  new        seed=1", "1 jobs: 1 new"]
+    assert main(argv + ["--only", f"{hashes[2]},{hashes[1][:5]}"]) == 0
+    assert [(tmp_path / h / "done").exists() for h in hashes] == [False, True, True]
+    assert sorted(json.loads((tmp_path / "sweep.json").read_text())["jobs"]) == sorted(hashes)
+    capsys.readouterr()
+    assert main(argv + ["--only", "ffffffffff"]) == 2
+    err = capsys.readouterr().err
+    assert "no job of this sweep has that hash" in err and "Traceback" not in err
+    assert main(argv + ["--only", "abc"]) == 2
+    assert "at least 4 characters" in capsys.readouterr().err
+    with pytest.raises(sw.SweepError, match="give more characters"):
+        sw.select_jobs([type("J", (), {"hash": "abcd12"})(), type("J", (), {"hash": "abcd34"})()], ["abcd"])
+    assert not (tmp_path / hashes[0] / "done").exists()

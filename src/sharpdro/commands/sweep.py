@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="list the jobs (hash, status, overrides) and exit; with a tune block, the final-seed and "
                         "variant jobs of a method whose trials are not all done are listed as pending after selection")
+    p.add_argument("--only", action="append", default=[], metavar="HASH",
+                   help="run (or list) only these jobs of the sweep: a job hash or a unique prefix of 4+ "
+                        "characters, repeatable or comma-separated; the other jobs are left as they are")
     p.add_argument("--no-progress", action="store_true", help="no progress bar over jobs")
     p.add_argument("--resubmit", action="store_true",
                    help="run again jobs that an earlier slurm launch submitted and that have not finished")
@@ -76,8 +79,12 @@ def run(args) -> int:
     if args.sweep is None and args.base is None and not args.grid and not args.overrides:
         raise sw.SweepError("give a sweep file, or build one with --base/--set/--grid")
     spec = sw.build_spec(args.sweep, base=args.base, sets=args.overrides, grids=args.grid)
-    jobs = sw.expand(spec)
+    jobs = all_jobs = sw.expand(spec)
     finals, pending = _final_plan(spec, args.out, jobs)
+    chosen, all_finals = None, finals
+    if args.only:  # checked against every job this launch knows, trials and final seeds alike
+        chosen = {j.hash for j in sw.select_jobs(jobs + finals, args.only)}
+        jobs, finals, pending = [j for j in jobs if j.hash in chosen], [j for j in finals if j.hash in chosen], []
     if args.dry_run:
         for line in sw.describe_jobs(jobs + finals, args.out) + pending:
             print(line)
@@ -95,11 +102,14 @@ def run(args) -> int:
     # Slurm without waiting returns before the trials end: submit now the final-seed jobs of the methods whose
     # trials an earlier launch finished (a later launch, once the rest are done, submits theirs)
     first = jobs + finals if args.launcher == "slurm" else jobs
+    if chosen is not None:  # the index still lists the whole sweep, so a report shows the rest as not started
+        sw.write_index(args.out, all_jobs + all_finals, spec)
     outcome = sw.run_sweep(first, args.out, **launch)
     if spec.tune and spec.tune.get("final_seeds") and (args.launcher != "slurm" or args.slurm_wait):
         # the trials are done (as far as they go): the selected trial of each finished method on its final seeds
         known = {j.hash for j in first}
-        finals = [j for j in _final_jobs(spec, args.out, jobs) if j.hash not in known]
+        finals = [j for j in _final_jobs(spec, args.out, all_jobs) if j.hash not in known
+                  and (chosen is None or j.hash in chosen)]
         if finals:
             more = sw.run_sweep(finals, args.out, **launch)
             for key in ("total", "done", "failed", "skipped", "busy", "submitted", "waiting"):

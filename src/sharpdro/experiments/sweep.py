@@ -355,7 +355,29 @@ def _run_slurm(pending, out, train, params, cluster, wait, outcome, progress, sa
             _after(result, job, outcome, bar, say)
 
 
-# --------------------------------------------------------------------------- dry run
+# --------------------------------------------------------------------------- selection and dry run
+
+
+def select_jobs(jobs: Sequence[Job], wanted: Sequence[str]) -> list[Job]:
+    """The jobs named by hash (or an unambiguous prefix of 4+ characters; entries may be comma-separated),
+    in the sweep's order. A name that matches no job, or more than one, is an error: a typo must not run
+    nothing, or the wrong job, quietly."""
+    names = [w.strip() for item in wanted for w in str(item).split(",") if w.strip()]
+    if not names:
+        raise SweepError("--only needs at least one job hash (`sharpdro sweep ... --dry-run` lists them)")
+    picked: set[str] = set()
+    for name in names:
+        if len(name) < 4:
+            raise SweepError(f"--only {name!r}: give at least 4 characters of a job hash")
+        hits = sorted({j.hash for j in jobs if j.hash.startswith(name)})
+        if not hits:
+            raise SweepError(f"--only {name!r}: no job of this sweep has that hash; "
+                             "`sharpdro sweep ... --dry-run` lists the jobs")
+        if len(hits) > 1:
+            raise SweepError(f"--only {name!r} matches {', '.join(hits)}; give more characters")
+        picked.add(hits[0])
+    return [j for j in jobs if j.hash in picked]
+
 
 
 def describe_jobs(jobs: Sequence[Job], out: str | os.PathLike) -> list[str]:
