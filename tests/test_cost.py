@@ -160,3 +160,27 @@ def test_to_go_counts_unfinished_and_not_yet_listed_final_jobs(sweep_out, tmp_pa
     md = cost.to_markdown(rows, tune)
     assert "To go: 3 jobs" in md and "3 of them are final jobs the tune block adds after selection" in md
     assert json.loads(cost.render(rows, "json", tune))["to_go"]["jobs"] == 3
+
+
+def test_runs_from_machines_of_different_kinds_are_named_in_the_notes(sweep_out, tmp_path):
+    """min/run averages wall-clock minutes: a sweep finished on two kinds of machine (a CPU of another vector
+    extension, a GPU) says so, with each kind's count read from the runs' summary.json."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sweep_out, out)
+    rows, _ = cost.collect_cost(out)
+    assert not any("more than one kind of machine" in n for n in cost.to_dict(rows)["notes"])
+    done = sorted(p.parent for p in out.glob("*/done"))
+    own = cost.machine_kind(RunDir(done[0]).read_summary())  # this machine's kind, as every run recorded it
+    other = "AVX2" if own != "CPU AVX2" else "AVX512"  # a CPU of another kind than this one
+    for folder, hw in ((done[0], {"device": "cuda:0", "cuda_device": "NVIDIA H100"}),
+                       (done[1], {"device": "cpu", "cpu_isa": {"capability": other}})):
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, "hardware": hw}))
+    rows, _ = cost.collect_cost(out)
+    kinds = sorted({"NVIDIA H100": 1, f"CPU {other}": 1, own: len(done) - 2}.items())
+    note = ("the finished runs ran on more than one kind of machine (summary.json's hardware): "
+            + ", ".join(f"{k} {n} run(s)" for k, n in kinds) + "; a row's min/run mixes them.")
+    assert f"- {note}" in cost.to_markdown(rows).splitlines()
+    assert sum(sum(r["machines"].values()) for r in cost.to_dict(rows)["rows"]) == len(done)

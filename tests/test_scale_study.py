@@ -219,12 +219,13 @@ def test_status_names_the_machines_when_the_minutes_mix_them():
     study = _study()
     made = _made_up(study, {k: 0.0 for k, _, _ in study.REGIMES}, 0.2)
     for r in made["runs"]:
-        r["cpu"] = "AVX512"
-    assert "more than one machine" not in study.status(made)
+        r["machine"] = "CPU AVX512"
+    assert "more than one kind of machine" not in study.status(made)
     scale = [r for r in made["runs"] if r["regime"] != "n500_e20"]
     for r in scale[:5]:
-        r["cpu"] = "AVX2"
+        r["machine"] = "CPU AVX2"
     for r in made["runs"]:
         if r["regime"] == "n500_e20":
-            r["cpu"] = None
-    assert f"AVX2 5 runs, AVX512 {len(scale) - 5} runs; a run's minutes depend on its machine." in study.status(made)
+            r["machine"] = "not recorded"
+    assert (f"CPU AVX2 5 runs, CPU AVX512 {len(scale) - 5} runs; a run's minutes depend on its machine."
+            in study.status(made))

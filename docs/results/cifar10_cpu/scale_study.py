@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from sharpdro.experiments.cost import machine_kind
 from sharpdro.experiments.stats import mean_std, paired_differences, t_interval
 from sharpdro.experiments.sweep_spec import expand, job_hash, load_sweep
 from sharpdro.rundir import RunDir
@@ -78,7 +79,7 @@ def run_record(run: Path, regime: str, method: str, seed: int) -> dict | None:
             "fit": {k: 100 * float(v) for k, v in fit.items()}, "fit_source": source,
             "fit_mixture": 100 * sum(float(fit[k]) * n for k, n in counts.items()) / total,
             "counts": counts, "q_top": float(q[int(top)]) if q and len(q) == len(counts) else None, "minutes": s["wall_seconds"] / 60,
-            "cpu": ((s.get("hardware") or {}).get("cpu_isa") or {}).get("capability")}
+            "machine": machine_kind(s)}
 
 
 def jobs(here: Path) -> list[tuple[str, str, int, Path]]:
@@ -188,15 +189,14 @@ def status(study: dict) -> str:
     hours = sum(r["minutes"] for r in runs if r["regime"] != REGIMES[0][0]) / 60
     text = (f"Finished runs per regime (images per class, epochs): {', '.join(parts)}. The scale runs so far took "
             f"{hours:.1f} CPU-hours (one thread each; `sharpdro cost` per regime in scale/).")
-    isas: dict[str, int] = {}
+    machines: dict[str, int] = {}
     for r in runs:
         if r["regime"] != REGIMES[0][0]:
-            isa = r.get("cpu") or "unrecorded"
-            isas[isa] = isas.get(isa, 0) + 1
-    if len(isas) > 1:  # machines of another speed: the minutes per run mix them
-        text += (" They ran on more than one machine, by the CPU's vector extensions (`hardware.cpu_isa` in each "
-                 "summary.json): " + ", ".join(f"{k} {v} runs" for k, v in sorted(isas.items())) + "; a run's "
-                 "minutes depend on its machine.")
+            machines[r.get("machine", "not recorded")] = machines.get(r.get("machine", "not recorded"), 0) + 1
+    if len(machines) > 1:  # machines of another speed: the minutes per run mix them
+        text += (" They ran on more than one kind of machine (summary.json's hardware): "
+                 + ", ".join(f"{k} {v} runs" for k, v in sorted(machines.items())) + "; a run's minutes depend on "
+                 "its machine.")
     if study["pending"]:
         text += (f" The {len(study['pending'])} runs to go would take about {to_go_hours(study):.0f} more, at the "
                  "minutes per run each method took in that regime, else at its (500, 20) minutes scaled by images "

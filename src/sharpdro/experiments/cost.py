@@ -56,6 +56,7 @@ class CostRow:
     pending: list = field(default_factory=list)  # per listed job not finished (partial or not started): its threads
     listed_final: int = 0  # listed jobs that are not tuning runs (final seeds, variants), finished or not
     threads: int = 1  # the row's train.threads (its last run's), for the jobs a tune block will still add
+    machines: dict = field(default_factory=dict)  # machine kind -> finished runs (machine_kind)
 
     @property
     def type(self) -> str:
@@ -64,6 +65,18 @@ class CostRow:
     @property
     def minutes_per_run(self) -> float | None:
         return math.fsum(self.wall_seconds) / len(self.wall_seconds) / 60.0 if self.wall_seconds else None
+
+
+def machine_kind(summary: dict) -> str:
+    """What a run's minutes depend on, from its summary's ``hardware``: the GPU's name, else the CPU's vector
+    extensions (PyTorch's kernel capability, e.g. ``CPU AVX512``)."""
+    hw = summary.get("hardware") or {}
+    if hw.get("cuda_device"):
+        return str(hw["cuda_device"])
+    isa = (hw.get("cpu_isa") or {}).get("capability")
+    if isa:
+        return f"CPU {isa}"
+    return f"{hw['device']} (kind not recorded)" if hw.get("device") else "not recorded"
 
 
 def _variant_names(index: dict) -> dict[str, str]:
@@ -117,6 +130,8 @@ def collect_cost(path: str | Path) -> tuple[list[CostRow], dict]:
         row.n[role] += 1
         row.cpu_hours[role] += seconds * (threads or 1) * processes / 3600.0
         row.wall_seconds.append(seconds)
+        kind = machine_kind(summary)
+        row.machines[kind] = row.machines.get(kind, 0) + 1
     ordered = sorted(rows.values(), key=lambda r: (
         _order(_DATASET_ORDER, r.dataset), r.data, _order(CORRUPTIONS, r.corruption), r.corruption,
         methods.rank(r.method_key), r.method_key, r.variant is not None, rank.get(r.variant, len(rank)),
@@ -188,6 +203,14 @@ def _notes(rows: Sequence[CostRow]) -> list[str]:
     if wall_only:
         notes.append(f"{wall_only} run(s) had no fixed train.threads or ran on an accelerator: counted at their "
                      f"wall-clock hours")
+    machines: dict[str, int] = {}
+    for r in rows:
+        for kind, n in r.machines.items():
+            machines[kind] = machines.get(kind, 0) + n
+    if len(machines) > 1:  # minutes from machines of different speeds are not one measurement
+        notes.append("the finished runs ran on more than one kind of machine (summary.json's hardware): "
+                     + ", ".join(f"{k} {n} run(s)" for k, n in sorted(machines.items()))
+                     + "; a row's min/run mixes them")
     unfinished = sum(r.unfinished for r in rows)
     if unfinished:
         notes.append(f"{unfinished} unfinished run(s) are not counted")
@@ -246,7 +269,8 @@ def to_dict(rows: Sequence[CostRow], tune: dict | None = None) -> dict[str, Any]
         "rows": [{"data": r.data, "type": r.type, "method": r.label, "dataset": r.dataset, "corruption": r.corruption,
                   "algorithm": r.method_key, **({"variant": r.variant} if r.variant else {}),
                   "runs": dict(r.n), "cpu_hours": {k: r4(v) for k, v in r.cpu_hours.items()},
-                  "minutes_per_run": r4(r.minutes_per_run), "unfinished": r.unfinished} for r in rows],
+                  "minutes_per_run": r4(r.minutes_per_run), "unfinished": r.unfinished,
+                  "machines": dict(sorted(r.machines.items()))} for r in rows],
         "totals": {k: {"n": v["n"], "cpu_hours": r4(v["cpu_hours"])} for k, v in totals(rows).items()},
         "to_go": {k: (r4(v) if k == "cpu_hours" else v) for k, v in to_go(rows, tune or {}).items()},
         "notes": _notes(rows),
