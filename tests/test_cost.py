@@ -180,7 +180,7 @@ def test_runs_from_machines_of_different_kinds_are_named_in_the_notes(sweep_out,
         (folder / "summary.json").write_text(json.dumps({**summary, "hardware": hw}))
     rows, _ = cost.collect_cost(out)
     kinds = sorted({"NVIDIA H100": 1, f"CPU {other}": 1, own: len(done) - 2}.items())
-    note = ("the finished runs ran on more than one kind of machine (summary.json's hardware): "
+    note = ("The finished runs ran on more than one kind of machine (summary.json's hardware): "
             + ", ".join(f"{k} {n} run(s)" for k, n in kinds) + "; a row's min/run mixes them.")
     assert f"- {note}" in cost.to_markdown(rows).splitlines()
     assert sum(sum(r["machines"].values()) for r in cost.to_dict(rows)["rows"]) == len(done)

@@ -195,7 +195,7 @@ def status(study: dict) -> str:
             machines[r.get("machine", "not recorded")] = machines.get(r.get("machine", "not recorded"), 0) + 1
     if len(machines) > 1:  # machines of another speed: the minutes per run mix them
         text += (" They ran on more than one kind of machine (summary.json's hardware): "
-                 + ", ".join(f"{k} {v} runs" for k, v in sorted(machines.items())) + "; a run's minutes depend on "
+                 + ", ".join(f"{k} {v} run{'s' * (v != 1)}" for k, v in sorted(machines.items())) + "; a run's minutes depend on "
                  "its machine.")
     if study["pending"]:
         text += (f" The {len(study['pending'])} runs to go would take about {to_go_hours(study):.0f} more, at the "

@@ -208,7 +208,7 @@ def _notes(rows: Sequence[CostRow]) -> list[str]:
         for kind, n in r.machines.items():
             machines[kind] = machines.get(kind, 0) + n
     if len(machines) > 1:  # minutes from machines of different speeds are not one measurement
-        notes.append("the finished runs ran on more than one kind of machine (summary.json's hardware): "
+        notes.append("The finished runs ran on more than one kind of machine (summary.json's hardware): "
                      + ", ".join(f"{k} {n} run(s)" for k, n in sorted(machines.items()))
                      + "; a row's min/run mixes them")
     unfinished = sum(r.unfinished for r in rows)
