@@ -78,8 +78,8 @@ def run_record(run: Path, regime: str, method: str, seed: int) -> dict | None:
             "worst": 100 * s["test_worst"], "average": 100 * s["test_average"],
             "fit": {k: 100 * float(v) for k, v in fit.items()}, "fit_source": source,
             "fit_mixture": 100 * sum(float(fit[k]) * n for k, n in counts.items()) / total,
-            "counts": counts, "q_top": float(q[int(top)]) if q and len(q) == len(counts) else None, "minutes": s["wall_seconds"] / 60,
-            "machine": machine_kind(s)}
+            "counts": counts, "q_top": float(q[int(top)]) if q and len(q) == len(counts) else None,
+            "minutes": s["wall_seconds"] / 60, "machine": machine_kind(s)}
 
 
 def jobs(here: Path) -> list[tuple[str, str, int, Path]]:
@@ -192,11 +192,12 @@ def status(study: dict) -> str:
     machines: dict[str, int] = {}
     for r in runs:
         if r["regime"] != REGIMES[0][0]:
-            machines[r.get("machine", "not recorded")] = machines.get(r.get("machine", "not recorded"), 0) + 1
+            kind = r.get("machine", "not recorded")
+            machines[kind] = machines.get(kind, 0) + 1
     if len(machines) > 1:  # machines of another speed: the minutes per run mix them
-        text += (" They ran on more than one kind of machine (summary.json's hardware): "
-                 + ", ".join(f"{k} {v} run{'s' * (v != 1)}" for k, v in sorted(machines.items())) + "; a run's minutes depend on "
-                 "its machine.")
+        kinds = ", ".join(f"{k} {v} run{'s' * (v != 1)}" for k, v in sorted(machines.items()))
+        text += (f" They ran on more than one kind of machine (summary.json's hardware): {kinds}; a run's minutes "
+                 "depend on its machine.")
     if study["pending"]:
         text += (f" The {len(study['pending'])} runs to go would take about {to_go_hours(study):.0f} more, at the "
                  "minutes per run each method took in that regime, else at its (500, 20) minutes scaled by images "

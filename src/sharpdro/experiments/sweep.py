@@ -379,7 +379,6 @@ def select_jobs(jobs: Sequence[Job], wanted: Sequence[str]) -> list[Job]:
     return [j for j in jobs if j.hash in picked]
 
 
-
 def describe_jobs(jobs: Sequence[Job], out: str | os.PathLike) -> list[str]:
     """One line per job: hash, status, the overrides that vary."""
     out = Path(out)
